@@ -1,0 +1,94 @@
+"""The `grasp` console script. Heavy libraries are imported inside commands, so --help is instant."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from grasp_core.errors import GraspError
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to read")
+    parser.add_argument("--workdir", type=Path, default=Path("."),
+                        help="project folder holding data/ and checkpoints/ (default: current directory)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--verbose", action="store_true", help="a progress line for every epoch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grasp", description="GRASP: merge K source models into one target "
+                                     "model with the memory of two (arXiv 2606.14900).")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train missing sources, run GRASP and the baselines, print a table",
+                         description="Materialise the data, train the missing source models, run GRASP and the "
+                         "baselines of params.yaml on the target, and print one row per method.")
+    _common(run)
+    run.add_argument("--json", type=Path, metavar="FILE", help="also write the table as a JSON list of objects")
+    run.add_argument("--engine", choices=["core"], default="core",
+                     help="core: plain Python, no orchestration")
+    run.add_argument("--methods", help="comma-separated methods to run (default: grasp + baselines.methods)")
+    run.set_defaults(handler=cmd_run)
+
+    data = sub.add_parser("data", help="write the embedded drift benchmark (if missing) and list its domains",
+                          description="Generate data/ from the embedded benchmark when it is missing or stale, "
+                          "check its layout, and print the domains with image counts.")
+    _common(data)
+    data.set_defaults(handler=cmd_data)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.progress import Progress
+    from flows.report import format_table, result_row, write_json
+    from flows.runner import core_run
+    from flows.workspace import Workspace
+    from grasp_core.config import load_config
+
+    cfg = load_config(args.params)
+    methods = args.methods.split(",") if args.methods else None
+    summary = core_run(cfg, Workspace(args.workdir), Progress(args.quiet, args.verbose), methods)
+    rows = [result_row(r, summary.target) for r in summary.results]
+    print(f"target {summary.target} | sources {', '.join(summary.sources)} | wall {summary.wall_s:.1f}s")
+    print(format_table(rows))
+    if args.json:
+        write_json(rows, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from flows.workspace import Workspace, layout_classes, materialise_data
+    from grasp_core.config import load_config
+    from grasp_core.data import SPLITS
+
+    cfg = load_config(args.params)
+    ws = Workspace(args.workdir)
+    domains, generated = materialise_data(cfg, ws)
+    classes = layout_classes(cfg, ws)
+    root = ws.data(cfg)
+    print(f"{root}: {len(domains)} domains, {len(classes)} classes{' (generated now)' if generated else ''}")
+    for domain in domains:
+        counts = [sum(1 for _ in (root / domain / s).rglob("*.png")) for s in SPLITS]
+        print(f"  {domain}: " + ", ".join(f"{s} {n}" for s, n in zip(SPLITS, counts, strict=False)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except GraspError as err:
+        if args.debug:
+            raise
+        print(f"grasp: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

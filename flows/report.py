@@ -1,0 +1,37 @@
+"""Render method results as a terminal table and as JSON rows for tools."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from grasp_core.baselines import MethodResult
+
+COLUMNS = ("method", "test_accuracy", "val_accuracy", "target_steps", "peak_models_alive", "peak_param_multiple",
+           "peak_rss_mb", "wall_s")
+
+
+def result_row(result: MethodResult, target: str) -> dict[str, Any]:
+    mem = result.memory
+    return {"method": result.method, "target": target, "test_accuracy": round(result.test_accuracy, 4),
+            "val_accuracy": round(result.val_accuracy, 4), "target_steps": result.target_steps,
+            "peak_models_alive": mem.models_alive, "peak_param_multiple": mem.param_sized_multiple,
+            "peak_param_bytes_alive": mem.param_bytes_alive, "peak_rss_mb": round(mem.peak_rss_bytes / 2**20, 1),
+            "cuda_peak_mb": round(mem.cuda_peak_bytes / 2**20, 1), "wall_s": round(result.wall_s, 2),
+            **{f"detail.{k}": v for k, v in result.detail.items()}}
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    cells = [[str(r.get(c, "")) for c in COLUMNS] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
+    line = "  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=False))
+    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)) for row in cells]
+    return "\n".join([line, "  ".join("-" * w for w in widths), *body])
+
+
+def write_json(rows: list[dict[str, Any]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(rows, indent=2) + "\n")
+    tmp.replace(path)

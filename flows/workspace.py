@@ -1,0 +1,155 @@
+"""Where a run keeps its files, and the plain-Python steps both runners share: materialise the
+data, build the base, train missing sources (re-using any whose recipe is unchanged), open models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from grasp_core.checkpoints import (
+    CheckpointHeader,
+    SavedCheckpoint,
+    file_sha256,
+    load_checkpoint,
+    read_header,
+    save_checkpoint,
+)
+from grasp_core.config import Config
+from grasp_core.data import DomainData, check_layout, list_domains, load_domain, read_split
+from grasp_core.data.drift import BASE_DIR, write_digits_drift
+from grasp_core.errors import ConfigError, DataLayoutError
+from grasp_core.finetune import EpochCallback
+from grasp_core.sources import build_base, train_source
+
+GENERATOR_MARKER = "_generator.json"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Paths of one project folder (the current directory by default)."""
+
+    root: Path
+
+    def data(self, cfg: Config) -> Path:
+        return self.root / cfg.data.root
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def sources(self) -> Path:
+        return self.checkpoints / "sources"
+
+    @property
+    def base(self) -> Path:
+        return self.checkpoints / "base.safetensors"
+
+    def source(self, domain: str) -> Path:
+        return self.sources / f"{domain}.safetensors"
+
+
+def _sha(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def materialise_data(cfg: Config, ws: Workspace) -> tuple[list[str], bool]:
+    """Generate the embedded benchmark unless the data folder holds it (or user data) already.
+
+    Returns (domains, generated_now). Generated data carries a marker with its recipe; a stale one
+    is regenerated, a folder without a marker is user data and is never touched.
+    """
+    root = ws.data(cfg)
+    recipe = {"generator": cfg.data.generator, "seed": cfg.seed, "data": asdict(cfg.data), "base": cfg.base.mode}
+    for key in ("target", "target_train_frac", "augment", "root"):
+        recipe["data"].pop(key)
+    marker = root / GENERATOR_MARKER
+    if root.exists() and (not marker.exists() or json.loads(marker.read_text()) == recipe):
+        return list_domains(root), False
+    if cfg.data.generator != "digits_drift":
+        raise ConfigError(f"'data.generator' = '{cfg.data.generator}' is unknown; choose: digits_drift")
+    tmp = root.with_name(f".{root.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    names = write_digits_drift(tmp, cfg.data, cfg.base, cfg.seed)
+    (tmp / GENERATOR_MARKER).write_text(json.dumps(recipe, sort_keys=True, indent=1))
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)
+    return names, True
+
+
+def resolve_roles(cfg: Config, domains: list[str]) -> tuple[str, list[str]]:
+    """(target, sources oldest first). The target defaults to the newest domain."""
+    target = cfg.data.target or domains[-1]
+    if target not in domains:
+        raise ConfigError(f"'data.target' = '{target}' is not a domain; domains are: {', '.join(domains)}")
+    sources = [d for d in domains if d != target]
+    if not sources:
+        raise DataLayoutError(f"only the target domain '{target}' exists; GRASP needs at least one source domain")
+    return target, sources
+
+
+def data_fingerprint(root: Path, domain: str) -> str:
+    """sha256 over (relative path, size) of a domain's files: cheap change detection."""
+    files = sorted(p for p in (root / domain).rglob("*") if p.is_file())
+    return _sha([(str(p.relative_to(root)), p.stat().st_size) for p in files])
+
+
+def _reusable(path: Path, recipe: str) -> bool:
+    try:
+        return path.exists() and read_header(path).extra.get("recipe_sha256") == recipe
+    except Exception:  # noqa: BLE001 - an unreadable old file is simply rebuilt
+        return False
+
+
+def ensure_base(cfg: Config, ws: Workspace, classes: list[str], input_shape: tuple[int, int, int],
+                on_epoch: EpochCallback | None = None) -> tuple[SavedCheckpoint, bool]:
+    """Build (or re-use) the shared base. Returns (checkpoint, trained_now)."""
+    root = ws.data(cfg)
+    recipe = _sha({"arch": cfg.model.arch, "weights": cfg.model.weights, "base": asdict(cfg.base), "seed": cfg.seed,
+                   "sources": asdict(cfg.sources), "classes": classes, "shape": input_shape,
+                   "data": data_fingerprint(root, BASE_DIR) if (root / BASE_DIR).exists() else ""})
+    if _reusable(ws.base, recipe):
+        return SavedCheckpoint(ws.base, file_sha256(ws.base), read_header(ws.base)), False
+    pretrain = None
+    if cfg.base.mode == "pretrain":
+        if not (root / BASE_DIR / "train").is_dir():
+            raise DataLayoutError(f"{root / BASE_DIR / 'train'}: missing; 'base.mode: pretrain' needs held-out "
+                                  "base images there, or set 'base.mode: init'")
+        pretrain = read_split(root, BASE_DIR, "train", classes)
+    model = build_base(cfg, len(classes), input_shape, pretrain, on_epoch=on_epoch)
+    header = CheckpointHeader(cfg.model.arch, len(classes), tuple(classes), input_shape,
+                              {"role": "base", "recipe_sha256": recipe})
+    return save_checkpoint(model, ws.base, header), True
+
+
+def ensure_source(cfg: Config, ws: Workspace, domain: DomainData, base: SavedCheckpoint, seed: int,
+                  on_epoch: EpochCallback | None = None) -> tuple[SavedCheckpoint, bool]:
+    """Train (or re-use) the source model of one domain, fine-tuned from the base."""
+    path = ws.source(domain.name)
+    recipe = _sha({"base": base.sha256, "sources": asdict(cfg.sources), "seed": seed, "augment": cfg.data.augment,
+                   "data": data_fingerprint(ws.data(cfg), domain.name)})
+    if _reusable(path, recipe):
+        return SavedCheckpoint(path, file_sha256(path), read_header(path)), False
+    model, header = load_checkpoint(base.path)
+    stage = train_source(model, domain, cfg, seed, on_epoch)
+    extra = {"role": "source", "domain": domain.name, "base_sha256": base.sha256, "recipe_sha256": recipe,
+             "val_accuracy": f"{stage.best_val_accuracy:.4f}"}
+    return save_checkpoint(model, path, CheckpointHeader(header.arch, header.num_classes, header.classes,
+                                                         header.input_shape, extra)), True
+
+
+def source_opener(ws: Workspace, like: CheckpointHeader) -> Callable[[str], object]:
+    """`open_source(name)` for MethodContext: loads and checks one source checkpoint."""
+    return lambda name: load_checkpoint(ws.source(name), like=like)[0]
+
+
+def load_target(cfg: Config, ws: Workspace, target: str, classes: list[str]) -> DomainData:
+    return load_domain(ws.data(cfg), target, classes, cfg.data.target_train_frac, cfg.seed)
+
+
+def layout_classes(cfg: Config, ws: Workspace) -> list[str]:
+    return check_layout(ws.data(cfg))

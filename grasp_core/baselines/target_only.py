@@ -1,0 +1,16 @@
+"""Control: the shared base fine-tuned on the target alone, no source at all."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from grasp_core.baselines.common import MethodContext, finetune_budget, register_method
+from grasp_core.memory import MemoryTracker
+
+
+@register_method("target_only")
+def target_only(ctx: MethodContext, tracker: MemoryTracker) -> tuple[nn.Module, float, int, dict[str, str]]:
+    model = ctx.open_base()
+    tracker.sample()
+    val_acc, steps = finetune_budget(model, ctx, tracker)
+    return model, val_acc, steps, {}

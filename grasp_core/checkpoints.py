@@ -1,0 +1,164 @@
+"""Checkpoints as safetensors with a header; nothing here ever unpickles.
+
+Header keys (safetensors string metadata): `arch`, `num_classes`, `classes` (JSON list),
+`input_shape` (JSON [C, H, W]), `tensors_sha256` (hash of every tensor's name, dtype, shape and bytes),
+plus free-form extras such as `domain`, `role` and `base_sha256`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from grasp_core.errors import CheckpointMismatchError
+from grasp_core.models import build_model
+
+StateDict = dict[str, torch.Tensor]
+_RESERVED = ("arch", "num_classes", "classes", "input_shape", "tensors_sha256")
+
+
+@dataclass(frozen=True)
+class CheckpointHeader:
+    """What a checkpoint claims to be."""
+
+    arch: str
+    num_classes: int
+    classes: tuple[str, ...]
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_metadata(self, tensors_sha256: str) -> dict[str, str]:
+        return {"arch": self.arch, "num_classes": str(self.num_classes), "classes": json.dumps(list(self.classes)),
+                "input_shape": json.dumps(list(self.input_shape)), "tensors_sha256": tensors_sha256, **self.extra}
+
+
+@dataclass(frozen=True)
+class SavedCheckpoint:
+    path: Path
+    sha256: str  # of the whole file: the content hash lineage and DVC checks compare
+    header: CheckpointHeader
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tensors_sha256(state: StateDict) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def save_checkpoint(model: nn.Module, path: Path, header: CheckpointHeader) -> SavedCheckpoint:
+    """Write weights and buffers atomically (temporary file, then rename)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(state, str(tmp), metadata=header.to_metadata(tensors_sha256(state)))
+    os.replace(tmp, path)
+    return SavedCheckpoint(path=path, sha256=file_sha256(path), header=header)
+
+
+def read_header(path: Path) -> CheckpointHeader:
+    """Parse only the header; refuses anything that is not a well-formed grasp safetensors file."""
+    _check_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointMismatchError(f"{path}: not a readable safetensors file ({err}); "
+                                      "checkpoints must be safetensors written by grasp") from None
+    if missing := [k for k in _RESERVED if k not in meta]:
+        raise CheckpointMismatchError(f"{path}: header lacks {missing}; re-save it with grasp_core.checkpoints")
+    extra = {k: v for k, v in meta.items() if k not in _RESERVED}
+    return CheckpointHeader(arch=meta["arch"], num_classes=int(meta["num_classes"]),
+                            classes=tuple(json.loads(meta["classes"])),
+                            input_shape=tuple(json.loads(meta["input_shape"])), extra=extra)  # type: ignore[arg-type]
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise CheckpointMismatchError(f"{path}: checkpoint not found")
+    if path.suffix.lower() in (".pt", ".pth", ".pkl", ".ckpt", ".bin"):
+        raise CheckpointMismatchError(f"{path}: pickle-based checkpoints are never loaded; convert it to "
+                                      "safetensors (safetensors.torch.save_file) first")
+    if path.stat().st_size == 0:
+        raise CheckpointMismatchError(f"{path}: empty file")
+
+
+def check_compatible(path: Path, header: CheckpointHeader, like: CheckpointHeader) -> None:
+    """Raise when `header` (read from `path`) differs from `like` in architecture, classes or input."""
+    for name in ("arch", "num_classes", "classes", "input_shape"):
+        got, want = getattr(header, name), getattr(like, name)
+        if got != want:
+            raise CheckpointMismatchError(f"{path}: {name} {got!r} does not match target {want!r}")
+
+
+def load_checkpoint(path: Path, like: CheckpointHeader | None = None) -> tuple[nn.Module, CheckpointHeader]:
+    """Build the model the header names and load its tensors (strict names and shapes, finite values)."""
+    header = read_header(path)
+    if like is not None:
+        check_compatible(path, header, like)
+    model = build_model(header.arch, header.num_classes, header.input_shape)
+    with safe_open(str(path), framework="pt") as fh:
+        state = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118 (safe_open has no iterator)
+        expected_hash = (fh.metadata() or {})["tensors_sha256"]
+    if tensors_sha256(state) != expected_hash:
+        raise CheckpointMismatchError(f"{path}: tensor content does not match its header hash (corrupt or edited)")
+    load_state(model, state, path)
+    return model, header
+
+
+def load_state(model: nn.Module, state: StateDict, where: Path | str) -> None:
+    """Strict load with one-line errors naming the tensor at fault."""
+    own = model.state_dict()
+    if missing := sorted(set(own) - set(state)):
+        raise CheckpointMismatchError(f"{where}: missing tensor '{missing[0]}' ({len(missing)} missing)")
+    if unexpected := sorted(set(state) - set(own)):
+        raise CheckpointMismatchError(f"{where}: unexpected tensor '{unexpected[0]}' ({len(unexpected)} extra)")
+    for name, tensor in state.items():
+        if tensor.shape != own[name].shape:
+            raise CheckpointMismatchError(f"{where}: tensor '{name}' has shape {tuple(tensor.shape)}, "
+                                          f"the architecture expects {tuple(own[name].shape)}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointMismatchError(f"{where}: tensor '{name}' holds NaN or Inf values")
+    model.load_state_dict(state)
+
+
+def load_weights_file(model: nn.Module, path: Path) -> None:
+    """Load user-named weights into `model`: safetensors, or a torch file read with weights_only=True.
+
+    A head whose shape differs (other class count) keeps its fresh initialisation.
+    """
+    if not path.is_file():
+        raise CheckpointMismatchError(f"{path}: 'model.weights' file not found")
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as fh:
+                state = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    except Exception as err:  # noqa: BLE001 - any parse failure is the file's fault
+        raise CheckpointMismatchError(f"{path}: cannot read weights ({type(err).__name__}: {err})") from None
+    own = model.state_dict()
+    prefixed = {k if k in own else f"net.{k}": v for k, v in state.items()}  # torchvision nets sit under GreyToRGB
+    kept = {k: v for k, v in prefixed.items() if k in own and v.shape == own[k].shape}
+    if not kept:
+        raise CheckpointMismatchError(f"{path}: no tensor matches the architecture's names and shapes")
+    own.update(kept)
+    model.load_state_dict(own)

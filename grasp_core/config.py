@@ -1,0 +1,218 @@
+"""One typed, frozen config read from params.yaml: *what* to compute, never *where* to run it.
+
+Every field is documented here once; other modules refer to the field by its dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from grasp_core.errors import ConfigError
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data"  # folder holding data/<domain>/{train,val,test}/<class>/*.png
+    generator: str = "digits_drift"  # embedded benchmark written to `root` when it is missing
+    domains: int = 5  # number of time-ordered domains the generator writes
+    first_year: int = 2020  # domain names are years: first_year, first_year + 1, ...
+    rotation_step_deg: float = 15.0  # drift: domain t is rotated by t * step degrees
+    noise_step: float = 0.04  # drift: Gaussian pixel noise std grows by this per domain (0-1 scale)
+    image_size: int = 16  # side in pixels of the written PNGs
+    val_frac: float = 0.15  # share of the underlying images held out for every domain's val split
+    test_frac: float = 0.25  # share held out for every domain's test split
+    target: str = ""  # target domain name; "" = the newest domain
+    target_train_frac: float = 0.2  # share of the target's train split used for training
+    augment: bool = True  # random +-1 pixel shifts on training batches (the paper augments too)
+
+    def __post_init__(self) -> None:
+        _check(self.domains >= 2, f"'data.domains' = {self.domains} must be >= 2: one source and one target")
+        _check(self.image_size >= 8, f"'data.image_size' = {self.image_size} must be >= 8")
+        _check(0 < self.val_frac < 1 and 0 < self.test_frac < 1 and self.val_frac + self.test_frac < 1,
+               "'data.val_frac' + 'data.test_frac' must lie in (0, 1)")
+        _check(0 < self.target_train_frac <= 1,
+               f"'data.target_train_frac' = {self.target_train_frac} is outside (0, 1]")
+        _check(self.noise_step >= 0, f"'data.noise_step' = {self.noise_step} must be >= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "small_cnn"  # a key of grasp_core.models.ARCHITECTURES
+    weights: str = ""  # optional local file (safetensors or a weights-only torch file) for the base
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    mode: str = "pretrain"  # "pretrain": train the shared base on undrifted held-out images; "init": seeded init
+    epochs: int = 10  # pretraining epochs when mode = pretrain
+    frac: float = 0.15  # share of the underlying images held out, undrifted, to pretrain the base
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("pretrain", "init"), f"'base.mode' = '{self.mode}' must be 'pretrain' or 'init'")
+        _check(self.epochs >= 0, f"'base.epochs' = {self.epochs} must be >= 0")
+        _check(0 < self.frac < 0.5, f"'base.frac' = {self.frac} is outside (0, 0.5)")
+
+
+@dataclass(frozen=True)
+class SourcesConfig:
+    epochs: int = 10  # epochs to train each source model from the base on its own domain
+    lr: float = 2e-3  # AdamW learning rate for source training
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 0, f"'sources.epochs' = {self.epochs} must be >= 0")
+        _check(self.lr > 0, f"'sources.lr' = {self.lr} must be > 0")
+        _check(self.batch_size >= 1, f"'sources.batch_size' = {self.batch_size} must be >= 1")
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    batches: int = 1  # target train batches whose summed gradients give the alignment (paper: 1)
+    batch_size: int = 32  # images per alignment batch (paper: 32)
+
+    def __post_init__(self) -> None:
+        _check(self.batches >= 1, f"'align.batches' = {self.batches} must be >= 1")
+        _check(self.batch_size >= 1, f"'align.batch_size' = {self.batch_size} must be >= 1")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    policy: str = "paper"  # a key of grasp_core.transfer.POLICIES
+    threshold: float = 0.3  # copy a tensor when its alignment (a cosine) exceeds this (strict >)
+
+    def __post_init__(self) -> None:
+        _check(-1.0 <= self.threshold <= 1.0,
+               f"'transfer.threshold' = {self.threshold} is outside [-1, 1]: it is a cosine")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    initial_epochs: int = 3  # target epochs on the first source before any merge (paper: 3)
+    epochs: int = 3  # target epochs after each merged source (paper: 3)
+    lr: float = 1e-3  # AdamW lr; the paper's 5e-5 suits ImageNet-pretrained nets, not a small CNN
+    weight_decay: float = 0.01  # AdamW weight decay (paper: 0.01, on every parameter)
+    batch_size: int = 32  # paper: 32, drop_last
+
+    def __post_init__(self) -> None:
+        _check(self.initial_epochs >= 0, f"'finetune.initial_epochs' = {self.initial_epochs} must be >= 0")
+        _check(self.epochs >= 0, f"'finetune.epochs' = {self.epochs} must be >= 0")
+        _check(self.lr > 0, f"'finetune.lr' = {self.lr} must be > 0")
+        _check(self.weight_decay >= 0, f"'finetune.weight_decay' = {self.weight_decay} must be >= 0")
+        _check(self.batch_size >= 1, f"'finetune.batch_size' = {self.batch_size} must be >= 1")
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    methods: list[str] = field(  # keys of grasp_core.baselines.METHODS run next to GRASP
+        default_factory=lambda: ["transfer_off", "target_only", "best_single", "fusion", "ensemble"])
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0  # seeds data generation, initialisation, shuffling and augmentation
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    base: BaseConfig = field(default_factory=BaseConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+
+
+def _build(cls: type, raw: Any, where: str, prefix: str = "") -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}'{prefix.rstrip('.') or '<top>'}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    if unknown := sorted(set(raw) - set(hints)):
+        raise ConfigError(f"{where}unknown key '{prefix}{unknown[0]}'; known here: {', '.join(hints)}")
+    values = {}
+    for name, value in raw.items():
+        values[name] = _coerce(hints[name], value, where, prefix + name)
+    try:
+        return cls(**values)
+    except ValueError as err:  # range checks from __post_init__
+        raise ConfigError(f"{where}{err}") from None
+
+
+def _coerce(kind: Any, value: Any, where: str, key: str) -> Any:
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, where, key + ".")
+    if typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind)
+        if not isinstance(value, list) or any(type(v) is not item for v in value):
+            raise ConfigError(f"{where}'{key}' must be a list of {item.__name__}, got {value!r}")
+        return list(value)
+    if kind is float and type(value) is int:
+        return float(value)
+    if type(value) is not kind:  # exact: rejects True for int and "1" for int
+        raise ConfigError(f"{where}'{key}' must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate params.yaml; `overrides` maps dotted keys to values (tests, benches)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; run from the project root or pass --params PATH")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    return _build(Config, raw, f"{path}: ")
+
+
+def config_from_dict(raw: dict[str, Any], where: str = "<dict>") -> Config:
+    """Validate a raw mapping shaped like params.yaml."""
+    return _build(Config, raw, f"{where}: ")
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def replace(cfg: Config, **dotted: Any) -> Config:
+    """A copy of `cfg` with dotted keys (written with '__' for '.') replaced and re-validated."""
+    raw = dataclasses.asdict(cfg)
+    for key, value in dotted.items():
+        _set_dotted(raw, key.replace("__", "."), value)
+    return config_from_dict(raw)
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """The config as dotted keys -> leaf values (MLflow params use these keys)."""
+    out: dict[str, Any] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                out[prefix + key] = value
+
+    walk(dataclasses.asdict(cfg), "")
+    return out
+
+
+def config_hash(cfg: Config) -> str:
+    """sha256 of the resolved config, stable across key order."""
+    text = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,98 @@
+"""Read the on-disk layout of the public Yearbook and CLEAR releases:
+`<root>/<domain>/{train,val,test}/<class>/*.png`. Folders starting with '_' or '.' are not domains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from grasp_core.errors import DataLayoutError
+
+SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+EXPECTED = "expected <root>/<domain>/{train,val,test}/<class>/*.png"
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images of one domain split, decoded once and held as tensors."""
+
+    x: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
+    y: torch.Tensor  # (N,) int64 class indices
+    files: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def list_domains(root: Path) -> list[str]:
+    """Domain folders under `root`, sorted (a lexical sort is the time order for year names)."""
+    if not root.is_dir():
+        raise DataLayoutError(f"{root}: data folder not found; {EXPECTED}")
+    domains = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[0] not in "._")
+    if not domains:
+        raise DataLayoutError(f"{root}: no domain folders; {EXPECTED}")
+    return domains
+
+
+def class_names(root: Path, domain: str, split: str = "train") -> list[str]:
+    """Class folder names of one split, sorted; numeric names sort by value."""
+    folder = root / domain / split
+    if not folder.is_dir():
+        raise DataLayoutError(f"{folder}: split folder missing; {EXPECTED}")
+    names = [p.name for p in folder.iterdir() if p.is_dir()]
+    if not names:
+        raise DataLayoutError(f"{folder}: no class folders; {EXPECTED}")
+    return sorted(names, key=lambda n: (0, int(n), n) if n.isdigit() else (1, 0, n))
+
+
+def check_layout(root: Path) -> list[str]:
+    """Every domain has every split with the same class set; returns the class names."""
+    domains = list_domains(root)
+    classes = class_names(root, domains[0])
+    for domain in domains:
+        for split in SPLITS:
+            found = class_names(root, domain, split)
+            if found != classes:
+                missing = sorted(set(classes) - set(found)) or sorted(set(found) - set(classes))
+                raise DataLayoutError(
+                    f"{root / domain / split}: class folders {found} differ from {domains[0]}/train "
+                    f"(differs in {missing}); every domain and split needs the same classes")
+    return classes
+
+
+def _read_image(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("L") if img.mode in ("L", "1", "P", "I;16") else img.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataLayoutError(f"{path}: unreadable image ({err}); remove or replace the file") from None
+
+
+def read_split(root: Path, domain: str, split: str, classes: list[str]) -> Split:
+    """Decode every image of one split; all images must share one shape."""
+    arrays, labels, files = [], [], []
+    for label, cls in enumerate(classes):
+        folder = root / domain / split / cls
+        if not folder.is_dir():
+            raise DataLayoutError(f"{folder}: class folder missing; {EXPECTED}")
+        for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            arrays.append(_read_image(path))
+            labels.append(label)
+            files.append(str(path.relative_to(root)))
+    if not arrays:
+        raise DataLayoutError(f"{root / domain / split}: no images; {EXPECTED}")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise DataLayoutError(f"{root / domain / split}: images of several shapes {sorted(shapes)}; "
+                              "resize them to one shape (grasp data import does)")
+    stacked = np.stack(arrays)  # (N, H, W) or (N, H, W, C)
+    if stacked.ndim == 3:
+        stacked = stacked[..., None]
+    x = torch.from_numpy(stacked).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+    return Split(x=x, y=torch.tensor(labels, dtype=torch.int64), files=tuple(files))

@@ -1,0 +1,90 @@
+"""Train and evaluate on a domain: the fine-tuning every stage and every baseline shares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from grasp_core.data import Batches, Split
+from grasp_core.memory import MemoryTracker
+
+EpochCallback = Callable[[int, int, float], None]  # (epoch, epochs, val accuracy)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    accuracy: float
+    per_class_accuracy: tuple[float, ...]  # NaN-free: a class without images scores 0
+    confusion: tuple[tuple[int, ...], ...]  # rows: true class, columns: predicted class
+    loss: float
+
+
+@dataclass(frozen=True)
+class StageResult:
+    best_val_accuracy: float
+    best_epoch: int  # 1-based; 0 when no epoch ran
+    steps: int  # optimizer steps taken (the target-training budget spent)
+    val_history: tuple[float, ...]
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, split: Split, batch_size: int = 512) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(split.x[i:i + batch_size]) for i in range(0, len(split), batch_size)])  # (N, K)
+
+
+def evaluate_logits(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> EvalResult:
+    """Accuracy, per-class accuracy and confusion matrix from logits (N, K) and labels (N,)."""
+    pred = logits.argmax(dim=1)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    confusion.index_put_((y, pred), torch.ones_like(y), accumulate=True)
+    per_class = confusion.diag().float() / confusion.sum(dim=1).clamp(min=1).float()
+    return EvalResult(accuracy=float((pred == y).float().mean()),
+                      per_class_accuracy=tuple(per_class.tolist()),
+                      confusion=tuple(tuple(row) for row in confusion.tolist()),
+                      loss=float(F.cross_entropy(logits, y)))
+
+
+def evaluate(model: nn.Module, split: Split, num_classes: int) -> EvalResult:
+    return evaluate_logits(predict_logits(model, split), split.y, num_classes)
+
+
+def train_epochs(model: nn.Module, train: Batches, val: Split, epochs: int, lr: float, weight_decay: float,
+                 tracker: MemoryTracker | None = None, on_epoch: EpochCallback | None = None) -> StageResult:
+    """One stage as the official code runs it: a new AdamW, cosine lr stepped per epoch, and the
+    weights of the best-validation epoch restored at the end (a held copy: the "+1" model)."""
+    if epochs == 0:
+        return StageResult(best_val_accuracy=_accuracy(model, val), best_epoch=0, steps=0, val_history=())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    best_acc, best_epoch, best_state, steps, history = -1.0, 0, None, 0, []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for x, y in train:
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            steps += 1
+        schedule.step()
+        acc = _accuracy(model, val)
+        history.append(acc)
+        if acc > best_acc:
+            best_acc, best_epoch = acc, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if tracker is not None:
+            tracker.sample()  # weights, grads, two AdamW moments and the best copy are all alive here
+        if on_epoch is not None:
+            on_epoch(epoch, epochs, acc)
+    model.zero_grad(set_to_none=True)
+    del optimizer
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    return StageResult(best_val_accuracy=best_acc, best_epoch=best_epoch, steps=steps, val_history=tuple(history))
+
+
+def _accuracy(model: nn.Module, split: Split) -> float:
+    return float((predict_logits(model, split).argmax(dim=1) == split.y).float().mean())

@@ -1,0 +1,168 @@
+"""The GRASP driver: one source at a time into an evolving target (arXiv 2606.14900).
+
+Step 1: the first source, fine-tuned on the target, becomes the target model.
+Step 2, per next source: alignment scores on target batches -> transfer policy -> fine-tune.
+`run_grasp` consumes an *iterator* of sources and drops each before pulling the next, so at most
+two models (plus the best-validation copy inside fine-tuning) are alive for any number of sources.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from grasp_core.align import alignment_scores
+from grasp_core.config import Config
+from grasp_core.data import Batch, Batches, DomainData, Split
+from grasp_core.errors import ConfigError
+from grasp_core.finetune import EpochCallback, evaluate, train_epochs
+from grasp_core.memory import MemorySample, MemoryTracker
+from grasp_core.transfer import get_policy
+
+SourceStream = Iterator[tuple[str, nn.Module]]  # (source name, model), loaded lazily one at a time
+
+
+@dataclass(frozen=True)
+class TargetLoaders:
+    """Everything a stage reads from the target domain."""
+
+    train: Batches  # shuffled, augmented, drop_last: fine-tuning
+    align: Batches  # shuffled, augmented, drop_last: alignment batches are the first `align.batches`
+    val: Split
+    test: Split
+    num_classes: int
+
+
+def target_loaders(data: DomainData, cfg: Config) -> TargetLoaders:
+    ft, al = cfg.finetune, cfg.align
+    train = Batches(data.train, ft.batch_size, shuffle=True, drop_last=True, augment=cfg.data.augment, seed=cfg.seed)
+    align = Batches(data.train, al.batch_size, shuffle=True, drop_last=True, augment=cfg.data.augment,
+                    seed=cfg.seed + 7919)
+    if len(align) < al.batches:
+        raise ConfigError(f"'align.batches' = {al.batches} x 'align.batch_size' = {al.batch_size} needs "
+                          f"{al.batches * al.batch_size} target train images; domain {data.name} has "
+                          f"{len(data.train)} (raise 'data.target_train_frac' or lower them)")
+    if len(train) == 0:
+        raise ConfigError(f"'finetune.batch_size' = {ft.batch_size} exceeds the {len(data.train)} target train "
+                          f"images of domain {data.name}")
+    return TargetLoaders(train=train, align=align, val=data.val, test=data.test, num_classes=len(data.classes))
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One GRASP stage. `target` is the live, updated target model (never written to disk here)."""
+
+    stage: int  # 0 = initial fine-tune of the first source
+    source_name: str
+    target: nn.Module = field(repr=False, compare=False)
+    scores: dict[str, float]  # param_name -> alignment (empty at stage 0)
+    transferred: tuple[str, ...]
+    tensors_frac: float
+    params_transferred: int
+    params_frac: float
+    val_accuracy: float
+    test_accuracy: float
+    per_class_accuracy: tuple[float, ...]
+    confusion: tuple[tuple[int, ...], ...]
+    steps: int  # target optimizer steps in this stage
+    memory: MemorySample
+    timings_s: dict[str, float]  # align, transfer, finetune, evaluate
+
+    @property
+    def wall_s(self) -> float:
+        return sum(self.timings_s.values())
+
+
+def _first_batches(batches: Batches, n: int) -> list[Batch]:
+    out = []
+    for batch in batches:
+        out.append(batch)
+        if len(out) == n:
+            break
+    return out
+
+
+def _finish(stage: int, name: str, target: nn.Module, loaders: TargetLoaders, epochs: int, cfg: Config,
+            tracker: MemoryTracker, on_epoch: EpochCallback | None, scores: dict[str, float],
+            transferred: list[str], timings: dict[str, float]) -> StepResult:
+    """Fine-tune, evaluate and package a stage (shared by step 1 and step 2)."""
+    t0 = time.perf_counter()
+    stage_result = train_epochs(target, loaders.train, loaders.val, epochs, cfg.finetune.lr,
+                                cfg.finetune.weight_decay, tracker, on_epoch)
+    t1 = time.perf_counter()
+    test = evaluate(target, loaders.test, loaders.num_classes)
+    timings.update(finetune=t1 - t0, evaluate=time.perf_counter() - t1)
+    sizes = {n: p.numel() for n, p in target.named_parameters()}
+    moved = sum(sizes[n] for n in transferred)
+    return StepResult(stage=stage, source_name=name, target=target, scores=scores, transferred=tuple(transferred),
+                      tensors_frac=len(transferred) / len(sizes) if scores else 0.0, params_transferred=moved,
+                      params_frac=moved / sum(sizes.values()) if scores else 0.0,
+                      val_accuracy=stage_result.best_val_accuracy, test_accuracy=test.accuracy,
+                      per_class_accuracy=test.per_class_accuracy, confusion=test.confusion,
+                      steps=stage_result.steps, memory=tracker.take_peak(), timings_s=timings)
+
+
+def initial_step(first: nn.Module, name: str, loaders: TargetLoaders, cfg: Config, tracker: MemoryTracker,
+                 on_epoch: EpochCallback | None = None) -> StepResult:
+    """GRASP step 1: the first source, fine-tuned on the target, becomes the target model."""
+    tracker.sample()
+    return _finish(0, name, first, loaders, cfg.finetune.initial_epochs, cfg, tracker, on_epoch, {}, [],
+                   {"align": 0.0, "transfer": 0.0})
+
+
+@dataclass(frozen=True)
+class Merge:
+    """What GRASP step 2a-b did to the target for one source."""
+
+    scores: dict[str, float]
+    transferred: list[str]
+    timings_s: dict[str, float]
+
+
+def merge_source(target: nn.Module, source: nn.Module, loaders: TargetLoaders, cfg: Config,
+                 tracker: MemoryTracker) -> Merge:
+    """GRASP step 2a-b: alignment scores on target batches, then the transfer policy (in place)."""
+    policy = get_policy(cfg.transfer.policy)
+    t0 = time.perf_counter()
+    scores = alignment_scores(target, source, _first_batches(loaders.align, cfg.align.batches))
+    tracker.sample()
+    t1 = time.perf_counter()
+    transferred = policy(target, source, scores, cfg.transfer)
+    return Merge(scores, transferred, {"align": t1 - t0, "transfer": time.perf_counter() - t1})
+
+
+def grasp_step(target: nn.Module, source: nn.Module, name: str, stage: int, loaders: TargetLoaders,
+               cfg: Config, tracker: MemoryTracker, on_epoch: EpochCallback | None = None) -> StepResult:
+    """GRASP step 2 for one source: align, transfer, fine-tune, evaluate.
+
+    The caller's reference keeps `source` alive during fine-tuning; `run_grasp` avoids that.
+    """
+    merge = merge_source(target, source, loaders, cfg, tracker)
+    return _finish(stage, name, target, loaders, cfg.finetune.epochs, cfg, tracker, on_epoch, merge.scores,
+                   merge.transferred, merge.timings_s)
+
+
+def run_grasp(sources: SourceStream, loaders: TargetLoaders, cfg: Config, tracker: MemoryTracker | None = None,
+              on_epoch: EpochCallback | None = None) -> Iterator[StepResult]:
+    """Run GRASP over a stream of sources, yielding one `StepResult` per stage.
+
+    Each source is released before the next is pulled from the stream; the caller must not keep
+    references to the models the stream hands out.
+    """
+    stream = iter(sources)
+    try:
+        name, target = next(stream)
+    except StopIteration:
+        raise ConfigError("GRASP needs at least one source model; none was given") from None
+    tracker = tracker or MemoryTracker.for_model(target)
+    yield initial_step(target, name, loaders, cfg, tracker, on_epoch)
+    stage = 0
+    for name, source in stream:  # not enumerate(): its cached result tuple would keep the source alive
+        stage += 1
+        merge = merge_source(target, source, loaders, cfg, tracker)
+        del source  # dropped before fine-tuning: weights, grads, 2 AdamW moments and the best copy remain
+        yield _finish(stage, name, target, loaders, cfg.finetune.epochs, cfg, tracker, on_epoch, merge.scores,
+                      merge.transferred, merge.timings_s)

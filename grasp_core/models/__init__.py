@@ -1,0 +1,42 @@
+"""Architecture registry: `build_model(name, num_classes, input_shape)`.
+
+Add an architecture by decorating a builder with `@register_architecture("name")` in a module
+imported at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from grasp_core.errors import UnknownArchitectureError
+
+Builder = Callable[[int, tuple[int, int, int]], nn.Module]
+ARCHITECTURES: dict[str, Builder] = {}
+
+
+def register_architecture(name: str) -> Callable[[Builder], Builder]:
+    def decorate(builder: Builder) -> Builder:
+        if name in ARCHITECTURES:
+            raise ValueError(f"architecture '{name}' registered twice")
+        ARCHITECTURES[name] = builder
+        return builder
+
+    return decorate
+
+
+def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    """A freshly initialised model; `input_shape` is (C, H, W) of the data."""
+    if name not in ARCHITECTURES:
+        raise UnknownArchitectureError(
+            f"'model.arch' = '{name}' is unknown; choose one of: {', '.join(sorted(ARCHITECTURES))}")
+    return ARCHITECTURES[name](num_classes, tuple(input_shape))  # type: ignore[arg-type]
+
+
+def param_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters (buffers excluded)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+from grasp_core.models import small_cnn, torchvision_nets  # noqa: E402,F401  (fill the registry)

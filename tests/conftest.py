@@ -1,0 +1,65 @@
+"""Shared tiny fixtures: seeded tensors and models, a tiny params.yaml, nothing downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from grasp_core.data import DomainData, Split
+
+TINY_PARAMS = {
+    "seed": 0,
+    "data": {"domains": 3, "image_size": 8, "target_train_frac": 0.3},
+    "base": {"mode": "pretrain", "epochs": 1},
+    "sources": {"epochs": 1, "batch_size": 64},
+    "finetune": {"initial_epochs": 1, "epochs": 1, "batch_size": 32},
+    "baselines": {"methods": ["transfer_off", "target_only", "best_single", "fusion", "ensemble"]},
+}
+
+
+class TinyMLP(nn.Module):
+    """Buffer-free 2-layer MLP on (B, 1, 4, 4) inputs; `sign` flips the logits (anti-aligned twins)."""
+
+    def __init__(self, num_classes: int = 3, hidden: int = 8, sign: float = 1.0) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(16, hidden), nn.Linear(hidden, num_classes)
+        self.sign = sign
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sign * self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+def tiny_split(n: int, num_classes: int = 3, seed: int = 0, shape: tuple[int, ...] = (1, 4, 4)) -> Split:
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % num_classes
+    x = torch.rand((n, *shape), generator=gen) * 0.5 + y.view(-1, 1, 1, 1).float() / num_classes
+    return Split(x=x.clamp(0, 1), y=y, files=tuple(f"{i}.png" for i in range(n)))
+
+
+@pytest.fixture
+def tiny_domain() -> DomainData:
+    return DomainData(name="t", classes=("0", "1", "2"), train=tiny_split(96, seed=1), val=tiny_split(30, seed=2),
+                      test=tiny_split(30, seed=3))
+
+
+@pytest.fixture
+def tmp_params(tmp_path: Path):
+    """Write a params.yaml (TINY_PARAMS updated by `overrides`) and return its path."""
+
+    def write(overrides: dict | None = None, name: str = "params.yaml") -> Path:
+        raw = yaml.safe_load(yaml.safe_dump(TINY_PARAMS))
+        for key, value in (overrides or {}).items():
+            node = raw
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    return write

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from grasp_core.checkpoints import CheckpointHeader, load_checkpoint, read_header, save_checkpoint
+from grasp_core.errors import CheckpointMismatchError, UnknownArchitectureError
+from grasp_core.models import ARCHITECTURES, build_model
+
+HEADER = CheckpointHeader("small_cnn", 3, ("a", "b", "c"), (1, 8, 8), {"domain": "2020"})
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 3, (1, 8, 8))
+    return model, save_checkpoint(model, tmp_path / "m.safetensors", HEADER)
+
+
+def test_round_trip_restores_every_tensor_and_the_header(saved):
+    model, ckpt = saved
+    loaded, header = load_checkpoint(ckpt.path)
+    assert header == HEADER
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    assert len(ckpt.sha256) == 64
+    assert not list(ckpt.path.parent.glob("*.tmp")), "atomic save leaves no temporary file"
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("arch", "resnet50", "arch 'small_cnn' does not match target 'resnet50'"),
+    ("num_classes", 4, "num_classes 3 does not match target 4"),
+    ("input_shape", (3, 8, 8), "input_shape (1, 8, 8) does not match target (3, 8, 8)"),
+])
+def test_mismatch_against_target_is_refused(saved, field, value, fragment):
+    _, ckpt = saved
+    like = CheckpointHeader(**{**HEADER.__dict__, field: value})
+    with pytest.raises(CheckpointMismatchError, match=str(ckpt.path)) as err:
+        load_checkpoint(ckpt.path, like=like)
+    assert fragment in str(err.value)
+
+
+def test_wrong_tensor_shape_names_the_tensor(tmp_path):
+    model = build_model("small_cnn", 4, (1, 8, 8))  # head has 4 outputs, header claims 3
+    path = save_checkpoint(model, tmp_path / "x.safetensors", HEADER).path
+    with pytest.raises(CheckpointMismatchError, match="tensor 'head.(weight|bias)' has shape"):
+        load_checkpoint(path)
+
+
+def test_pickle_is_never_loaded(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    for name in ("evil.pt", "evil.safetensors"):
+        path = tmp_path / name
+        path.write_bytes(pickle.dumps(Payload()))
+        with pytest.raises(CheckpointMismatchError, match=name):
+            load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_empty_corrupt_nan_and_headerless_files_are_refused(saved, tmp_path):
+    _, ckpt = saved
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointMismatchError, match="empty file"):
+        load_checkpoint(empty)
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(ckpt.path.read_bytes()[:-100])
+    with pytest.raises(CheckpointMismatchError, match="cut.safetensors"):
+        load_checkpoint(truncated)
+    bare = tmp_path / "bare.safetensors"
+    save_file({"w": torch.zeros(2)}, str(bare))
+    with pytest.raises(CheckpointMismatchError, match="header lacks"):
+        read_header(bare)
+    model = build_model("small_cnn", 3, (1, 8, 8))
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("nan")
+    nan_path = save_checkpoint(model, tmp_path / "nan.safetensors", HEADER).path
+    with pytest.raises(CheckpointMismatchError, match="'head.weight' holds NaN or Inf"):
+        load_checkpoint(nan_path)
+
+
+def test_edited_tensor_bytes_fail_the_header_hash(saved, tmp_path):
+    _, ckpt = saved
+    data = bytearray(ckpt.path.read_bytes())
+    data[-5] ^= 0xFF  # flip bits inside the last tensor's payload
+    edited = tmp_path / "edited.safetensors"
+    edited.write_bytes(bytes(data))
+    with pytest.raises(CheckpointMismatchError, match="does not match its header hash"):
+        load_checkpoint(edited)
+
+
+def test_architecture_registry():
+    assert set(ARCHITECTURES) == {"small_cnn", "resnet50", "efficientnet_b1"}
+    with pytest.raises(UnknownArchitectureError, match="'model.arch' = 'vgg' is unknown; choose one of"):
+        build_model("vgg", 3, (1, 8, 8))
+    out = build_model("small_cnn", 7, (3, 12, 12))(torch.zeros(2, 3, 12, 12))
+    assert out.shape == (2, 7)

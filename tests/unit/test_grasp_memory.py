@@ -1,0 +1,102 @@
+"""The driver's memory bound, measured by counting live parameters, and the shared target budget."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from grasp_core.baselines import METHODS, MethodContext, run_method
+from grasp_core.config import Config
+from grasp_core.grasp import run_grasp, target_loaders
+from grasp_core.memory import MemoryTracker, measure, model_param_bytes, param_shapes_of
+from grasp_core.models import build_model
+
+SHAPE = (1, 4, 4)
+
+
+def _cfg() -> Config:
+    cfg = Config()
+    return dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, initial_epochs=1, epochs=1),
+                               data=dataclasses.replace(cfg.data, augment=False))
+
+
+def _make_source(i: int):
+    torch.manual_seed(100 + i)
+    return build_model("small_cnn", 3, SHAPE)
+
+
+def test_measure_counts_parameter_bytes():
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 3, SHAPE)
+    expected = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert model_param_bytes(model) == expected
+    sample = measure(expected, param_shapes_of(model))
+    assert sample.param_bytes_alive >= expected and sample.models_alive >= 1
+    twin = build_model("small_cnn", 3, SHAPE)
+    assert measure(expected, param_shapes_of(model)).param_bytes_alive - sample.param_bytes_alive == expected
+    del twin
+
+
+def test_grasp_keeps_two_models_alive_for_eight_sources(tiny_domain):
+    cfg = _cfg()
+    loaders = target_loaders(tiny_domain, cfg)
+    opened = []
+
+    def stream():
+        for i in range(8):
+            opened.append(i)
+            yield f"s{i}", _make_source(i)
+
+    tracker = MemoryTracker.for_model(_make_source(0))
+    before = measure(tracker.model_param_bytes, tracker.param_shapes).models_alive
+    stages = list(run_grasp(stream(), loaders, cfg, tracker))
+    assert [s.stage for s in stages] == list(range(8)) and opened == list(range(8))
+    peak_models = max(s.memory.models_alive for s in stages) - before
+    peak_multiple = max(s.memory.param_sized_multiple for s in stages)
+    assert peak_models <= 2, f"{peak_models} models alive at peak"
+    assert peak_multiple <= 5.0 + before + 0.1, f"{peak_multiple} parameter-sized tensors alive"
+    assert all(s.steps == len(loaders.train) for s in stages)
+
+
+def test_every_training_method_gets_the_same_target_budget(tiny_domain):
+    cfg = _cfg()
+    torch.manual_seed(9)
+    base = build_model("small_cnn", 3, SHAPE)
+    sources = {f"s{i}": _make_source(i).state_dict() for i in range(3)}
+
+    def open_source(name):
+        model = build_model("small_cnn", 3, SHAPE)
+        model.load_state_dict(sources[name])
+        return model
+
+    def open_base():
+        model = build_model("small_cnn", 3, SHAPE)
+        model.load_state_dict(base.state_dict())
+        return model
+
+    ctx = MethodContext(cfg=cfg, loaders=target_loaders(tiny_domain, cfg), source_names=tuple(sources),
+                        open_source=open_source, open_base=open_base, model_param_bytes=model_param_bytes(base),
+                        param_shapes=param_shapes_of(base))
+    results = {name: run_method(name, ctx) for name in sorted(METHODS)}
+    assert set(results) == {"grasp", "transfer_off", "target_only", "best_single", "fusion", "ensemble"}
+    budget = (cfg.finetune.initial_epochs + 2 * cfg.finetune.epochs) * len(ctx.loaders.train)
+    for name, result in results.items():
+        assert result.target_steps == (0 if name == "ensemble" else budget), name
+        assert 0.0 <= result.test_accuracy <= 1.0
+    assert results["ensemble"].memory.models_alive >= 3
+    assert results["grasp"].memory.models_alive <= 2 + 1  # +1: the test's own `base`
+
+
+def test_transfer_off_and_grasp_see_identical_batches(tiny_domain):
+    """With threshold 1.0 nothing is copied, so GRASP must equal its transfer-off control exactly."""
+    cfg = _cfg()
+    cfg = dataclasses.replace(cfg, transfer=dataclasses.replace(cfg.transfer, threshold=1.0))
+    results = []
+    for policy in ("paper", "none"):
+        run_cfg = dataclasses.replace(cfg, transfer=dataclasses.replace(cfg.transfer, policy=policy))
+        torch.manual_seed(0)
+        stream = ((f"s{i}", _make_source(i)) for i in range(3))
+        results.append([s.test_accuracy for s in run_grasp(stream, target_loaders(tiny_domain, run_cfg), run_cfg)])
+    assert results[0] == pytest.approx(results[1])
