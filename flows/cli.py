@@ -29,8 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "baselines of params.yaml on the target, and print one row per method.")
     _common(run)
     run.add_argument("--json", type=Path, metavar="FILE", help="also write the table as a JSON list of objects")
-    run.add_argument("--engine", choices=["core"], default="core",
-                     help="core: plain Python, no orchestration")
+    run.add_argument("--engine", choices=["prefect", "core"], default="prefect",
+                     help="prefect (default): the operated pipeline (GX gate, DVC, MLflow registry); "
+                     "core: plain Python, no orchestration, no tracking")
+    run.add_argument("--baselines", action="store_true",
+                     help="prefect engine: also run baselines.methods, each logged as its own MLflow run "
+                     "(the core engine always runs them)")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                     "sqlite:///<workdir>/mlflow.db)")
+    run.add_argument("--dvc-remote", help="DVC remote URL or folder (default: $GRASP_DVC_REMOTE, else "
+                     "<workdir>/.dvc-remote)")
     run.add_argument("--methods", help="comma-separated methods to run (default: grasp + baselines.methods)")
     run.set_defaults(handler=cmd_run)
 
@@ -43,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.engine == "prefect":
+        return _run_flow(args)
     from flows.progress import Progress
     from flows.report import format_table, result_row, write_json
     from flows.runner import core_run
@@ -57,6 +67,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(format_table(rows))
     if args.json:
         write_json(rows, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _run_flow(args: argparse.Namespace) -> int:
+    from flows.settings import apply_defaults
+
+    apply_defaults(args.workdir, args.verbose)
+    from flows.pipeline import run_pipeline
+    from flows.report import format_rows, stage_row, write_json
+
+    summary = run_pipeline(args.params, args.workdir, baselines=args.baselines, tracking_uri=args.tracking_uri,
+                           dvc_remote=args.dvc_remote, quiet=args.quiet, verbose=args.verbose)
+    stages = [stage_row(step, version) for step, version in zip(summary.steps, summary.versions, strict=True)]
+    print(f"target {summary.target} | registered model {summary.model_name} versions "
+          f"{', '.join(summary.versions)} | aliases {', '.join(summary.aliases)} -> v{summary.versions[-1]}")
+    print(format_rows(stages))
+    if summary.methods:
+        print(format_rows(summary.methods))
+    if args.json:
+        write_json(summary.methods or stages, args.json)
         print(f"wrote {args.json}")
     return 0
 

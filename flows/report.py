@@ -22,12 +22,27 @@ def result_row(result: MethodResult, target: str) -> dict[str, Any]:
             **{f"detail.{k}": v for k, v in result.detail.items()}}
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    cells = [[str(r.get(c, "")) for c in COLUMNS] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
-    line = "  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=False))
-    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)) for row in cells]
+def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join([line, "  ".join("-" * w for w in widths), *body])
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """A table of whatever keys the rows share (first row's order)."""
+    return format_table(rows, tuple(rows[0])) if rows else "(no rows)"
+
+
+def stage_row(step: Any, version: str) -> dict[str, Any]:
+    """One GRASP stage of a pipeline run, for the terminal."""
+    r = step.result
+    return {"stage": r.stage, "source": r.source_name, "version": version,
+            "transferred": f"{len(r.transferred)}/{len(r.scores)}" if r.scores else "-",
+            "val_accuracy": round(r.val_accuracy, 4), "test_accuracy": round(r.test_accuracy, 4),
+            "models_alive": r.memory.models_alive, "peak_rss_mb": round(r.memory.peak_rss_bytes / 2**20, 1),
+            "wall_s": round(r.wall_s, 2)}
 
 
 def write_json(rows: list[dict[str, Any]], path: Path) -> None:

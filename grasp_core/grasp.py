@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from torch import nn
 
@@ -57,7 +57,7 @@ class StepResult:
 
     stage: int  # 0 = initial fine-tune of the first source
     source_name: str
-    target: nn.Module = field(repr=False, compare=False)
+    target: nn.Module | None = field(repr=False, compare=False)  # None once detached (see `detached`)
     scores: dict[str, float]  # param_name -> alignment (empty at stage 0)
     transferred: tuple[str, ...]
     tensors_frac: float
@@ -70,10 +70,15 @@ class StepResult:
     steps: int  # target optimizer steps in this stage
     memory: MemorySample
     timings_s: dict[str, float]  # align, transfer, finetune, evaluate
+    param_numels: dict[str, int]  # param_name -> number of elements (for tables without the model)
 
     @property
     def wall_s(self) -> float:
         return sum(self.timings_s.values())
+
+    def detached(self) -> StepResult:
+        """The same result without the live model (safe to keep, pass between tasks, or log)."""
+        return replace(self, target=None)
 
 
 def _first_batches(batches: Batches, n: int) -> list[Batch]:
@@ -102,7 +107,7 @@ def _finish(stage: int, name: str, target: nn.Module, loaders: TargetLoaders, ep
                       params_frac=moved / sum(sizes.values()) if scores else 0.0,
                       val_accuracy=stage_result.best_val_accuracy, test_accuracy=test.accuracy,
                       per_class_accuracy=test.per_class_accuracy, confusion=test.confusion,
-                      steps=stage_result.steps, memory=tracker.take_peak(), timings_s=timings)
+                      steps=stage_result.steps, memory=tracker.take_peak(), timings_s=timings, param_numels=sizes)
 
 
 def initial_step(first: nn.Module, name: str, loaders: TargetLoaders, cfg: Config, tracker: MemoryTracker,
@@ -145,24 +150,43 @@ def grasp_step(target: nn.Module, source: nn.Module, name: str, stage: int, load
                    merge.transferred, merge.timings_s)
 
 
+def position_batches(loaders: TargetLoaders, cfg: Config, stage: int) -> None:
+    """Put the target's batch streams where an uninterrupted run would be at the start of `stage`.
+
+    Shuffles depend only on (seed, stage), so a stage run alone (a pipeline task, a resumed run)
+    sees exactly the batches it would have seen inside one long run.
+    """
+    ft = cfg.finetune
+    loaders.train.passes = 0 if stage == 0 else ft.initial_epochs + (stage - 1) * ft.epochs
+    loaders.align.passes = max(stage - 1, 0)
+
+
 def run_grasp(sources: SourceStream, loaders: TargetLoaders, cfg: Config, tracker: MemoryTracker | None = None,
-              on_epoch: EpochCallback | None = None) -> Iterator[StepResult]:
+              on_epoch: EpochCallback | None = None, *, target: nn.Module | None = None,
+              start_stage: int = 0) -> Iterator[StepResult]:
     """Run GRASP over a stream of sources, yielding one `StepResult` per stage.
 
-    Each source is released before the next is pulled from the stream; the caller must not keep
-    references to the models the stream hands out.
+    Without `target`, the first source becomes the target (step 1, stage 0). With `target` (a
+    resumed run, an incremental run from the champion, one pipeline task), every source of the
+    stream is merged into it, numbered from `start_stage`. Each source is released before
+    fine-tuning; the caller must not keep references to the models the stream hands out.
     """
     stream = iter(sources)
-    try:
-        name, target = next(stream)
-    except StopIteration:
-        raise ConfigError("GRASP needs at least one source model; none was given") from None
+    stage = start_stage
+    if target is None:
+        try:
+            name, target = next(stream)
+        except StopIteration:
+            raise ConfigError("GRASP needs at least one source model; none was given") from None
+        tracker = tracker or MemoryTracker.for_model(target)
+        position_batches(loaders, cfg, 0)
+        yield initial_step(target, name, loaders, cfg, tracker, on_epoch)
+        stage = 1
     tracker = tracker or MemoryTracker.for_model(target)
-    yield initial_step(target, name, loaders, cfg, tracker, on_epoch)
-    stage = 0
     for name, source in stream:  # not enumerate(): its cached result tuple would keep the source alive
-        stage += 1
+        position_batches(loaders, cfg, stage)
         merge = merge_source(target, source, loaders, cfg, tracker)
         del source  # dropped before fine-tuning: weights, grads, 2 AdamW moments and the best copy remain
         yield _finish(stage, name, target, loaders, cfg.finetune.epochs, cfg, tracker, on_epoch, merge.scores,
                       merge.transferred, merge.timings_s)
+        stage += 1

@@ -100,3 +100,24 @@ def test_transfer_off_and_grasp_see_identical_batches(tiny_domain):
         stream = ((f"s{i}", _make_source(i)) for i in range(3))
         results.append([s.test_accuracy for s in run_grasp(stream, target_loaders(tiny_domain, run_cfg), run_cfg)])
     assert results[0] == pytest.approx(results[1])
+
+
+def test_stages_run_one_at_a_time_equal_one_uninterrupted_run(tiny_domain):
+    """What pipeline tasks and resumed runs rely on: a stage depends only on its inputs and (seed, stage)."""
+    cfg = dataclasses.replace(_cfg(), data=dataclasses.replace(_cfg().data, augment=True))
+    whole = list(run_grasp(((f"s{i}", _make_source(i)) for i in range(3)), target_loaders(tiny_domain, cfg), cfg))
+    final = {k: v.clone() for k, v in whole[-1].target.state_dict().items()}
+    first = next(run_grasp(iter([("s0", _make_source(0))]), target_loaders(tiny_domain, cfg), cfg))
+    state = {k: v.clone() for k, v in first.target.state_dict().items()}
+    pieces = [first]
+    for i in (1, 2):
+        target = build_model("small_cnn", 3, SHAPE)
+        target.load_state_dict(state)
+        step = next(run_grasp(((f"s{i}", _make_source(i)) for _ in [0]), target_loaders(tiny_domain, cfg), cfg,
+                              target=target, start_stage=i))
+        pieces.append(step)
+        state = {k: v.clone() for k, v in step.target.state_dict().items()}
+    assert [p.stage for p in pieces] == [0, 1, 2]
+    assert [p.test_accuracy for p in pieces] == [w.test_accuracy for w in whole]
+    assert [p.transferred for p in pieces] == [w.transferred for w in whole]
+    assert all(torch.equal(final[k], state[k]) for k in final)

@@ -1,0 +1,111 @@
+"""Prefect tasks: each loads what it needs, calls one grasp_core (or tool) function, saves, and
+returns paths, hashes or detached results, never live models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from flows.progress import Progress
+from flows.steps import StepArtifact, cached_target, target_step
+from flows.workspace import Workspace, ensure_base, ensure_source, layout_classes, materialise_data, resolve_roles
+from grasp_core.baselines import MethodContext, MethodResult, run_method
+from grasp_core.checkpoints import SavedCheckpoint
+from grasp_core.config import Config
+from grasp_core.data import load_domain
+
+# Our own recipe hashes decide re-use (see flows/workspace.py); Prefect's input hashing would only
+# cost time on configs and checkpoints, so no task caches.
+TASK = {"cache_policy": NO_CACHE, "persist_result": False}
+TOOL_RETRIES = {"retries": 2, "retry_delay_seconds": 1}  # only tasks that touch a store or server
+
+
+@task(name="materialise-data", **TASK)
+def materialise_task(cfg: Config, ws: Workspace, progress: Progress) -> tuple[str, list[str], list[str]]:
+    """Write the embedded benchmark when missing; returns (target, sources, classes)."""
+    domains, generated = materialise_data(cfg, ws)
+    if generated:
+        progress.say(f"wrote the embedded benchmark: {len(domains)} domains under {ws.data(cfg)}")
+    target, sources = resolve_roles(cfg, domains)
+    return target, sources, layout_classes(cfg, ws)
+
+
+@task(name="dvc-init", **TASK, **TOOL_RETRIES)
+def dvc_init_task(ws: Workspace, remote: str | None) -> None:
+    from flows.versioning import ensure_repo
+
+    ensure_repo(ws.root, remote)
+
+
+@task(name="dvc-track", task_run_name="dvc-track[{target}]", **TASK, **TOOL_RETRIES)
+def dvc_track_task(ws: Workspace, target: str):  # type: ignore[no-untyped-def]
+    from flows.versioning import track
+
+    return track(ws.root, target)
+
+
+@task(name="validate-data", **TASK)
+def validate_task(root: Path, out_dir: Path):  # type: ignore[no-untyped-def]
+    from flows.validation import validate_dataset
+
+    return validate_dataset(root, out_dir)
+
+
+@task(name="build-base", **TASK)
+def base_task(cfg: Config, ws: Workspace, classes: list[str], first_source: str, progress: Progress) -> SavedCheckpoint:
+    shape = load_domain(ws.data(cfg), first_source, classes).input_shape
+    progress.stage("base")
+    return ensure_base(cfg, ws, classes, shape, progress.epoch)[0]
+
+
+@task(name="train-source", task_run_name="train-source[{name}]", **TASK)
+def source_task(cfg: Config, ws: Workspace, name: str, classes: list[str], base: SavedCheckpoint, seed: int,
+                progress: Progress) -> tuple[SavedCheckpoint, bool]:
+    """Train the source model of domain `name` from the base, or re-use it when its recipe is unchanged."""
+    return ensure_source(cfg, ws, load_domain(ws.data(cfg), name, classes), base, seed, None)
+
+
+@task(name="grasp-stage", task_run_name="grasp-stage[{stage}:{source_name}]", **TASK)
+def grasp_stage_task(cfg: Config, ws: Workspace, target: str, classes: list[str], source: SavedCheckpoint,
+                     source_name: str, stage: int, parent: StepArtifact | None, progress: Progress) -> StepArtifact:
+    """Stage 0 adopts the first source; later stages align, transfer and fine-tune (GRASP step 2)."""
+    data = cached_target(ws.data(cfg), target, tuple(classes), cfg.data.target_train_frac, cfg.seed)
+    progress.stage(f"grasp stage {stage}")
+    step = target_step(cfg, data, source, stage, parent, ws.checkpoints / "targets" / target, progress.epoch)
+    progress.step(step.result)
+    return step
+
+
+@task(name="run-baseline", task_run_name="run-baseline[{method}]", **TASK)
+def baseline_task(method: str, ctx: MethodContext) -> MethodResult:
+    return run_method(method, ctx)
+
+
+@task(name="log-and-register", task_run_name="log-and-register[{step.result.stage}]", **TASK, **TOOL_RETRIES)
+def register_task(tracker, parent_run_id: str, model_name: str, step: StepArtifact, classes: list[str],  # type: ignore[no-untyped-def]
+                  tags: dict[str, str], out_dir: Path) -> str:
+    """Log the stage as a nested MLflow run, then register its checkpoint: registration comes last."""
+    from flows.tracking import alignment_csv, confusion_png, step_metrics
+
+    result = step.result
+    out_dir.mkdir(parents=True, exist_ok=True)
+    artifacts = {"confusion": confusion_png(result, classes, out_dir / f"confusion-stage{result.stage:02d}.png")}
+    if result.scores:
+        artifacts["alignment"] = alignment_csv(result, out_dir / f"alignment-stage{result.stage:02d}.csv")
+    run_name = f"stage{result.stage:02d}-{result.source_name}"
+    run_id = tracker.step_run(run_name, step_metrics(result), {"stage": result.stage}, tags, artifacts=artifacts,
+                              parent_run_id=parent_run_id)
+    return tracker.register(step.checkpoint.path, model_name, run_id, tags)
+
+
+@task(name="set-aliases", **TASK, **TOOL_RETRIES)
+def alias_task(tracker, model_name: str, version: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The final version becomes `challenger`; with no champion yet it is `champion` too."""
+    aliases = ["challenger"]
+    tracker.set_alias(model_name, "challenger", version)
+    if tracker.get_alias_version(model_name, "champion") is None:
+        tracker.set_alias(model_name, "champion", version)
+        aliases.append("champion")
+    return aliases

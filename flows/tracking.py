@@ -1,0 +1,383 @@
+"""MLflow 3 tracking and registry: one parent run per pipeline run, one nested run per step, and registered
+versions whose weights are a safetensors artifact (never a pickle). Aliases only, never stages.
+
+mlflow (about 1-2.5 s to import) and torch load on first use, so importing this module stays cheap.
+Metric keys are `<split>/<metric>` or `<group>/<metric>`; param keys are dotted params.yaml paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib.metadata
+import logging
+import os
+import re
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, TypedDict
+
+import yaml
+
+from grasp_core.errors import GraspError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+    from torch import nn
+
+    from grasp_core.grasp import StepResult
+
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # the pyfunc model, logged as code
+_QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+              "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+_SERVING_REQUIREMENTS = ("torch", "torchvision", "safetensors", "numpy", "pyyaml", "pillow")  # grasp_core's imports
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
+_MLFLOW_NOISE = (  # warnings mlflow's own code triggers, harmless for us
+    ".*noload.*",  # sqlalchemy 2.1 SADeprecationWarning on every SQL-store query (research/stack.md)
+    ".*Any type hint is inferred as AnyType.*",  # importing mlflow.pyfunc (its own chat types)
+    ".*'str' dtypes are included by select_dtypes.*",  # pandas 3 inside MlflowClient.log_table
+)
+log = logging.getLogger(__name__)
+
+
+class TrackingError(GraspError):
+    """A model URI, alias or tracking store that the user named does not exist."""
+
+
+class VersionRecord(TypedDict):
+    version: str
+    run_id: str
+    tags: dict[str, str]
+    aliases: list[str]
+
+
+def _mlflow() -> ModuleType:
+    """Import mlflow with telemetry, progress bars and INFO logs off (env vars must precede the import)."""
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    for noise in _MLFLOW_NOISE:
+        warnings.filterwarnings("ignore", message=noise)
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    return mlflow
+
+
+def resolve_tracking_uri(workspace: Path, tracking_uri: str | None = None) -> str:
+    """The argument, else $MLFLOW_TRACKING_URI, else `sqlite:///<workspace>/mlflow.db` (absolute)."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace.resolve() / 'mlflow.db'}"
+
+
+def _is_remote(uri: str) -> bool:
+    return uri.split(":", 1)[0] in ("http", "https", "databricks")
+
+
+def _client(tracking_uri: str) -> MlflowClient:
+    return _mlflow().MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def flatten_params(params: Mapping[str, object], prefix: str = "") -> dict[str, str]:
+    """Nested or dotted params -> dotted keys with string values, cut to MLflow's value length limit."""
+    _mlflow()
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH  # 6000 chars in 3.17.2 (500 in old releases)
+
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            out.update(flatten_params(value, f"{prefix}{key}."))
+            continue
+        text = str(value)
+        if len(text) > MAX_PARAM_VAL_LENGTH:
+            log.warning("param '%s%s' has %d chars; logged truncated (params.yaml has it whole)", prefix, key,
+                        len(text))
+            text = text[: MAX_PARAM_VAL_LENGTH - 14] + "...[truncated]"
+        out[prefix + key] = text
+    return out
+
+
+def _log_batch(client: MlflowClient, run_id: str, metrics: Mapping[str, float], params: Mapping[str, str],
+               tags: Mapping[str, str]) -> None:
+    """One or more `log_batch` calls within MLflow's per-call limits (100 params or tags, 1000 metrics)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now_ms = int(time.time() * 1000)
+    param_rows = [Param(k, v) for k, v in params.items()]
+    tag_rows = [RunTag(k, str(v)) for k, v in tags.items()]
+    metric_rows = [Metric(k, float(v), now_ms, 0) for k, v in metrics.items()]
+    for i in range(0, max(len(param_rows), len(tag_rows), 1), 100):
+        client.log_batch(run_id, params=param_rows[i: i + 100], tags=tag_rows[i: i + 100])
+    for i in range(0, len(metric_rows), 1000):
+        client.log_batch(run_id, metrics=metric_rows[i: i + 1000])
+
+
+class Tracker:
+    """Runs, artifacts and the model registry of one MLflow experiment (created on first use)."""
+
+    def __init__(self, workspace: Path, experiment: str = "grasp", tracking_uri: str | None = None) -> None:
+        self.workspace = workspace.resolve()
+        self.tracking_uri = resolve_tracking_uri(self.workspace, tracking_uri)
+        self.client = _client(self.tracking_uri)
+        self.experiment_id = self._experiment(experiment)
+        self._parent_run_id: str | None = None
+
+    def _experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        # without artifact_location, artifacts land in ./mlruns under whatever the cwd is
+        location = None if _is_remote(self.tracking_uri) else (self.workspace / "mlartifacts").as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except _mlflow().MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":  # else another process created it first
+                raise
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    @contextlib.contextmanager
+    def parent_run(self, run_name: str, params: Mapping[str, object], tags: Mapping[str, str],
+                   params_file: Path | None = None) -> Iterator[str]:
+        """One run per pipeline run; yields its id. An exception inside the block ends it FAILED.
+
+        Args:
+            params: the resolved config, flattened to dotted params.yaml keys (nested mappings are flattened).
+            params_file: params.yaml itself, logged as an artifact.
+        """
+        run_id = self.client.create_run(self.experiment_id, run_name=run_name).info.run_id
+        previous, self._parent_run_id = self._parent_run_id, run_id
+        try:
+            _log_batch(self.client, run_id, {}, flatten_params(params), tags)
+            if params_file is not None:
+                self.client.log_artifact(run_id, str(params_file))
+            yield run_id
+        except BaseException as err:
+            self.client.set_terminated(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            raise
+        else:
+            self.client.set_terminated(run_id, "FINISHED")
+        finally:
+            self._parent_run_id = previous
+
+    def step_run(self, run_name: str, metrics: Mapping[str, float], params: Mapping[str, object],
+                 tags: Mapping[str, str], artifacts: Mapping[str, Path] | None = None,
+                 tables: Mapping[str, list[dict]] | None = None, figures: Mapping[str, Figure] | None = None,
+                 parent_run_id: str | None = None) -> str:
+        """Log one finished step as a run nested under `parent_run_id` (default: the open `parent_run`).
+
+        Args:
+            artifacts: artifact folder ("" for the run's root) -> local file or folder to copy there.
+            tables: name -> rows, logged as `tables/<name>.json` (MLflow table format).
+            figures: name -> matplotlib figure, logged as `figures/<name>.png`.
+
+        Returns:
+            The run id; the run ends FAILED (and the error propagates) if any logging fails.
+        """
+        parent = parent_run_id or self._parent_run_id
+        if parent is None:
+            raise TrackingError(f"step run '{run_name}': no parent run; call it inside Tracker.parent_run(...) "
+                                "or pass parent_run_id")
+        run_id = self.client.create_run(self.experiment_id, run_name=run_name,
+                                        tags={"mlflow.parentRunId": parent}).info.run_id
+        try:
+            _log_batch(self.client, run_id, metrics, flatten_params(params), tags)
+            for folder, path in (artifacts or {}).items():
+                log_path = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
+                log_path(run_id, str(path), folder or None)
+            for name, rows in (tables or {}).items():
+                import pandas as pd
+
+                self.client.log_table(run_id, pd.DataFrame(rows), f"tables/{name}.json")
+            for name, figure in (figures or {}).items():
+                self.client.log_figure(run_id, figure, f"figures/{name}.png")
+        except BaseException:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    def register(self, checkpoint: Path, model_name: str, run_id: str, tags: Mapping[str, str]) -> str:
+        """Log `checkpoint` as a pyfunc model of `run_id` (code + safetensors, no pickle), then register it.
+
+        Registration is the last act: a failure before it leaves no version. The version carries `tags` plus
+        `checkpoint_sha256`. The first call in a process costs ~2.5 s more (MLflow scans every installed
+        distribution once to check `pip_requirements`); later calls take ~0.1 s.
+
+        Returns:
+            The new version number.
+        """
+        from grasp_core.checkpoints import file_sha256, read_header
+
+        header = read_header(checkpoint)  # refuses a foreign or corrupt file before anything is logged
+        version_tags = {"checkpoint_sha256": file_sha256(checkpoint), **{k: str(v) for k, v in tags.items()}}
+        experiment_id = self.client.get_run(run_id).info.experiment_id
+        logged = self.client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
+        # Model.log, and the SQL registry resolving a models:/ source, read mlflow's global URI: point it here
+        _mlflow().set_tracking_uri(self.tracking_uri)
+        try:
+            self._log_pyfunc(checkpoint, header.input_shape, header.num_classes, logged.model_id)
+            from mlflow.entities import LoggedModelOutput
+
+            self.client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        except BaseException:
+            self.client.finalize_logged_model(logged.model_id, "FAILED")
+            raise
+        try:
+            self.client.create_registered_model(model_name)
+        except _mlflow().MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        # a models:/<model_id> source links the version to its LoggedModel in the UI, as mlflow.register_model does
+        version = self.client.create_model_version(model_name, source=f"models:/{logged.model_id}", run_id=run_id,
+                                                   tags=version_tags, model_id=logged.model_id)
+        return str(version.version)
+
+    def _log_pyfunc(self, checkpoint: Path, input_shape: tuple[int, int, int], num_classes: int,
+                    model_id: str) -> None:
+        import numpy as np
+
+        mlflow = _mlflow()
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *input_shape))]),
+                                   outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes))]))
+        with warnings.catch_warnings():
+            # an input example would make MLflow run predict at log time; the tensor signature says enough
+            warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+            mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE), artifacts={"weights": str(checkpoint)},
+                                    pip_requirements=serving_requirements(), signature=signature, model_id=model_id)
+
+    def set_alias(self, model_name: str, alias: str, version: str) -> None:
+        """Point `alias` (e.g. `champion`, `challenger`) at `version`, moving it if it pointed elsewhere."""
+        self.client.set_registered_model_alias(model_name, alias, str(version))
+
+    def get_alias_version(self, model_name: str, alias: str) -> str | None:
+        """The version `alias` points at, or None when the alias or the model does not exist."""
+        return self._aliases(model_name).get(alias)
+
+    def _aliases(self, model_name: str) -> dict[str, str]:
+        try:
+            model = self.client.get_registered_model(model_name)
+        except _mlflow().MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return {}
+        return {alias: str(version) for alias, version in model.aliases.items()}
+
+    def versions(self, model_name: str) -> list[VersionRecord]:
+        """Every version of `model_name`, oldest first, with tags and aliases (empty list if none)."""
+        # search_model_versions leaves `aliases` empty on SQL stores: read them from the registered model
+        by_version: dict[str, list[str]] = {}
+        for alias, version in self._aliases(model_name).items():
+            by_version.setdefault(version, []).append(alias)
+        found = self.client.search_model_versions(f"name='{model_name}'")
+        return [VersionRecord(version=str(v.version), run_id=v.run_id, tags=dict(v.tags),
+                              aliases=sorted(by_version.get(str(v.version), [])))
+                for v in sorted(found, key=lambda v: int(v.version))]
+
+
+def serving_requirements() -> list[str]:
+    """Pinned pip requirements of the pyfunc model, read from the installed distributions (no inference)."""
+    return [f"{name}=={importlib.metadata.version(name)}" for name in ("mlflow", *_SERVING_REQUIREMENTS)]
+
+
+def load_model(model_uri: str, tracking_uri: str | None = None) -> nn.Module:
+    """Our own nn.Module (e.g. `SmallCNN`, in eval mode) for `models:/<name>@<alias>` or `models:/<name>/<version>`.
+
+    Downloads only the version's safetensors `weights` and loads it with grasp_core's checked loader; nothing
+    is unpickled. The tracking URI is the argument, else $MLFLOW_TRACKING_URI, else ./mlflow.db.
+    """
+    from grasp_core.checkpoints import file_sha256, load_checkpoint
+
+    uri = resolve_tracking_uri(Path.cwd(), tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise TrackingError(f"{uri}: no MLflow database there; pass tracking_uri or set MLFLOW_TRACKING_URI")
+    client = _client(uri)
+    version = _model_version(client, model_uri, uri)
+    root = client.get_model_version_download_uri(version.name, version.version)  # where the files are
+    download = _mlflow().artifacts.download_artifacts
+    with tempfile.TemporaryDirectory() as tmp:
+        mlmodel = yaml.safe_load(Path(download(artifact_uri=f"{root}/MLmodel", dst_path=tmp)).read_text())
+        weights = mlmodel["flavors"]["python_function"]["artifacts"]["weights"]["path"]
+        path = Path(download(artifact_uri=f"{root}/{weights}", dst_path=tmp))
+        expected = version.tags.get("checkpoint_sha256")
+        if expected is not None and file_sha256(path) != expected:
+            raise TrackingError(f"{model_uri}: downloaded weights do not match the version's checkpoint_sha256")
+        model, _ = load_checkpoint(path)
+    return model.eval()
+
+
+def _model_version(client: MlflowClient, model_uri: str, tracking_uri: str) -> ModelVersion:
+    match = _MODEL_URI.match(model_uri)
+    if match is None:
+        raise TrackingError(f"'{model_uri}': not a registry URI; use models:/<name>@<alias> or "
+                            "models:/<name>/<version>")
+    name, alias, number = match["name"], match["alias"], match["version"]
+    try:
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
+    except _mlflow().MlflowException as err:
+        if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise TrackingError(f"'{model_uri}': not in the registry at {tracking_uri}; check the model name, "
+                            "version or alias") from None
+
+
+def step_metrics(result: StepResult) -> dict[str, float]:
+    """A GRASP stage as MLflow metrics: accuracy, memory, transfer, alignment statistics and timings."""
+    metrics = {"val/accuracy": result.val_accuracy, "test/accuracy": result.test_accuracy,
+               "finetune/steps": result.steps, "transfer/tensors": len(result.transferred),
+               "transfer/tensors_frac": result.tensors_frac, "transfer/params": result.params_transferred,
+               "transfer/params_frac": result.params_frac, "time/step_s": result.wall_s}
+    metrics.update({f"test/class_{i}_accuracy": acc for i, acc in enumerate(result.per_class_accuracy)})
+    metrics.update({f"memory/{key}": value for key, value in asdict(result.memory).items()})
+    metrics.update({f"time/{key}_s": seconds for key, seconds in result.timings_s.items()})
+    if scores := list(result.scores.values()):
+        metrics.update({"align/mean": statistics.fmean(scores), "align/min": min(scores), "align/max": max(scores),
+                        "align/median": statistics.median(scores)})
+    return {key: float(value) for key, value in metrics.items()}
+
+
+def alignment_csv(result: StepResult, path: Path) -> Path:
+    """Write one row per parameter tensor: param_name, alignment (blank at stage 0), transferred, numel."""
+    moved = set(result.transferred)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["param_name", "alignment", "transferred", "numel"])
+        for name, numel in result.param_numels.items():
+            score = result.scores.get(name)
+            writer.writerow([name, "" if score is None else repr(score), name in moved, numel])
+    return path
+
+
+def confusion_png(result: StepResult, classes: tuple[str, ...] | list[str], path: Path) -> Path:
+    """Plot the stage's test confusion matrix (rows true, columns predicted) as a PNG."""
+    from matplotlib.figure import Figure  # a bare Figure renders with Agg: no pyplot, no global backend
+
+    counts = result.confusion
+    size = max(3.0, 0.45 * len(classes) + 1.5)
+    fig = Figure(figsize=(size, size), dpi=100)
+    ax = fig.subplots()
+    ax.imshow(counts, cmap="Blues")
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true",
+           title=f"stage {result.stage} ({result.source_name}): test {result.test_accuracy:.1%}")
+    ax.set_xticklabels(classes, rotation=90 if len(classes) > 10 else 0)
+    ax.set_yticklabels(classes)
+    if len(classes) <= 20:
+        top = max(max(row) for row in counts) or 1
+        for i, row in enumerate(counts):
+            for j, n in enumerate(row):
+                ax.text(j, i, str(n), ha="center", va="center", fontsize=8, color="white" if n > top / 2 else "black")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path

@@ -1,0 +1,213 @@
+"""The data gate: a Great Expectations 1.x suite over the tables of `grasp_core.data.summary`.
+
+Great Expectations is imported inside `validate_dataset` (about 2.5 s), so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from grasp_core.data.summary import FILE_COLUMNS, SPLIT_COLUMNS, SummaryTables, summarise
+from grasp_core.errors import DataLayoutError, GraspError
+
+if TYPE_CHECKING:
+    from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
+    from great_expectations.expectations import Expectation
+
+RESULT_FILE = "gx_validation.json"
+# Columns that name an offending row, per table; GX reports them with each unexpected value.
+INDEX_COLUMNS = {"splits": ["domain", "split", "per_class_counts"], "files": ["domain", "split", "path"]}
+SHOWN = {"splits": 6, "files": 3}  # offending rows named per failed expectation in the error message
+# Split expectations other than `present` skip missing splits, so a missing split fails one expectation, not four.
+_ONLY_PRESENT: dict[str, Any] = {"row_condition": "present==True", "condition_parser": "pandas"}
+
+
+class DataValidationError(GraspError):
+    """The data folder fails the validation suite; the message names each failed expectation and where."""
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Outcome of `validate_dataset` on data that passed (data that fails raises instead)."""
+
+    success: bool
+    evaluated: int  # expectations evaluated, both tables together
+    failed: int
+    result_path: Path  # the full GX validation results, as JSON
+    summary_lines: list[str]  # for the terminal
+
+
+def validate_dataset(root: Path, out_dir: Path, min_per_class: int = 1) -> ValidationReport:
+    """Validate the data folder `root` with a GX suite and write the results to `out_dir/gx_validation.json`.
+
+    The JSON is written whether the data passes or not (there is none when `root` has no domain to validate).
+
+    Args:
+        root: data folder, `<root>/<domain>/{train,val,test}/<class>/*.png`.
+        out_dir: folder for the JSON results; created when missing.
+        min_per_class: fewest readable images any class folder of any split may hold.
+
+    Raises:
+        DataValidationError: `root` is missing or holds no domain, or an expectation fails; the message has one
+            line per failed expectation naming the column, the domain/split or files at fault, and the values.
+    """
+    try:
+        tables = summarise(root)
+    except DataLayoutError as err:
+        raise DataValidationError(f"data validation failed: {err}") from None
+    results = _run_suites(tables, min_per_class)
+    result_path = _write_results(results, root, out_dir / RESULT_FILE)
+    evaluated = sum(res.statistics["evaluated_expectations"] for res in results.values())
+    failures = [_failure_line(table, r) for table, res in results.items() for r in res.results if not r.success]
+    if failures:
+        head = f"data validation failed: {len(failures)} of {evaluated} expectations for {root}"
+        raise DataValidationError("\n".join([head, *failures, f"full GX results: {result_path}"]))
+    return ValidationReport(success=True, evaluated=evaluated, failed=0, result_path=result_path,
+                            summary_lines=_passed_lines(tables, evaluated))
+
+
+def _run_suites(tables: SummaryTables, min_per_class: int) -> dict[str, ExpectationSuiteValidationResult]:
+    """Run one suite per table in an ephemeral GX context (nothing written to disk by GX)."""
+    import great_expectations as gx
+    import pandas as pd
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # else tqdm bars on stderr
+    source = context.data_sources.add_pandas("grasp_data")
+    frames = {"splits": pd.DataFrame(tables.splits, columns=list(SPLIT_COLUMNS)),
+              "files": pd.DataFrame(tables.files, columns=list(FILE_COLUMNS))}
+    results = {}
+    for table, expectations in build_expectations(tables, min_per_class).items():
+        batch = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe("all_rows")
+        suite = context.suites.add(gx.ExpectationSuite(name=f"grasp_{table}", expectations=expectations))
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"grasp_{table}", data=batch, suite=suite))
+        result_format = {"result_format": "SUMMARY", "partial_unexpected_count": 20,
+                         "unexpected_index_column_names": INDEX_COLUMNS[table]}
+        results[table] = definition.run(batch_parameters={"dataframe": frames[table]}, result_format=result_format)
+    return results
+
+
+def build_expectations(tables: SummaryTables, min_per_class: int) -> dict[str, list[Expectation]]:
+    """The suite, per table; each expectation's `meta["hint"]` says how to fix a failure."""
+    import great_expectations.expectations as gxe
+
+    first = f"{tables.splits[0]['domain']}/train"
+    classes = ",".join(tables.classes)
+    splits: list[Expectation] = [
+        gxe.ExpectColumnValuesToBeInSet(column="present", value_set=[True],
+                                        meta={"hint": "every domain needs train, val and test folders"}),
+        gxe.ExpectColumnValuesToBeBetween(column="image_count", min_value=1, **_ONLY_PRESENT,
+                                          meta={"hint": "the split holds no readable image"}),
+        gxe.ExpectColumnValuesToBeInSet(column="classes", value_set=[classes], **_ONLY_PRESENT,
+                                        meta={"hint": f"every split needs the class folders of {first}"}),
+        gxe.ExpectColumnValuesToBeBetween(column="min_per_class", min_value=min_per_class, **_ONLY_PRESENT,
+                                          meta={"hint": f"every class folder needs {min_per_class}+ readable images"}),
+    ]
+    files: list[Expectation] = [
+        gxe.ExpectColumnValuesToBeInSet(column="readable", value_set=[True], meta={
+            "hint": "not a decodable .png/.jpg/.jpeg image (junk, truncated or empty); remove or replace it"}),
+        gxe.ExpectColumnValuesToBeUnique(column="sha256", meta={
+            "hint": "byte-identical files; keep one (a copy across splits leaks evaluation data)"}),
+        gxe.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=max(len(tables.classes) - 1, 0),
+                                          meta={"hint": f"class folder unknown to {first}; rename or remove it"}),
+        *(gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=255, meta={"hint": "8-bit pixels"})
+          for c in ("pixel_min", "pixel_max")),
+        *(gxe.ExpectColumnValuesToBeInSet(column=c, value_set=[v], meta={
+            "hint": f"every image needs the most common {c} ({v}); {'convert' if c == 'channels' else 'resize'} it"})
+          for c, v in _common_shape(tables.files).items()),
+    ]
+    return {"splits": splits, "files": files}
+
+
+def _common_shape(files: list[dict[str, Any]]) -> dict[str, int]:
+    """The most common channels, height and width of readable images (empty when none is readable)."""
+    readable = [f for f in files if f["readable"]]
+    return {c: Counter(f[c] for f in readable).most_common(1)[0][0] for c in ("channels", "height", "width")
+            if readable}
+
+
+def _failure_line(table: str, result: ExpectationValidationResult) -> str:
+    """`- <table>.<column> <expectation>(<expected>): <n> of <m> <table> fail: <where> = <value>, ...; <hint>`."""
+    config = result.expectation_config
+    assert config is not None  # GX attaches it to every result of a suite run
+    name = f"- {table}.{config.kwargs.get('column', '(table)')} {config.type}({_expected(config.kwargs)})"
+    info, shown = result.result or {}, SHOWN[table]
+    if "unexpected_count" not in info:
+        return f"{name}: GX could not evaluate it: {_exception_text(result.exception_info or {})}"
+    rows = info.get("partial_unexpected_index_list") or []
+    where = ", ".join(_where(table, row, config.kwargs) for row in rows[:shown])
+    more = info["unexpected_count"] - len(rows[:shown])
+    where += f" (+{more} more)" if more > 0 else ""
+    hint = (config.meta or {}).get("hint", "")
+    return f"{name}: {info['unexpected_count']} of {info.get('element_count')} {table} fail: {where}; {hint}"
+
+
+def _exception_text(exception_info: dict[str, Any]) -> str:
+    """The exception messages in a GX exception_info, flat or keyed by metric."""
+    nested = [v.get("exception_message") for v in exception_info.values() if isinstance(v, dict)]
+    return "; ".join(dict.fromkeys(filter(None, nested))) or str(exception_info.get("exception_message"))
+
+
+def _expected(kwargs: dict[str, Any]) -> str:
+    if "value_set" in kwargs:
+        return f"in {_show(kwargs['value_set'])}"
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    if low is not None and high is not None:
+        return f"{_show(low)}..{_show(high)}"
+    return f">= {_show(low)}" if low is not None else f"<= {_show(high)}" if high is not None else ""
+
+
+def _where(table: str, row: dict[str, Any], kwargs: dict[str, Any]) -> str:
+    """`<domain>/<split>` or the file path, then what was found there."""
+    place = row["path"] if table == "files" else f"{row['domain']}/{row['split']}"
+    column, value = kwargs["column"], row.get(kwargs["column"])
+    if column == "classes":
+        found, wanted = (set(filter(None, str(v).split(","))) for v in (value, kwargs["value_set"][0]))
+        lacks, extra = sorted(wanted - found), sorted(found - wanted)
+        return place + " " + " and ".join([f"lacks {lacks}"] * bool(lacks) + [f"has {extra}"] * bool(extra))
+    if column == "min_per_class":
+        counts = json.loads(row["per_class_counts"])
+        small = [f"{place}/{name} = {n}" for name, n in counts.items() if n < kwargs["min_value"]]
+        return ", ".join(small) or f"{place} = {_show(value)}"
+    return f"{place} = {_show(value)}"
+
+
+def _show(value: Any) -> str:
+    """A short readable value: numpy scalars unwrapped, 2.0 as 2, long strings (sha256) cut."""
+    value = value.item() if hasattr(value, "item") else value
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return repr(value[:12] + "...") if isinstance(value, str) and len(value) > 40 else repr(value)
+
+
+def _write_results(results: dict[str, ExpectationSuiteValidationResult], root: Path, path: Path) -> Path:
+    """Write both tables' GX results as one JSON document, atomically (tmp + rename)."""
+    failed = sum(res.statistics["unsuccessful_expectations"] for res in results.values())
+    evaluated = sum(res.statistics["evaluated_expectations"] for res in results.values())
+    payload = {"success": failed == 0, "data_root": str(root),
+               "statistics": {"evaluated_expectations": evaluated, "unsuccessful_expectations": failed},
+               "validations": {table: res.to_json_dict() for table, res in results.items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def _passed_lines(tables: SummaryTables, evaluated: int) -> list[str]:
+    present: list[dict[str, Any]] = [s for s in tables.splits if s["present"]]
+    smallest = min(present, key=lambda s: s["min_per_class"])
+    shape = _common_shape(tables.files)
+    return [f"data validation passed: {evaluated} of {evaluated} expectations for {tables.root}",
+            f"{len({s['domain'] for s in present})} domains x 3 splits, {len(tables.classes)} classes, "
+            f"{len(tables.files)} images of {shape['height']}x{shape['width']}x{shape['channels']}, "
+            f"fewest per class {smallest['min_per_class']} ({smallest['domain']}/{smallest['split']})"]

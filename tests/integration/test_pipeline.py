@@ -1,0 +1,100 @@
+"""The Prefect flow end to end with the real tools on a tiny config, asserting on what they stored."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+STEP_TAGS = {"parent_version", "source_domain", "source_sha256", "source_dvc_md5", "dataset_dvc_md5",
+             "params_sha256", "code_commit", "flow_run_id", "policy", "stage", "checkpoint_sha256"}
+
+
+def _run(ws: Path, **kwargs):
+    from flows.pipeline import run_pipeline
+
+    return run_pipeline(ws / "params.yaml", ws, tracking_uri=f"sqlite:///{ws}/mlflow.db", quiet=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, prefect_harness):
+    from tests.conftest import TINY_PARAMS
+
+    ws = tmp_path_factory.mktemp("ws")
+    (ws / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    return ws, _run(ws)
+
+
+def test_flow_registers_one_version_per_step_with_every_tag(first_run):
+    from flows.tracking import Tracker, load_model
+
+    ws, summary = first_run
+    tracker = Tracker(ws, tracking_uri=f"sqlite:///{ws}/mlflow.db")
+    versions = tracker.versions(summary.model_name)
+    assert len(versions) == len(summary.sources) == 2
+    data_md5 = yaml.safe_load((ws / "data.dvc").read_text())["outs"][0]["md5"]
+    by_version = {v["version"]: v for v in versions}
+    for stage, version in enumerate(summary.versions):
+        tags = by_version[version]["tags"]
+        assert STEP_TAGS <= tags.keys(), STEP_TAGS - tags.keys()
+        assert tags["dataset_dvc_md5"] == data_md5
+        assert tags["stage"] == str(stage) and tags["source_domain"] == summary.sources[stage]
+        assert tags["parent_version"] == (summary.versions[stage - 1] if stage else "")
+        assert len(tags["source_dvc_md5"]) == 32
+    assert tracker.get_alias_version(summary.model_name, "challenger") == summary.versions[-1]
+    assert tracker.get_alias_version(summary.model_name, "champion") == summary.versions[-1]
+    model = load_model(f"models:/{summary.model_name}@champion", tracking_uri=f"sqlite:///{ws}/mlflow.db")
+    assert type(model).__name__ == "SmallCNN"
+
+
+def test_nested_runs_carry_metrics_and_artifacts(first_run):
+    import mlflow
+
+    ws, summary = first_run
+    client = mlflow.MlflowClient(f"sqlite:///{ws}/mlflow.db")
+    parent = client.get_run(summary.parent_run_id)
+    assert parent.data.params["transfer.threshold"] == "0.3"
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{summary.parent_run_id}'")
+    assert len(children) == 2
+    for child in children:
+        metrics = child.data.metrics
+        assert {"val/accuracy", "test/accuracy", "memory/peak_rss_bytes", "memory/models_alive"} <= metrics.keys()
+        assert metrics["memory/models_alive"] <= 2
+    merged = [c for c in children if c.data.tags["stage"] == "1"][0]
+    artifacts = {a.path for a in client.list_artifacts(merged.info.run_id)}
+    assert {"alignment", "confusion"} <= artifacts
+
+
+def test_second_identical_run_reuses_sources(first_run, prefect_harness):
+    ws, summary = first_run
+    before = {p.name: p.stat().st_mtime_ns for p in (ws / "checkpoints" / "sources").iterdir()}
+    again = _run(ws)
+    assert again.sources_trained == 0
+    assert before == {p.name: p.stat().st_mtime_ns for p in (ws / "checkpoints" / "sources").iterdir()}
+    assert len(again.versions) == 2 and again.versions[0] != summary.versions[0]
+
+
+def test_broken_dataset_stops_at_the_gate_and_registers_nothing(tmp_path, prefect_harness):
+    from flows.tracking import Tracker
+    from flows.validation import DataValidationError
+    from flows.workspace import Workspace, materialise_data
+    from grasp_core.config import load_config
+    from tests.conftest import TINY_PARAMS
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    cfg = load_config(tmp_path / "params.yaml")
+    materialise_data(cfg, Workspace(tmp_path))
+    (tmp_path / "data" / "_generator.json").unlink()  # user data from now on: never regenerated
+    victim = next((tmp_path / "data" / "2021" / "test" / "4").iterdir())
+    shutil.copy(victim, victim.with_name("copy.png"))  # a duplicated file
+    with pytest.raises(DataValidationError, match="2021"):
+        _run(tmp_path)
+    assert not (tmp_path / "checkpoints" / "sources").exists()
+    tracker = Tracker(tmp_path, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    assert tracker.versions("grasp-2022") == []
+    assert (tmp_path / "reports" / "validation" / "gx_validation.json").exists()
