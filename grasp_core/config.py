@@ -120,6 +120,16 @@ class BaselinesConfig:
 
 
 @dataclass(frozen=True)
+class PromoteConfig:
+    tolerance: float = 0.0  # candidate test accuracy may trail the champion's by at most this (0-1 scale)
+    max_param_mb: float = 0.0  # refuse candidates whose parameters exceed this many MiB; 0 = no limit
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.tolerance <= 1.0, f"'promote.tolerance' = {self.tolerance} is outside [0, 1]")
+        _check(self.max_param_mb >= 0, f"'promote.max_param_mb' = {self.max_param_mb} must be >= 0")
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = 0  # seeds data generation, initialisation, shuffling and augmentation
     data: DataConfig = field(default_factory=DataConfig)
@@ -130,6 +140,7 @@ class Config:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
 
 
 def _build(cls: type, raw: Any, where: str, prefix: str = "") -> Any:
