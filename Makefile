@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 run: setup
-	$(BIN)/grasp run
+	$(BIN)/grasp run --baselines
 
 test: setup
 	$(BIN)/pytest tests/unit

@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--baselines", action="store_true",
                      help="prefect engine: also run baselines.methods, each logged as its own MLflow run "
                      "(the core engine always runs them)")
+    run.add_argument("--full", action="store_true",
+                     help="prefect engine: merge every source from scratch instead of starting from the champion")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                      "sqlite:///<workdir>/mlflow.db)")
     run.add_argument("--dvc-remote", help="DVC remote URL or folder (default: $GRASP_DVC_REMOTE, else "
@@ -47,7 +49,55 @@ def build_parser() -> argparse.ArgumentParser:
                           "check its layout, and print the domains with image counts.")
     _common(data)
     data.set_defaults(handler=cmd_data)
+    add = sub.add_parser("add-source", help="validate a source checkpoint and add it to checkpoints/sources",
+                         description="Check a safetensors checkpoint against the base (architecture, classes, "
+                         "input shape, tensor shapes, finite values, header hash), copy it into "
+                         "checkpoints/sources/<DOMAIN>.safetensors and DVC-track the sources. The next "
+                         "`grasp run` merges it into the champion.")
+    add.add_argument("path", type=Path, help="the .safetensors checkpoint")
+    add.add_argument("--domain", required=True, help="the source's domain name (sorts in time order)")
+    add.add_argument("--replace", action="store_true", help="overwrite an existing source of that domain")
+    add.add_argument("--workdir", type=Path, default=Path("."), help="project folder (default: .)")
+    add.add_argument("--dvc-remote", help="DVC remote (default: $GRASP_DVC_REMOTE, else <workdir>/.dvc-remote)")
+    add.set_defaults(handler=cmd_add_source)
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures",
+                           description="Benchmarks; each prints a table (and writes --json FILE if given).")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    over = bench_sub.add_parser("overhead", help="Prefect flow vs core run wall time on the same config",
+                                description="Run `grasp run` with the core engine and with the Prefect flow "
+                                "(GRASP only), each cold (fresh folder) and warm (second run), as separate "
+                                "processes, and print both wall times and their ratio.")
+    over.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to copy in")
+    over.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
+    over.set_defaults(handler=cmd_bench_overhead)
     return parser
+
+
+def cmd_add_source(args: argparse.Namespace) -> int:
+    from flows.settings import apply_defaults
+
+    apply_defaults(args.workdir)
+    from flows.sources_area import add_source
+    from flows.versioning import ensure_repo, track
+    from flows.workspace import Workspace
+
+    saved = add_source(Workspace(args.workdir), args.path, args.domain, args.replace)
+    ensure_repo(args.workdir, args.dvc_remote)
+    tracked = track(args.workdir, "checkpoints/sources")
+    print(f"added {saved.path} (sha256 {saved.sha256[:12]}); DVC {tracked.path.name} {tracked.md5}")
+    return 0
+
+
+def cmd_bench_overhead(args: argparse.Namespace) -> int:
+    from flows.bench import overhead
+    from flows.report import format_rows, write_json
+
+    rows = overhead(args.params.resolve())
+    print(format_rows(rows))
+    if args.json:
+        write_json(rows, args.json)
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -72,20 +122,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_flow(args: argparse.Namespace) -> int:
-    from flows.settings import apply_defaults
+    from flows.settings import apply_defaults, start_ephemeral_api_early
 
     apply_defaults(args.workdir, args.verbose)
+    boot = start_ephemeral_api_early()
     from flows.pipeline import run_pipeline
-    from flows.report import format_rows, stage_row, write_json
+    from flows.report import COLUMNS, format_rows, stage_row, write_json
 
+    if boot is not None:
+        boot.join()
     summary = run_pipeline(args.params, args.workdir, baselines=args.baselines, tracking_uri=args.tracking_uri,
-                           dvc_remote=args.dvc_remote, quiet=args.quiet, verbose=args.verbose)
+                           dvc_remote=args.dvc_remote, full=args.full, quiet=args.quiet, verbose=args.verbose)
+    if not summary.versions:
+        print(f"nothing new: champion v{summary.parent_version} of {summary.model_name} already holds all "
+              f"{summary.merged_before} sources; nothing registered")
+        return 0
+    if summary.parent_version:
+        print(f"incremental: merged {len(summary.versions)} new source(s) into champion v{summary.parent_version}")
     stages = [stage_row(step, version) for step, version in zip(summary.steps, summary.versions, strict=True)]
     print(f"target {summary.target} | registered model {summary.model_name} versions "
           f"{', '.join(summary.versions)} | aliases {', '.join(summary.aliases)} -> v{summary.versions[-1]}")
     print(format_rows(stages))
     if summary.methods:
-        print(format_rows(summary.methods))
+        print(format_rows(summary.methods, COLUMNS))
     if args.json:
         write_json(summary.methods or stages, args.json)
         print(f"wrote {args.json}")

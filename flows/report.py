@@ -30,9 +30,9 @@ def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS)
     return "\n".join([line, "  ".join("-" * w for w in widths), *body])
 
 
-def format_rows(rows: list[dict[str, Any]]) -> str:
-    """A table of whatever keys the rows share (first row's order)."""
-    return format_table(rows, tuple(rows[0])) if rows else "(no rows)"
+def format_rows(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -> str:
+    """A table of `columns` (default: the first row's keys, in order)."""
+    return format_table(rows, columns or tuple(rows[0])) if rows else "(no rows)"
 
 
 def stage_row(step: Any, version: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from grasp_core.checkpoints import load_checkpoint, read_header
 from grasp_core.config import Config
 from grasp_core.data import load_domain
 from grasp_core.grasp import target_loaders
-from grasp_core.memory import model_param_bytes, param_shapes_of
+from grasp_core.memory import model_param_bytes, param_shapes_of, settle
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ def core_run(cfg: Config, ws: Workspace, progress: Progress, methods: list[str] 
     t0 = time.perf_counter()
     target, sources, classes, trained = prepare_sources(cfg, ws, progress)
     ctx = method_context(cfg, ws, target, sources, classes, progress)
+    settle()  # no model alive: later live-tensor scans only look at what is created from here on
     results = []
     for name in methods if methods is not None else ["grasp", *cfg.baselines.methods]:
         progress.stage(f"{name}" if name != "grasp" else "grasp stage 0")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 QUIET_OFFLINE = {
@@ -47,3 +48,23 @@ def code_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
+
+
+def start_ephemeral_api_early() -> threading.Thread | None:
+    """Boot Prefect's ephemeral API server in the background while the caller imports torch & co.
+
+    Without PREFECT_API_URL, the first flow call starts a local API subprocess and waits for it
+    (about 7 s here); started first, that wait overlaps the CLI's own imports. Join the returned
+    thread before running a flow. Returns None when a real server is configured.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+
+    def boot() -> None:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        SubprocessASGIServer().start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+
+    thread = threading.Thread(target=boot, name="prefect-ephemeral-boot", daemon=True)
+    thread.start()
+    return thread

@@ -22,7 +22,7 @@ class StepArtifact:
     """A finished stage: its target checkpoint on disk and what happened (no live model)."""
 
     checkpoint: SavedCheckpoint
-    result: StepResult
+    result: StepResult | None  # None for a parent loaded from the registry (an incremental run's champion)
     chain_sha256: str  # identifies the merge history: params, target, and every source merged so far
 
 

@@ -53,6 +53,25 @@ def validate_task(root: Path, out_dir: Path):  # type: ignore[no-untyped-def]
     return validate_dataset(root, out_dir)
 
 
+@task(name="list-sources", **TASK)
+def area_task(ws: Workspace, target: str) -> list:  # type: ignore[type-arg]
+    """Every source in checkpoints/sources (trained or added), checked against the base."""
+    from flows.sources_area import area_sources, check_area_source
+
+    area = area_sources(ws, target)
+    for source in area:
+        check_area_source(ws, source)
+    return area
+
+
+@task(name="plan-merge", **TASK, **TOOL_RETRIES)
+def plan_task(tracker, model_name: str, area: list, out_dir: Path, full: bool):  # type: ignore[no-untyped-def]
+    """From scratch, or incremental: the champion plus the sources its lineage lacks."""
+    from flows.incremental import plan_merge
+
+    return plan_merge(tracker, model_name, area, out_dir, full)
+
+
 @task(name="build-base", **TASK)
 def base_task(cfg: Config, ws: Workspace, classes: list[str], first_source: str, progress: Progress) -> SavedCheckpoint:
     shape = load_domain(ws.data(cfg), first_source, classes).input_shape
@@ -109,3 +128,22 @@ def alias_task(tracker, model_name: str, version: str) -> list[str]:  # type: ig
         tracker.set_alias(model_name, "champion", version)
         aliases.append("champion")
     return aliases
+
+
+def method_metrics(result: MethodResult) -> dict[str, float]:
+    """The figures the MLflow UI compares across methods (same keys for GRASP and every baseline)."""
+    mem = result.memory
+    return {"test/accuracy": result.test_accuracy, "val/accuracy": result.val_accuracy,
+            "target/steps": result.target_steps, "memory/models_alive": mem.models_alive,
+            "memory/peak_rss_bytes": mem.peak_rss_bytes, "memory/param_bytes_alive": mem.param_bytes_alive,
+            "memory/param_sized_multiple": mem.param_sized_multiple, "time/method_s": result.wall_s}
+
+
+@task(name="log-baseline", task_run_name="log-baseline[{result.method}]", **TASK, **TOOL_RETRIES)
+def log_baseline_task(tracker, result: MethodResult, params: dict, tags: dict[str, str]) -> str:  # type: ignore[no-untyped-def]
+    """A baseline is a top-level run of its own (tag `method`), next to GRASP's parent run."""
+    with tracker.parent_run(f"{result.method}-{tags['target_domain']}", params,
+                            {**tags, "method": result.method, **{f"detail.{k}": v for k, v in result.detail.items()}}
+                            ) as run_id:
+        tracker.log_metrics(run_id, method_metrics(result))
+    return run_id

@@ -13,6 +13,7 @@ import importlib.metadata
 import logging
 import os
 import re
+import shutil
 import statistics
 import tempfile
 import time
@@ -204,6 +205,10 @@ class Tracker:
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
 
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str] | None = None) -> None:
+        """Add metrics (and tags) to an existing run, e.g. the final figures of a pipeline run."""
+        _log_batch(self.client, run_id, metrics, {}, tags or {})
+
     def register(self, checkpoint: Path, model_name: str, run_id: str, tags: Mapping[str, str]) -> str:
         """Log `checkpoint` as a pyfunc model of `run_id` (code + safetensors, no pickle), then register it.
 
@@ -296,7 +301,16 @@ def load_model(model_uri: str, tracking_uri: str | None = None) -> nn.Module:
     Downloads only the version's safetensors `weights` and loads it with grasp_core's checked loader; nothing
     is unpickled. The tracking URI is the argument, else $MLFLOW_TRACKING_URI, else ./mlflow.db.
     """
-    from grasp_core.checkpoints import file_sha256, load_checkpoint
+    from grasp_core.checkpoints import load_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, _ = load_checkpoint(download_weights(model_uri, Path(tmp) / "weights.safetensors", tracking_uri))
+    return model.eval()
+
+
+def download_weights(model_uri: str, dest: Path, tracking_uri: str | None = None) -> Path:
+    """Copy a registered version's safetensors weights to `dest` (checked against `checkpoint_sha256`)."""
+    from grasp_core.checkpoints import file_sha256
 
     uri = resolve_tracking_uri(Path.cwd(), tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
@@ -312,8 +326,9 @@ def load_model(model_uri: str, tracking_uri: str | None = None) -> nn.Module:
         expected = version.tags.get("checkpoint_sha256")
         if expected is not None and file_sha256(path) != expected:
             raise TrackingError(f"{model_uri}: downloaded weights do not match the version's checkpoint_sha256")
-        model, _ = load_checkpoint(path)
-    return model.eval()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), dest)
+    return dest
 
 
 def _model_version(client: MlflowClient, model_uri: str, tracking_uri: str) -> ModelVersion:

@@ -6,6 +6,7 @@ Great Expectations is imported inside `validate_dataset` (about 2.5 s), so impor
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -74,6 +75,8 @@ def validate_dataset(root: Path, out_dir: Path, min_per_class: int = 1) -> Valid
 def _run_suites(tables: SummaryTables, min_per_class: int) -> dict[str, ExpectationSuiteValidationResult]:
     """Run one suite per table in an ephemeral GX context (nothing written to disk by GX)."""
     import great_expectations as gx
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO lines are noise here
     import pandas as pd
     from great_expectations.data_context.types.base import ProgressBarsConfig
 

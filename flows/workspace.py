@@ -99,8 +99,10 @@ def data_fingerprint(root: Path, domain: str) -> str:
 
 
 def _reusable(path: Path, recipe: str) -> bool:
+    """An unchanged recipe, or a source that arrived from elsewhere (never retrained or overwritten)."""
     try:
-        return path.exists() and read_header(path).extra.get("recipe_sha256") == recipe
+        extra = read_header(path).extra if path.exists() else {}
+        return extra.get("recipe_sha256") == recipe or extra.get("origin") == "added"
     except Exception:  # noqa: BLE001 - an unreadable old file is simply rebuilt
         return False
 

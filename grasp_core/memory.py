@@ -4,6 +4,7 @@ garbage collector, not by trusting the code's bookkeeping)."""
 from __future__ import annotations
 
 import gc
+import math
 import resource
 import sys
 from dataclasses import dataclass, replace
@@ -19,7 +20,7 @@ class MemorySample:
     peak_rss_bytes: int = 0  # process lifetime peak resident set
     cuda_peak_bytes: int = 0  # torch.cuda.max_memory_allocated, 0 without CUDA
     param_bytes_alive: int = 0  # bytes of every live nn.Parameter (unique storages)
-    models_alive: int = 0  # live parameter bytes / one model's parameter bytes, rounded up
+    models_alive: int = 0  # live parameter bytes / one model's parameter bytes, rounded up (1 % slack for strays)
     tensor_bytes_alive: int = 0  # bytes of every live tensor: weights, grads, optimiser state, copies
     param_sized_multiple: float = 0.0  # tensor_bytes_alive / one model's parameter bytes
 
@@ -59,8 +60,23 @@ def measure(model_param_bytes: int, param_shapes: frozenset[tuple[int, ...]] = f
     unit = max(model_param_bytes, 1)
     cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
     return MemorySample(peak_rss_bytes=peak_rss_bytes(), cuda_peak_bytes=cuda, param_bytes_alive=param_bytes,
-                        models_alive=-(-param_bytes // unit), tensor_bytes_alive=tensor_bytes,
+                        models_alive=math.ceil(param_bytes / unit - 0.01), tensor_bytes_alive=tensor_bytes,
                         param_sized_multiple=round(tensor_bytes / unit, 3))
+
+
+def settle() -> bool:
+    """Collect garbage, then, if no parameter is alive, freeze every surviving object (`gc.freeze`).
+
+    Frozen objects are neither traversed by later collections nor listed by `gc.get_objects()`, so
+    measurements made afterwards scan only what was created since: about 100x faster in a process
+    that has imported Prefect, MLflow and GX. Nothing is frozen while a parameter is alive, so a live
+    model can never hide from `measure()`. Returns whether it froze.
+    """
+    gc.collect()
+    if any(type(o) is nn.Parameter for o in gc.get_objects()):
+        return False
+    gc.freeze()
+    return True
 
 
 def peak_of(a: MemorySample, b: MemorySample) -> MemorySample:

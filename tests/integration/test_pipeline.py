@@ -70,13 +70,16 @@ def test_nested_runs_carry_metrics_and_artifacts(first_run):
     assert {"alignment", "confusion"} <= artifacts
 
 
-def test_second_identical_run_reuses_sources(first_run, prefect_harness):
+def test_second_identical_run_reuses_sources_and_registers_nothing(first_run, prefect_harness):
+    from flows.tracking import Tracker
+
     ws, summary = first_run
     before = {p.name: p.stat().st_mtime_ns for p in (ws / "checkpoints" / "sources").iterdir()}
     again = _run(ws)
-    assert again.sources_trained == 0
+    assert again.sources_trained == 0 and again.versions == [] and again.merged_before == 2
     assert before == {p.name: p.stat().st_mtime_ns for p in (ws / "checkpoints" / "sources").iterdir()}
-    assert len(again.versions) == 2 and again.versions[0] != summary.versions[0]
+    tracker = Tracker(ws, tracking_uri=f"sqlite:///{ws}/mlflow.db")
+    assert [v["version"] for v in tracker.versions(summary.model_name)] == summary.versions
 
 
 def test_broken_dataset_stops_at_the_gate_and_registers_nothing(tmp_path, prefect_harness):
@@ -98,3 +101,37 @@ def test_broken_dataset_stops_at_the_gate_and_registers_nothing(tmp_path, prefec
     tracker = Tracker(tmp_path, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     assert tracker.versions("grasp-2022") == []
     assert (tmp_path / "reports" / "validation" / "gx_validation.json").exists()
+
+
+def test_added_source_is_merged_incrementally_into_the_champion(first_run, prefect_harness):
+    """A new source arrives: exactly one new version, whose parent is the former final version."""
+    import torch
+
+    from flows.sources_area import add_source
+    from flows.tracking import Tracker
+    from flows.workspace import Workspace
+    from grasp_core.checkpoints import CheckpointMismatchError, load_checkpoint, save_checkpoint
+
+    ws, summary = first_run
+    model, header = load_checkpoint(ws / "checkpoints" / "sources" / "2021.safetensors")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    incoming = ws / "incoming.safetensors"
+    save_checkpoint(model, incoming, header)
+    del model  # the test's own copy would count as a third live model below
+    add_source(Workspace(ws), incoming, "2021b")
+    foreign = ws / "foreign.pt"
+    foreign.write_bytes(b"\x80\x04not a pickle you want")
+    with pytest.raises(CheckpointMismatchError, match="foreign.pt"):
+        add_source(Workspace(ws), foreign, "2019")
+    tracker = Tracker(ws, tracking_uri=f"sqlite:///{ws}/mlflow.db")
+    champion = tracker.get_alias_version(summary.model_name, "champion")
+    third = _run(ws)
+    assert third.sources == ["2021b"] and len(third.versions) == 1
+    new = {v["version"]: v for v in tracker.versions(summary.model_name)}[third.versions[0]]
+    assert new["tags"]["parent_version"] == champion
+    assert new["tags"]["stage"] == "2" and new["tags"]["source_origin"] == "added"
+    assert tracker.get_alias_version(summary.model_name, "challenger") == third.versions[0]
+    assert tracker.get_alias_version(summary.model_name, "champion") == champion  # promotion is a gate, not automatic
+    assert third.steps[0].result.memory.models_alive <= 2

@@ -1,0 +1,44 @@
+"""Benchmarks that print figures (targets live here, not in timed tests)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _timed(args: list[str], cwd: Path) -> float:
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"`grasp {' '.join(args)}` failed in {cwd}:\n{out.stderr[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def overhead(params: Path, keep: bool = False) -> list[dict[str, object]]:
+    """Wall time of the Prefect flow vs the core run on the same config, each in a fresh folder.
+
+    `cold`: data generated and sources trained inside the run; `warm`: a second run that re-uses
+    them. Both engines run GRASP only (no baselines), as whole `grasp run` processes.
+    """
+    root = Path(tempfile.mkdtemp(prefix="grasp-overhead-"))
+    rows = []
+    try:
+        walls: dict[tuple[str, str], float] = {}
+        for engine, extra in (("core", ["--engine", "core", "--methods", "grasp"]), ("prefect", [])):
+            ws = root / engine
+            ws.mkdir()
+            shutil.copy(params, ws / "params.yaml")
+            for phase in ("cold", "warm"):
+                walls[(engine, phase)] = _timed(["run", "--quiet", *extra], ws)
+        for phase in ("cold", "warm"):
+            core, flow = walls[("core", phase)], walls[("prefect", phase)]
+            rows.append({"phase": phase, "core_s": round(core, 1), "flow_s": round(flow, 1),
+                         "ratio": round(flow / core, 2)})
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+    return rows

@@ -1,0 +1,72 @@
+"""The sources area `checkpoints/sources/`: trained sources and checkpoints that arrive from elsewhere.
+
+A source arrives through `grasp add-source PATH --domain NAME` (validated, copied, DVC-tracked) or
+simply as a `<domain>.safetensors` file dropped there; `grasp run` merges every source of the area
+that the champion's lineage does not hold yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from flows.workspace import Workspace
+from grasp_core.checkpoints import (
+    CheckpointHeader,
+    SavedCheckpoint,
+    check_compatible,
+    file_sha256,
+    load_checkpoint,
+    read_header,
+    save_checkpoint,
+)
+from grasp_core.errors import CheckpointMismatchError, GraspError
+
+ORIGIN_ADDED = "added"  # header extra `origin`: never retrained or overwritten by `grasp run`
+
+
+class SourceExistsError(GraspError):
+    """A source of that domain is already in the sources area."""
+
+
+@dataclass(frozen=True)
+class AreaSource:
+    domain: str
+    checkpoint: SavedCheckpoint
+
+
+def reference_header(ws: Workspace) -> CheckpointHeader:
+    """What every source must match: the shared base's architecture, classes and input shape."""
+    if not ws.base.exists():
+        raise CheckpointMismatchError(f"{ws.base}: no base model yet; run `grasp run` once so new sources "
+                                      "can be checked against the target's architecture")
+    return read_header(ws.base)
+
+
+def add_source(ws: Workspace, path: Path, domain: str, replace: bool = False) -> SavedCheckpoint:
+    """Validate `path` (safetensors only: header, architecture, classes, shapes, finite values, tensor
+    hash) and copy it into the sources area as `<domain>.safetensors` (atomic)."""
+    dest = ws.source(domain)
+    if dest.exists() and not replace:
+        raise SourceExistsError(f"{dest}: a source for domain '{domain}' exists; pass --replace to overwrite it")
+    like = reference_header(ws)
+    if path.suffix != ".safetensors":
+        raise CheckpointMismatchError(f"{path}: only .safetensors checkpoints are accepted (pickles are never loaded)")
+    model, header = load_checkpoint(path, like=like)
+    extra = {**header.extra, "domain": domain, "origin": ORIGIN_ADDED, "added_from_sha256": file_sha256(path)}
+    return save_checkpoint(model, dest, CheckpointHeader(like.arch, like.num_classes, like.classes,
+                                                         like.input_shape, extra))
+
+
+def area_sources(ws: Workspace, target: str) -> list[AreaSource]:
+    """Every source checkpoint in the area except the target's, in domain (time) order."""
+    out = []
+    for path in sorted(ws.sources.glob("*.safetensors")) if ws.sources.exists() else []:
+        if path.stem != target:
+            out.append(AreaSource(path.stem, SavedCheckpoint(path, file_sha256(path), read_header(path))))
+    return out
+
+
+def check_area_source(ws: Workspace, source: AreaSource) -> None:
+    """Refuse a dropped-in file that does not match the base (same checks as add-source)."""
+    check_compatible(source.checkpoint.path, source.checkpoint.header, reference_header(ws))
