@@ -18,6 +18,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="a progress line for every epoch")
 
 
+def _ops_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to read")
+    parser.add_argument("--workdir", type=Path, default=Path("."), help="project folder (default: .)")
+    parser.add_argument("--model", help="registered model name (default: the only grasp-* model)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                        "sqlite:///<workdir>/mlflow.db)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grasp", description="GRASP: merge K source models into one target "
                                      "model with the memory of two (arXiv 2606.14900).")
@@ -35,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--baselines", action="store_true",
                      help="prefect engine: also run baselines.methods, each logged as its own MLflow run "
                      "(the core engine always runs them)")
+    run.add_argument("--auto-promote", action="store_true",
+                     help="prefect engine: run the promotion gate on the new challenger (see `grasp promote`)")
     run.add_argument("--full", action="store_true",
                      help="prefect engine: merge every source from scratch instead of starting from the champion")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
@@ -61,6 +71,48 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--dvc-remote", help="DVC remote (default: $GRASP_DVC_REMOTE, else <workdir>/.dvc-remote)")
     add.set_defaults(handler=cmd_add_source)
 
+    serve = sub.add_parser("serve", help="serve the pipeline on a schedule (a Prefect deployment)",
+                           description="Serve a Prefect deployment of `grasp run` with a cron or interval schedule "
+                           "from this process. Without PREFECT_API_URL it starts (or re-uses) a local Prefect "
+                           "server for this workspace, prints its UI address, and stops what it started on exit "
+                           "(Ctrl-C or SIGTERM). Runs are incremental and never overlap.")
+    when = serve.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help='cron expression in UTC, e.g. "0 3 * * *"')
+    when.add_argument("--interval", type=int, metavar="SECONDS", help="run every SECONDS seconds")
+    serve.add_argument("--auto-promote", action="store_true", help="run the promotion gate after each run")
+    serve.add_argument("--name", default="grasp-scheduled", help="deployment name (default: grasp-scheduled)")
+    serve.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to use")
+    serve.add_argument("--workdir", type=Path, default=Path("."), help="project folder (default: .)")
+    serve.add_argument("--tracking-uri", help="MLflow tracking URI for the runs")
+    serve.add_argument("--dvc-remote", help="DVC remote for the runs")
+    serve.set_defaults(handler=cmd_serve)
+
+    promote = sub.add_parser("promote", help="promote a version to champion through the accuracy/size gate",
+                             description="The candidate (default @challenger) becomes champion only if its test "
+                             "accuracy on the current dataset is at least the champion's minus promote.tolerance "
+                             "(and its size within promote.max_param_mb). Every decision is recorded on both "
+                             "versions (tag promotion_history). Exit 0 promoted or no-op, 3 refused.")
+    promote.add_argument("version", nargs="?", default="@challenger", help="a version number or @alias")
+    promote.add_argument("--auto", action="store_true", help="record the decision as made by the scheduler")
+    _ops_args(promote)
+    promote.set_defaults(handler=cmd_promote)
+
+    lineage = sub.add_parser("lineage", help="the chain of a version back to the first source",
+                             description="Per version: source merged, tensors transferred, val/test accuracy, "
+                             "memory, checkpoint/dataset/params hashes, code commit, flow run, promotions.")
+    lineage.add_argument("ref", nargs="?", default="@champion", help="a version number or @alias")
+    lineage.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    lineage.add_argument("--verify", action="store_true",
+                         help="re-hash the DVC-tracked files and flag any that no longer match (exit 4 if any)")
+    lineage.add_argument("--plot", type=Path, metavar="PNG", help="write accuracy/memory along the lineage here")
+    _ops_args(lineage)
+    lineage.set_defaults(handler=cmd_lineage)
+
+    status = sub.add_parser("status", help="champion, challenger, recent runs, sources waiting")
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _ops_args(status)
+    status.set_defaults(handler=cmd_status)
+
     bench = sub.add_parser("bench", help="benchmarks that print figures",
                            description="Benchmarks; each prints a table (and writes --json FILE if given).")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
@@ -86,6 +138,67 @@ def cmd_add_source(args: argparse.Namespace) -> int:
     ensure_repo(args.workdir, args.dvc_remote)
     tracked = track(args.workdir, "checkpoints/sources")
     print(f"added {saved.path} (sha256 {saved.sha256[:12]}); DVC {tracked.path.name} {tracked.md5}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.settings import apply_defaults
+
+    apply_defaults(args.workdir)
+    from flows.scheduling import serve_pipeline
+
+    serve_pipeline(args.workdir.resolve(), args.params.resolve(), cron=args.cron, interval_s=args.interval,
+                   auto_promote=args.auto_promote, tracking_uri=args.tracking_uri, deployment_name=args.name,
+                   dvc_remote=args.dvc_remote)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from flows.settings import apply_defaults
+
+    apply_defaults(args.workdir)
+    from flows.promotion import promote
+    from grasp_core.config import load_config
+
+    decision = promote(args.workdir, args.tracking_uri, load_config(args.params), args.version, auto=args.auto,
+                       model_name=args.model)
+    print(decision.message)
+    return 3 if decision.action == "refused" else 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    import json
+
+    from flows.settings import apply_defaults
+
+    apply_defaults(args.workdir)
+    from flows.operations import format_findings, format_lineage, lineage, verify_lineage
+
+    rows = lineage(args.workdir, args.tracking_uri, args.ref, args.model)
+    findings = verify_lineage(args.workdir, rows) if args.verify else []
+    if args.json:
+        print(json.dumps({"lineage": rows, "findings": findings} if args.verify else rows, indent=2, default=str))
+    else:
+        print(format_lineage(rows))
+        if args.verify:
+            print(format_findings(findings, rows))
+    if args.plot:
+        from flows.lineage_plot import lineage_plot
+
+        print(f"wrote {lineage_plot(rows, args.plot)}")
+    return 4 if findings else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from flows.settings import apply_defaults
+
+    apply_defaults(args.workdir)
+    from flows.operations import format_status, status
+
+    report = status(args.workdir, args.tracking_uri, args.model)
+    print(json.dumps(report, indent=2, default=str) if args.json else format_status(report))
     return 0
 
 
@@ -132,7 +245,8 @@ def _run_flow(args: argparse.Namespace) -> int:
     if boot is not None:
         boot.join()
     summary = run_pipeline(args.params, args.workdir, baselines=args.baselines, tracking_uri=args.tracking_uri,
-                           dvc_remote=args.dvc_remote, full=args.full, quiet=args.quiet, verbose=args.verbose)
+                           dvc_remote=args.dvc_remote, full=args.full, auto_promote=args.auto_promote, quiet=args.quiet,
+                           verbose=args.verbose)
     if not summary.versions:
         print(f"nothing new: champion v{summary.parent_version} of {summary.model_name} already holds all "
               f"{summary.merged_before} sources; nothing registered")
@@ -145,6 +259,9 @@ def _run_flow(args: argparse.Namespace) -> int:
     print(format_rows(stages))
     if summary.methods:
         print(format_rows(summary.methods, COLUMNS))
+    print(f"lineage plot: {summary.report} (also an MLflow artifact of v{summary.versions[-1]}'s run)")
+    if summary.promotion:
+        print(summary.promotion)
     if args.json:
         write_json(summary.methods or stages, args.json)
         print(f"wrote {args.json}")

@@ -36,13 +36,31 @@ class FlowSummary:
     data_md5: str = ""
     sources_trained: int = 0
     methods: list[dict] = field(default_factory=list)  # baseline rows when --baselines
+    report: str = ""  # path of the lineage plot (accuracy and memory along the merge steps)
+    promotion: str = ""  # the gate's message when auto_promote
 
 
 @flow(name="grasp-run", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=False)
 def grasp_run_flow(params_path: str, workdir: str = ".", tracking_uri: str | None = None,
                    dvc_remote: str | None = None, baselines: bool = False, full: bool = False,
-                   quiet: bool = False, verbose: bool = False) -> FlowSummary:
-    """Validate, version, train the missing sources, merge them one at a time and register each step."""
+                   auto_promote: bool = False, quiet: bool = False, verbose: bool = False) -> FlowSummary:
+    """Validate, version, train the missing sources, merge them one at a time and register each step.
+
+    One run per workspace at a time: a second one is refused (overlapping scheduled runs never merge
+    the same source twice). `auto_promote` runs the promotion gate on the new challenger.
+    """
+    from flows.lock import RunLock
+
+    with RunLock(Path(workdir), command="grasp run"):
+        summary = _pipeline(params_path, workdir, tracking_uri, dvc_remote, baselines, full, quiet, verbose)
+        if auto_promote and summary.versions:
+            summary.promotion = tasks.promote_task(Path(workdir), tracking_uri, load_config(Path(params_path)))
+    return summary
+
+
+def _pipeline(params_path: str, workdir: str, tracking_uri: str | None, dvc_remote: str | None,
+              baselines: bool, full: bool, quiet: bool, verbose: bool) -> FlowSummary:
+    """The DAG of one run (see the module docstring)."""
     from prefect.runtime import flow_run
 
     from flows.tracking import Tracker
@@ -51,8 +69,11 @@ def grasp_run_flow(params_path: str, workdir: str = ".", tracking_uri: str | Non
     cfg = load_config(Path(params_path))
     target, sources, classes = tasks.materialise_task(cfg, ws, progress)
     tasks.dvc_init_task(ws, dvc_remote)
-    data_v = tasks.dvc_track_task(ws, cfg.data.root)
-    tasks.validate_task(ws.data(cfg), ws.root / "reports" / "validation")
+    data_future = tasks.dvc_track_task.submit(ws, cfg.data.root)  # DVC hashes in a subprocess while GX validates
+    try:
+        tasks.validate_task(ws.data(cfg), ws.root / "reports" / "validation")
+    finally:
+        data_v = data_future.result()
     progress.say(f"data valid; target {target}; sources {', '.join(sources)}")
     base = tasks.base_task(cfg, ws, classes, sources[0], progress)
     futures = [tasks.source_task.submit(cfg, ws, name, classes, base, cfg.seed + 1 + i, progress)
@@ -78,6 +99,7 @@ def grasp_run_flow(params_path: str, workdir: str = ".", tracking_uri: str | Non
         _merge_all(cfg, ws, summary, classes, plan, src_v.path, tracker, run_tags, progress)
         summary.aliases = tasks.alias_task(tracker, summary.model_name, summary.versions[-1])
         _log_final(tracker, summary)
+    summary.report = tasks.report_task(ws, tracker.tracking_uri, summary.model_name, summary.versions[-1])
     if baselines:
         _run_baselines(cfg, ws, summary, classes, tracker, run_tags, progress)
     return summary
@@ -105,15 +127,16 @@ def _merge_all(cfg, ws, summary, classes, plan, sources_dvc, tracker, run_tags, 
 
 
 def run_pipeline(params: Path, workdir: Path, baselines: bool = False, tracking_uri: str | None = None,
-                 dvc_remote: str | None = None, full: bool = False, quiet: bool = False,
-                 verbose: bool = False) -> FlowSummary:
+                 dvc_remote: str | None = None, full: bool = False, auto_promote: bool = False,
+                 quiet: bool = False, verbose: bool = False) -> FlowSummary:
     """Run the flow (on Prefect's ephemeral API unless PREFECT_API_URL is set)."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     # A synchronous flow otherwise waits up to 1 s for its heartbeat thread to join.
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         return grasp_run_flow(params_path=str(params), workdir=str(workdir), tracking_uri=tracking_uri,
-                              dvc_remote=dvc_remote, baselines=baselines, full=full, quiet=quiet, verbose=verbose)
+                              dvc_remote=dvc_remote, baselines=baselines, full=full,
+                              auto_promote=auto_promote, quiet=quiet, verbose=verbose)
 
 
 def _log_final(tracker, summary: FlowSummary) -> None:  # type: ignore[no-untyped-def]

@@ -147,3 +147,21 @@ def log_baseline_task(tracker, result: MethodResult, params: dict, tags: dict[st
                             ) as run_id:
         tracker.log_metrics(run_id, method_metrics(result))
     return run_id
+
+
+@task(name="report", **TASK)
+def report_task(ws: Workspace, tracking_uri: str, model_name: str, version: str) -> str:
+    """Accuracy and memory along the lineage of the new version, as a PNG logged to MLflow."""
+    from flows.lineage_plot import log_lineage_plot
+    from flows.operations import lineage
+
+    rows = lineage(ws.root, tracking_uri, version, model_name)
+    return str(log_lineage_plot(ws.root, tracking_uri, rows, ws.root / "reports" / f"lineage-{model_name}.png"))
+
+
+@task(name="promote", **TASK, **TOOL_RETRIES)
+def promote_task(ws: Path, tracking_uri: str | None, cfg: Config) -> str:
+    """The promotion gate on the new challenger, recorded as made by the scheduler."""
+    from flows.promotion import promote
+
+    return promote(ws, tracking_uri, cfg, "@challenger", auto=True).message

@@ -222,7 +222,7 @@ class Tracker:
         from grasp_core.checkpoints import file_sha256, read_header
 
         header = read_header(checkpoint)  # refuses a foreign or corrupt file before anything is logged
-        version_tags = {"checkpoint_sha256": file_sha256(checkpoint), **{k: str(v) for k, v in tags.items()}}
+        version_tags = {**{k: str(v) for k, v in tags.items()}, "checkpoint_sha256": file_sha256(checkpoint)}
         experiment_id = self.client.get_run(run_id).info.experiment_id
         logged = self.client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
         # Model.log, and the SQL registry resolving a models:/ source, read mlflow's global URI: point it here

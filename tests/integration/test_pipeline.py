@@ -25,7 +25,7 @@ def first_run(tmp_path_factory, prefect_harness):
     from tests.conftest import TINY_PARAMS
 
     ws = tmp_path_factory.mktemp("ws")
-    (ws / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    (ws / "params.yaml").write_text(yaml.safe_dump({**TINY_PARAMS, "data": {**TINY_PARAMS["data"], "domains": 4}}))
     return ws, _run(ws)
 
 
@@ -35,7 +35,7 @@ def test_flow_registers_one_version_per_step_with_every_tag(first_run):
     ws, summary = first_run
     tracker = Tracker(ws, tracking_uri=f"sqlite:///{ws}/mlflow.db")
     versions = tracker.versions(summary.model_name)
-    assert len(versions) == len(summary.sources) == 2
+    assert len(versions) == len(summary.sources) == 3
     data_md5 = yaml.safe_load((ws / "data.dvc").read_text())["outs"][0]["md5"]
     by_version = {v["version"]: v for v in versions}
     for stage, version in enumerate(summary.versions):
@@ -60,7 +60,7 @@ def test_nested_runs_carry_metrics_and_artifacts(first_run):
     assert parent.data.params["transfer.threshold"] == "0.3"
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{summary.parent_run_id}'")
-    assert len(children) == 2
+    assert len(children) == 3
     for child in children:
         metrics = child.data.metrics
         assert {"val/accuracy", "test/accuracy", "memory/peak_rss_bytes", "memory/models_alive"} <= metrics.keys()
@@ -76,7 +76,7 @@ def test_second_identical_run_reuses_sources_and_registers_nothing(first_run, pr
     ws, summary = first_run
     before = {p.name: p.stat().st_mtime_ns for p in (ws / "checkpoints" / "sources").iterdir()}
     again = _run(ws)
-    assert again.sources_trained == 0 and again.versions == [] and again.merged_before == 2
+    assert again.sources_trained == 0 and again.versions == [] and again.merged_before == 3
     assert before == {p.name: p.stat().st_mtime_ns for p in (ws / "checkpoints" / "sources").iterdir()}
     tracker = Tracker(ws, tracking_uri=f"sqlite:///{ws}/mlflow.db")
     assert [v["version"] for v in tracker.versions(summary.model_name)] == summary.versions
@@ -104,7 +104,7 @@ def test_broken_dataset_stops_at_the_gate_and_registers_nothing(tmp_path, prefec
 
 
 def test_added_source_is_merged_incrementally_into_the_champion(first_run, prefect_harness):
-    """A new source arrives: exactly one new version, whose parent is the former final version."""
+    """3 sources merged, then a 4th arrives: exactly one new version, whose parent is the former final version."""
     import torch
 
     from flows.sources_area import add_source
@@ -131,7 +131,35 @@ def test_added_source_is_merged_incrementally_into_the_champion(first_run, prefe
     assert third.sources == ["2021b"] and len(third.versions) == 1
     new = {v["version"]: v for v in tracker.versions(summary.model_name)}[third.versions[0]]
     assert new["tags"]["parent_version"] == champion
-    assert new["tags"]["stage"] == "2" and new["tags"]["source_origin"] == "added"
+    assert new["tags"]["stage"] == "3" and new["tags"]["source_origin"] == "added"
     assert tracker.get_alias_version(summary.model_name, "challenger") == third.versions[0]
     assert tracker.get_alias_version(summary.model_name, "champion") == champion  # promotion is a gate, not automatic
     assert third.steps[0].result.memory.models_alive <= 2
+
+
+def test_operations_through_the_cli(first_run):
+    """lineage --json walks to the first source; status and promote answer through the console script."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    ws, summary = first_run
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "MLFLOW_TRACKING_URI": f"sqlite:///{ws}/mlflow.db"}
+
+    def grasp(*args):
+        return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ws, env=env, capture_output=True,
+                              text=True)
+
+    out = grasp("lineage", "@challenger", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [r["stage"] for r in rows] == [3, 2, 1, 0] or [str(r["stage"]) for r in rows] == ["3", "2", "1", "0"]
+    assert rows[-1]["source_domain"] == "2020" and rows[0]["source_domain"] == "2021b"
+    status = grasp("status")
+    assert status.returncode == 0 and "champion" in status.stdout and "challenger" in status.stdout
+    decision = grasp("promote")
+    assert decision.returncode in (0, 3), decision.stderr
+    assert "candidate v" in decision.stdout and "champion v" in decision.stdout
+    bad = grasp("lineage", "@nope")
+    assert bad.returncode == 2 and bad.stderr.startswith("grasp: error: ")

@@ -1,0 +1,99 @@
+"""The workspace run lock: one holder at a time, clear refusals, stale locks taken over, real concurrency."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.lock import RunLock, RunLockedError
+from grasp_core.errors import GraspError
+
+
+def test_acquire_writes_owner_and_release_removes_it(tmp_path: Path):
+    with RunLock(tmp_path, command="grasp run") as lock:
+        owner = json.loads(lock.path.read_text())
+        assert lock.path == tmp_path / ".grasp" / "run.lock"
+        assert owner["pid"] == os.getpid() and owner["command"] == "grasp run"
+        assert {"hostname", "started", "pid_started"} <= owner.keys()
+    assert not lock.path.exists()
+    with RunLock(tmp_path):  # free again
+        pass
+
+
+def test_released_on_exception(tmp_path: Path):
+    with pytest.raises(ValueError), RunLock(tmp_path):
+        raise ValueError("boom")
+    assert not (tmp_path / ".grasp" / "run.lock").exists()
+
+
+def test_second_acquirer_is_refused_with_the_owner_pid(tmp_path: Path):
+    with RunLock(tmp_path):
+        started = time.monotonic()
+        with pytest.raises(RunLockedError, match=rf"another grasp run \(pid {os.getpid()}, started \d+ s ago\)") as err:
+            with RunLock(tmp_path, wait_s=0.5):
+                pass
+        assert time.monotonic() - started >= 0.5  # it waited before giving up
+        assert isinstance(err.value, GraspError) and "\n" not in str(err.value)
+        assert str(tmp_path / ".grasp" / "run.lock") in str(err.value)
+    assert not (tmp_path / ".grasp" / "run.lock").exists()  # the refused one did not remove ours
+
+
+def test_stale_lock_of_a_dead_pid_is_taken_over(tmp_path: Path, caplog):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = tmp_path / ".grasp" / "run.lock"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"pid": dead.pid, "hostname": socket.gethostname(),
+                                "started": "2020-01-01T00:00:00+00:00", "command": "grasp run"}))
+    with caplog.at_level("WARNING"), RunLock(tmp_path):
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert f"pid {dead.pid}" in caplog.text and "stale" in caplog.text
+
+
+def test_recycled_pid_counts_as_dead(tmp_path: Path):
+    path = tmp_path / ".grasp" / "run.lock"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"pid": os.getpid(), "pid_started": 1.0, "hostname": socket.gethostname(),
+                                "started": "2020-01-01T00:00:00+00:00", "command": "old"}))
+    with RunLock(tmp_path):  # our PID, but a process that started long after the recorded one
+        assert json.loads(path.read_text())["command"] != "old"
+
+
+def test_lock_of_another_host_is_never_stolen(tmp_path: Path):
+    path = tmp_path / ".grasp" / "run.lock"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"pid": 1, "hostname": "elsewhere", "started": "2020-01-01T00:00:00+00:00"}))
+    with pytest.raises(RunLockedError, match="pid 1 on host elsewhere"):
+        RunLock(tmp_path).__enter__()
+
+
+def _contend(ws: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        with RunLock(Path(ws)):
+            results.put(("won", os.getpid()))
+            time.sleep(1.0)  # hold it while the other one tries
+    except RunLockedError:
+        results.put(("refused", os.getpid()))
+
+
+def test_two_processes_at_once_exactly_one_wins(tmp_path: Path):
+    ctx = multiprocessing.get_context("spawn")  # no fork of a threaded pytest process
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_contend, args=(str(tmp_path), barrier, results)) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    outcomes = [results.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=30)
+        assert proc.exitcode == 0
+    assert sorted(kind for kind, _ in outcomes) == ["refused", "won"]
+    assert not (tmp_path / ".grasp" / "run.lock").exists()
