@@ -19,6 +19,8 @@ run: setup
 	$(BIN)/grasp run --baselines
 
 test: setup
+	$(BIN)/ruff check grasp_core flows tests
+	$(BIN)/mypy grasp_core
 	$(BIN)/pytest tests/unit
 	$(BIN)/pytest tests/integration
 

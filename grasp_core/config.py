@@ -159,7 +159,7 @@ def _build(cls: type, raw: Any, where: str, prefix: str = "") -> Any:
 
 
 def _coerce(kind: Any, value: Any, where: str, key: str) -> Any:
-    if dataclasses.is_dataclass(kind):
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         return _build(kind, value, where, key + ".")
     if typing.get_origin(kind) is list:
         (item,) = typing.get_args(kind)

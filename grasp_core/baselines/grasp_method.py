@@ -18,7 +18,7 @@ def _run(ctx: MethodContext, tracker: MemoryTracker) -> tuple[nn.Module, float, 
         if ctx.on_step is not None:
             ctx.on_step(last)
         tracker.peak = peak_of(tracker.peak, last.memory)
-    assert last is not None
+    assert last is not None and last.target is not None
     return last.target, last.val_accuracy, steps, {"policy": ctx.cfg.transfer.policy}
 
 
