@@ -12,26 +12,17 @@ import torch
 from torch import nn
 
 from grasp_core.config import TransferConfig
-from grasp_core.errors import ConfigError
+from grasp_core.registry import lookup, registrar
 
 Policy = Callable[[nn.Module, nn.Module, Mapping[str, float], TransferConfig], list[str]]
 POLICIES: dict[str, Policy] = {}
 
 
-def register_policy(name: str) -> Callable[[Policy], Policy]:
-    def decorate(policy: Policy) -> Policy:
-        if name in POLICIES:
-            raise ValueError(f"policy '{name}' registered twice")
-        POLICIES[name] = policy
-        return policy
-
-    return decorate
+register_policy = registrar(POLICIES, "policy")
 
 
 def get_policy(name: str) -> Policy:
-    if name not in POLICIES:
-        raise ConfigError(f"'transfer.policy' = '{name}' is unknown; choose one of: {', '.join(sorted(POLICIES))}")
-    return POLICIES[name]
+    return lookup(POLICIES, name, "transfer.policy")
 
 
 @register_policy("paper")

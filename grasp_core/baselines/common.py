@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from grasp_core.config import Config
-from grasp_core.errors import ConfigError
 from grasp_core.finetune import EpochCallback, evaluate, train_epochs
 from grasp_core.grasp import StepResult, TargetLoaders
 from grasp_core.memory import MemorySample, MemoryTracker
+from grasp_core.registry import lookup, registrar
 
 
 @dataclass(frozen=True)
@@ -50,21 +50,11 @@ Method = Callable[[MethodContext, MemoryTracker], tuple[nn.Module, float, int, d
 METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str) -> Callable[[Method], Method]:
-    def decorate(method: Method) -> Method:
-        if name in METHODS:
-            raise ValueError(f"method '{name}' registered twice")
-        METHODS[name] = method
-        return method
-
-    return decorate
+register_method = registrar(METHODS, "method")
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise ConfigError(f"'baselines.methods' names '{name}', which is unknown; choose from: "
-                          f"{', '.join(sorted(METHODS))}")
-    return METHODS[name]
+    return lookup(METHODS, name, "baselines.methods")
 
 
 def stage_epochs(cfg: Config, k: int) -> list[int]:

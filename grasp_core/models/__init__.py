@@ -11,27 +11,19 @@ from collections.abc import Callable
 from torch import nn
 
 from grasp_core.errors import UnknownArchitectureError
+from grasp_core.registry import lookup, registrar
 
 Builder = Callable[[int, tuple[int, int, int]], nn.Module]
 ARCHITECTURES: dict[str, Builder] = {}
 
 
-def register_architecture(name: str) -> Callable[[Builder], Builder]:
-    def decorate(builder: Builder) -> Builder:
-        if name in ARCHITECTURES:
-            raise ValueError(f"architecture '{name}' registered twice")
-        ARCHITECTURES[name] = builder
-        return builder
-
-    return decorate
+register_architecture = registrar(ARCHITECTURES, "architecture")
 
 
 def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """A freshly initialised model; `input_shape` is (C, H, W) of the data."""
-    if name not in ARCHITECTURES:
-        raise UnknownArchitectureError(
-            f"'model.arch' = '{name}' is unknown; choose one of: {', '.join(sorted(ARCHITECTURES))}")
-    return ARCHITECTURES[name](num_classes, tuple(input_shape))  # type: ignore[arg-type]
+    builder = lookup(ARCHITECTURES, name, "model.arch", UnknownArchitectureError)
+    return builder(num_classes, tuple(input_shape))  # type: ignore[arg-type]
 
 
 def param_bytes(model: nn.Module) -> int:
