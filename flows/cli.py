@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     over.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to copy in")
     over.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
     over.set_defaults(handler=cmd_bench_overhead)
+    from flows import accuracy_matrix, bench_accuracy
+
+    bench_accuracy.register(bench_sub)
+    accuracy_matrix.register(bench_sub)
     return parser
 
 

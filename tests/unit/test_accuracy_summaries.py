@@ -1,0 +1,147 @@
+"""Pure summaries of the accuracy bench and the continual-learning matrix, on hand-made numbers."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from flows import accuracy_matrix as am
+from flows import bench_accuracy as ba
+from grasp_core.errors import GraspError
+from tests.conftest import tiny_split
+
+# R[k][j]: test accuracy after merge step k on domain j; step k merged MERGED[k]; "t" is the target
+MATRIX = [{"a": 0.9, "b": 0.5, "c": 0.3, "t": 0.6, "u": 0.1},
+          {"a": 0.8, "b": 0.9, "c": 0.4, "t": 0.7, "u": 0.2},
+          {"a": 0.7, "b": 0.8, "c": 0.9, "t": 0.8, "u": 0.4}]
+MERGED = ["a", "b", "c"]
+DOMAINS = ["a", "b", "c", "t", "u"]  # "u": a domain with data that no step merged
+BASE = {"a": 0.5, "b": 0.4, "c": 0.2, "t": 0.3, "u": 0.1}
+
+
+def _rows(table: dict[tuple[str, str], list[float]]) -> list[dict]:
+    """Bench rows from {(method, target): [accuracy per seed 0, 1, ...]}."""
+    return [{"method": m, "target": t, "seed": s, "test_accuracy": acc}
+            for (m, t), accs in table.items() for s, acc in enumerate(accs)]
+
+
+BENCH = _rows({("grasp", "x"): [0.80, 0.90], ("grasp", "y"): [0.60, 0.70],
+               ("fusion", "x"): [0.70, 0.70], ("fusion", "y"): [0.65, 0.75]})
+
+
+def test_mean_std_and_its_format():
+    assert ba.mean_std([0.6, 0.7]) == pytest.approx((0.65, math.sqrt(0.005)))
+    assert ba.mean_std([0.6]) == (0.6, 0.0)
+    assert all(math.isnan(v) for v in ba.mean_std([]))
+    assert ba.format_mean_std([0.6, 0.7]) == "65.0 ± 7.1"
+    assert ba.format_mean_std([0.05, 0.03], signed=True) == "+4.0 ± 1.4"
+    assert ba.format_mean_std([-0.05], signed=True) == "-5.0 ± 0.0"
+    assert ba.format_mean_std([]) == "-"
+
+
+def test_paired_differences_per_target_and_over_targets():
+    assert ba.paired_differences(BENCH, "grasp", "fusion", "x") == pytest.approx([0.10, 0.20])
+    assert ba.paired_differences(BENCH, "grasp", "fusion", "y") == pytest.approx([-0.05, -0.05])
+    # over targets: per seed, mean over targets first (seed 0: 0.70 vs 0.675; seed 1: 0.80 vs 0.725)
+    assert ba.paired_differences(BENCH, "grasp", "fusion") == pytest.approx([0.025, 0.075])
+    assert ba.paired_differences(BENCH, "grasp", "missing", "x") == []
+
+
+def test_summary_table_markdown_and_paired_lines():
+    table = ba.summary_table(BENCH)
+    assert table == [{"method": "grasp", "x": "85.0 ± 7.1", "y": "65.0 ± 7.1", "mean": "75.0 ± 7.1"},
+                     {"method": "fusion", "x": "70.0 ± 0.0", "y": "70.0 ± 7.1", "mean": "70.0 ± 3.5"}]
+    md = ba.markdown_table(table).splitlines()
+    assert md[0] == "| method | x | y | mean |" and md[1] == "|---|---:|---:|---:|"
+    assert md[2] == "| grasp | 85.0 ± 7.1 | 65.0 ± 7.1 | 75.0 ± 7.1 |"
+    lines = ba.paired_lines(BENCH)
+    assert lines[0] == "- **x**: fusion +15.0 ± 7.1 (2/2 seeds better)"
+    assert lines[1] == "- **y**: fusion -5.0 ± 0.0 (0/2 seeds better)"
+    assert lines[2] == "- **mean over targets**: fusion +5.0 ± 3.5 (2/2 seeds better)"
+
+
+def test_summary_metrics_keys_and_values():
+    metrics = ba.summary_metrics(BENCH)
+    assert metrics["accuracy/grasp/mean"] == pytest.approx(0.75)
+    assert metrics["accuracy/fusion/y/mean"] == pytest.approx(0.70)
+    assert metrics["paired/grasp_minus_fusion/mean"] == pytest.approx(0.05)
+    assert "paired/grasp_minus_grasp/mean" not in metrics
+
+
+def test_list_and_choice_errors_name_the_flag():
+    assert ba.parse_list("0, 1,2", "--seeds", int) == [0, 1, 2]
+    assert ba.parse_list(None, "--targets") is None
+    with pytest.raises(GraspError, match="--seeds '0,x'"):
+        ba.parse_list("0,x", "--seeds", int)
+    with pytest.raises(GraspError, match="--methods: 'grsp' is unknown; choose from: fusion, grasp"):
+        ba.check_choices(["grsp"], ["fusion", "grasp"], "--methods")
+
+
+def test_parsers_register_with_defaults():
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="bench")
+    ba.register(sub)
+    am.register(sub)
+    args = parser.parse_args(["accuracy"])
+    assert (args.seeds, args.out, args.workdir) == ("0,1,2", Path("results/accuracy"), Path(".cache/bench-accuracy"))
+    assert args.handler is ba.cmd_bench_accuracy and args.targets is None and args.methods is None
+    args = parser.parse_args(["matrix", "3", "--model", "grasp-2024"])
+    assert (args.ref, args.model, args.handler) == ("3", "grasp-2024", am.cmd_bench_matrix)
+    assert parser.parse_args(["matrix"]).ref == "@champion"
+
+
+def test_backward_and_forward_transfer_on_a_hand_made_matrix():
+    # BwT: a (merged at 0): 0.7 - 0.9; b (merged at 1): 0.8 - 0.9; c is merged at the last step: left out
+    assert am.backward_transfer(MATRIX, MERGED, DOMAINS) == pytest.approx(-0.15)
+    # FwT: b: R[0][b] - base_b = 0.5 - 0.4; c: R[1][c] - base_c = 0.4 - 0.2; a is merged at step 0: left out
+    assert am.forward_transfer(MATRIX, MERGED, DOMAINS, BASE) == pytest.approx(0.15)
+    assert am.forward_transfer(MATRIX, MERGED, DOMAINS, None) is None
+    summaries = am.cl_summaries(MATRIX, MERGED, DOMAINS, "t", BASE)
+    assert summaries["average_accuracy"] == pytest.approx((0.7 + 0.8 + 0.9 + 0.8) / 4)  # merged sources + target
+    assert summaries["average_accuracy_all"] == pytest.approx((0.7 + 0.8 + 0.9 + 0.8 + 0.4) / 5)
+    assert summaries["target_accuracy"] == pytest.approx(0.8)
+
+
+def test_transfer_edge_cases():
+    assert am.backward_transfer(MATRIX[:1], ["a"], DOMAINS) is None  # one step: nothing to look back on
+    assert am.forward_transfer(MATRIX[:1], ["a"], DOMAINS, BASE) is None
+    # a domain merged twice counts from its latest merge; a merged domain without data is left out
+    assert am.merge_steps(["a", "zz", "a"], DOMAINS) == {"a": 2}
+    assert am.backward_transfer(MATRIX, ["a", "zz", "b"], DOMAINS) == pytest.approx(0.7 - 0.9)
+
+
+class Constant(nn.Module):
+    """Always predicts `label`: its accuracy is the share of that label."""
+
+    def __init__(self, label: int, num_classes: int = 3) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.nn.functional.one_hot(torch.tensor(label), num_classes).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, classes)
+        return self.logits.expand(len(x), -1)
+
+
+def test_accuracy_matrix_values_and_one_model_alive():
+    splits = {"p": tiny_split(30, seed=1), "q": tiny_split(31, seed=2)}  # labels 0,1,2,0,...: q has 11 zeros
+    alive: list[weakref.ref] = []
+
+    def models():
+        for label in (0, 1, 2):
+            gc.collect()
+            assert all(ref() is None for ref in alive), "the previous model is still alive"
+            model = Constant(label)
+            alive.append(weakref.ref(model))
+            yield f"m{label}", model
+            del model
+
+    rows = am.accuracy_matrix(models(), splits)
+    assert [r["model"] for r in rows] == ["m0", "m1", "m2"] and [r["step"] for r in rows] == [0, 1, 2]
+    assert rows[0]["p"] == pytest.approx(1 / 3) and rows[0]["q"] == pytest.approx(11 / 31)
+    assert rows[2]["q"] == pytest.approx(10 / 31)
