@@ -123,10 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     over.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to copy in")
     over.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
     over.set_defaults(handler=cmd_bench_overhead)
-    from flows import accuracy_matrix, bench_accuracy
+    from flows import accuracy_matrix, bench_accuracy, bench_cost, bench_memory  # light: stdlib at import
 
     bench_accuracy.register(bench_sub)
     accuracy_matrix.register(bench_sub)
+    bench_memory.register(bench_sub)
+    bench_cost.register(bench_sub)
     return parser
 
 
@@ -264,6 +266,8 @@ def _run_flow(args: argparse.Namespace) -> int:
     if summary.methods:
         print(format_rows(summary.methods, COLUMNS))
     print(f"lineage plot: {summary.report} (also an MLflow artifact of v{summary.versions[-1]}'s run)")
+    if summary.report_html:
+        print(f"run report: {summary.report_html}")
     if summary.promotion:
         print(summary.promotion)
     if args.json:

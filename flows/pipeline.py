@@ -38,6 +38,7 @@ class FlowSummary:
     methods: list[dict] = field(default_factory=list)  # baseline rows when --baselines
     report: str = ""  # path of the lineage plot (accuracy and memory along the merge steps)
     promotion: str = ""  # the gate's message when auto_promote
+    report_html: str = ""  # self-contained HTML report of the run (also an MLflow artifact)
 
 
 @flow(name="grasp-run", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=False)
@@ -102,6 +103,7 @@ def _pipeline(params_path: str, workdir: str, tracking_uri: str | None, dvc_remo
     summary.report = tasks.report_task(ws, tracker.tracking_uri, summary.model_name, summary.versions[-1])
     if baselines:
         _run_baselines(cfg, ws, summary, classes, tracker, run_tags, progress)
+    summary.report_html = tasks.run_report_task(summary, ws, tracker.tracking_uri, cfg.transfer.threshold)
     return summary
 
 

@@ -165,3 +165,11 @@ def promote_task(ws: Path, tracking_uri: str | None, cfg: Config) -> str:
     from flows.promotion import promote
 
     return promote(ws, tracking_uri, cfg, "@challenger", auto=True).message
+
+
+@task(name="run-report", **TASK)
+def run_report_task(summary, ws: Workspace, tracking_uri: str, threshold: float) -> str:  # type: ignore[no-untyped-def]
+    """Self-contained HTML: accuracy along the stages vs baselines, alignment heatmap, memory per step."""
+    from flows.run_report import write_run_report
+
+    return str(write_run_report(summary, ws.root, tracking_uri, threshold))
