@@ -151,7 +151,20 @@ def _log_final(tracker, summary: FlowSummary) -> None:  # type: ignore[no-untype
                "memory/peak_rss_bytes": max(s.result.memory.peak_rss_bytes for s in summary.steps),
                "memory/param_sized_multiple": peak.param_sized_multiple,
                "time/method_s": sum(s.result.wall_s for s in summary.steps)}
+    metrics.update(_continual_metrics(summary))
     tracker.log_metrics(summary.parent_run_id, metrics, {"final_version": summary.versions[-1]})
+
+
+def _continual_metrics(summary: FlowSummary) -> dict[str, float]:
+    """Average accuracy and backward/forward transfer over this run's stages x domains (see flows/accuracy_matrix)."""
+    from flows.accuracy_matrix import cl_summaries
+
+    rows = [s.domain_accuracy for s in summary.steps]
+    if not rows or not rows[-1]:
+        return {}
+    domains = list(rows[-1])
+    found = cl_summaries(rows, [s.result.source_name for s in summary.steps if s.result], domains, summary.target)
+    return {f"cl/{k}": v for k, v in found.items() if v is not None}
 
 
 def _run_baselines(cfg, ws, summary, classes, tracker, run_tags, progress) -> None:  # type: ignore[no-untyped-def]

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from grasp_core.checkpoints import CheckpointHeader, SavedCheckpoint, load_checkpoint, save_checkpoint
 from grasp_core.config import Config, config_hash
-from grasp_core.data import DomainData, load_domain
-from grasp_core.finetune import EpochCallback
+from grasp_core.data import DomainData, Split, list_domains, load_domain, read_split
+from grasp_core.finetune import EpochCallback, evaluate
 from grasp_core.grasp import StepResult, run_grasp, target_loaders
 
 
@@ -24,6 +25,13 @@ class StepArtifact:
     checkpoint: SavedCheckpoint
     result: StepResult | None  # None for a parent loaded from the registry (an incremental run's champion)
     chain_sha256: str  # identifies the merge history: params, target, and every source merged so far
+    domain_accuracy: dict[str, float] = field(default_factory=dict)  # test accuracy on every domain (a matrix row)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_tests(root: Path, classes: tuple[str, ...]) -> dict[str, Split]:
+    """Every domain's test split, decoded once per process (the columns of the accuracy matrix)."""
+    return {d: read_split(root, d, "test", list(classes)) for d in list_domains(root)}
 
 
 @functools.lru_cache(maxsize=4)
@@ -37,7 +45,8 @@ def chain_sha256(parent: str, source_sha256: str, cfg: Config, target: str) -> s
 
 
 def target_step(cfg: Config, data: DomainData, source: SavedCheckpoint, stage: int, parent: StepArtifact | None,
-                out_dir: Path, on_epoch: EpochCallback | None = None) -> StepArtifact:
+                out_dir: Path, on_epoch: EpochCallback | None = None,
+                domains: Mapping[str, Split] | None = None) -> StepArtifact:
     """GRASP stage `stage`: stage 0 adopts and fine-tunes `source`; later stages merge it into `parent`."""
     name = source.header.extra.get("domain", source.path.stem)
     like = source.header if parent is None else parent.checkpoint.header
@@ -51,5 +60,6 @@ def target_step(cfg: Config, data: DomainData, source: SavedCheckpoint, stage: i
              "chain_sha256": chain}
     header = CheckpointHeader(like.arch, like.num_classes, like.classes, like.input_shape, extra)
     assert result.target is not None
+    row = {d: evaluate(result.target, split, len(data.classes)).accuracy for d, split in (domains or {}).items()}
     saved = save_checkpoint(result.target, out_dir / f"stage{stage:02d}-{name}-{chain[:12]}.safetensors", header)
-    return StepArtifact(checkpoint=saved, result=result.detached(), chain_sha256=chain)
+    return StepArtifact(checkpoint=saved, result=result.detached(), chain_sha256=chain, domain_accuracy=row)

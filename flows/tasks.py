@@ -9,7 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows.progress import Progress
-from flows.steps import StepArtifact, cached_target, target_step
+from flows.steps import StepArtifact, cached_target, cached_tests, target_step
 from flows.workspace import Workspace, ensure_base, ensure_source, layout_classes, materialise_data, resolve_roles
 from grasp_core.baselines import MethodContext, MethodResult, run_method
 from grasp_core.checkpoints import SavedCheckpoint
@@ -92,7 +92,8 @@ def grasp_stage_task(cfg: Config, ws: Workspace, target: str, classes: list[str]
     """Stage 0 adopts the first source; later stages align, transfer and fine-tune (GRASP step 2)."""
     data = cached_target(ws.data(cfg), target, tuple(classes), cfg.data.target_train_frac, cfg.seed)
     progress.stage(f"grasp stage {stage}")
-    step = target_step(cfg, data, source, stage, parent, ws.checkpoints / "targets" / target, progress.epoch)
+    tests = cached_tests(ws.data(cfg), tuple(classes))
+    step = target_step(cfg, data, source, stage, parent, ws.checkpoints / "targets" / target, progress.epoch, tests)
     progress.step(step.result)
     return step
 
@@ -114,7 +115,8 @@ def register_task(tracker, parent_run_id: str, model_name: str, step: StepArtifa
     if result.scores:
         artifacts["alignment"] = alignment_csv(result, out_dir / f"alignment-stage{result.stage:02d}.csv")
     run_name = f"stage{result.stage:02d}-{result.source_name}"
-    run_id = tracker.step_run(run_name, step_metrics(result), {"stage": result.stage}, tags, artifacts=artifacts,
+    metrics = {**step_metrics(result), **{f"domain/{d}/test_accuracy": a for d, a in step.domain_accuracy.items()}}
+    run_id = tracker.step_run(run_name, metrics, {"stage": result.stage}, tags, artifacts=artifacts,
                               parent_run_id=parent_run_id)
     return tracker.register(step.checkpoint.path, model_name, run_id, tags)
 

@@ -58,6 +58,7 @@ def test_nested_runs_carry_metrics_and_artifacts(first_run):
     client = mlflow.MlflowClient(f"sqlite:///{ws}/mlflow.db")
     parent = client.get_run(summary.parent_run_id)
     assert parent.data.params["transfer.threshold"] == "0.3"
+    assert {"cl/average_accuracy", "cl/bwt", "cl/fwt"} & parent.data.metrics.keys() >= {"cl/average_accuracy", "cl/bwt"}
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{summary.parent_run_id}'")
     assert len(children) == 3
@@ -65,6 +66,9 @@ def test_nested_runs_carry_metrics_and_artifacts(first_run):
         metrics = child.data.metrics
         assert {"val/accuracy", "test/accuracy", "memory/peak_rss_bytes", "memory/models_alive"} <= metrics.keys()
         assert metrics["memory/models_alive"] <= 2
+        row = {k.split("/")[1]: v for k, v in metrics.items() if k.startswith("domain/")}
+        assert sorted(row) == ["2020", "2021", "2022", "2023"]  # one accuracy-matrix row per version
+        assert row["2023"] == pytest.approx(metrics["test/accuracy"])
     merged = [c for c in children if c.data.tags["stage"] == "1"][0]
     artifacts = {a.path for a in client.list_artifacts(merged.info.run_id)}
     assert {"alignment", "confusion"} <= artifacts
