@@ -102,3 +102,19 @@ def test_architecture_registry():
         build_model("vgg", 3, (1, 8, 8))
     out = build_model("small_cnn", 7, (3, 12, 12))(torch.zeros(2, 3, 12, 12))
     assert out.shape == (2, 7)
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "efficientnet_b1"])
+def test_torchvision_architectures_build_and_take_local_weights(arch, tmp_path):
+    """Selectable by name, classes and input from the data, weights from a local file (never downloaded)."""
+    from grasp_core.checkpoints import load_weights_file
+
+    torch.manual_seed(0)
+    model = build_model(arch, 5, (1, 32, 32))
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 5)
+    donor = build_model(arch, 7, (3, 32, 32))  # another head size: the head keeps its own initialisation
+    path = tmp_path / "weights.pt"
+    torch.save({k.removeprefix("net."): v for k, v in donor.state_dict().items()}, path)  # torchvision naming
+    load_weights_file(model, path)
+    first_conv = next(n for n, _ in model.named_parameters())
+    assert torch.equal(model.state_dict()[first_conv], donor.state_dict()[first_conv])
