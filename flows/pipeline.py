@@ -77,7 +77,7 @@ def _pipeline(params_path: str, workdir: str, tracking_uri: str | None, dvc_remo
         data_v = data_future.result()
     progress.say(f"data valid; target {target}; sources {', '.join(sources)}")
     base = tasks.base_task(cfg, ws, classes, sources[0], progress)
-    futures = [tasks.source_task.submit(cfg, ws, name, classes, base, cfg.seed + 1 + i, progress)
+    futures = [tasks.source_task.submit(cfg, ws, name, classes, base, cfg.seed + 1 + i)
                for i, name in enumerate(sources)]
     trained = sum(f.result()[1] for f in futures)
     area = tasks.area_task(ws, target)

@@ -80,9 +80,12 @@ def base_task(cfg: Config, ws: Workspace, classes: list[str], first_source: str,
 
 
 @task(name="train-source", task_run_name="train-source[{name}]", **TASK)
-def source_task(cfg: Config, ws: Workspace, name: str, classes: list[str], base: SavedCheckpoint, seed: int,
-                progress: Progress) -> tuple[SavedCheckpoint, bool]:
-    """Train the source model of domain `name` from the base, or re-use it when its recipe is unchanged."""
+def source_task(cfg: Config, ws: Workspace, name: str, classes: list[str], base: SavedCheckpoint,
+                seed: int) -> tuple[SavedCheckpoint, bool]:
+    """Train the source model of domain `name` from the base, or re-use it when its recipe is unchanged.
+
+    No per-epoch progress: sources train in parallel threads and would interleave their lines.
+    """
     return ensure_source(cfg, ws, load_domain(ws.data(cfg), name, classes), base, seed, None)
 
 
