@@ -5,14 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: setup run test test-unit test-integration lint bench clean
+.PHONY: setup run test test-unit test-integration test-faults lint bench clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,timm]'
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 run: setup
@@ -29,6 +29,9 @@ test-unit: setup
 
 test-integration: setup
 	$(BIN)/pytest tests/integration
+
+test-faults: setup  # the fault suite alone (it also runs inside `make test`)
+	$(BIN)/pytest -m faults tests/unit tests/integration
 
 lint: setup
 	$(BIN)/ruff check grasp_core flows tests

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from flows.workspace import Workspace
     from grasp_core.config import Config
 
-DEFAULT_METHODS = ("grasp", "transfer_off", "target_only", "best_single", "fusion", "ensemble")
+DEFAULT_METHODS = ("grasp", "transfer_off", "target_only", "best_single", "fusion", "weight_averaging",
+                   "task_arithmetic", "ties", "ensemble")
 ROW_KEYS = ("method", "target", "seed", "test_accuracy", "val_accuracy", "target_steps", "peak_models_alive",
             "peak_rss_mb", "wall_s")
 Row = dict[str, Any]

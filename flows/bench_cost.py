@@ -115,7 +115,8 @@ def _stages(cfg: Config, ws: Any, target: str, sources: list[str], classes: list
         t1 = time.perf_counter()
         timed.reset()
         tags = {"stage": str(stage), "source_domain": name, "checkpoint_sha256": step.checkpoint.sha256}
-        version = register_task.fn(timed, parent_run_id, f"grasp-{target}", step, classes, tags, reports)
+        version = register_task.fn(timed, parent_run_id, f"grasp-{target}", step, classes, tags, reports,
+                                   versions[-1] if versions else "")
         rows.append(stage_row(step, version, t1 - t0, time.perf_counter() - t1, timed))
         say(f"stage {stage} [{name}]: {rows[-1]['step_s']}s, tracking {rows[-1]['tracking_pct']}%")
         steps.append(step)

@@ -52,11 +52,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dvc-remote", help="DVC remote URL or folder (default: $GRASP_DVC_REMOTE, else "
                      "<workdir>/.dvc-remote)")
     run.add_argument("--methods", help="comma-separated methods to run (default: grasp + baselines.methods)")
+    run.add_argument("--runner", help="prefect engine: where source training fans out: local (threads, default), "
+                     "dask (a local Dask cluster, 2 workers), dask=tcp://HOST:PORT (an existing scheduler); "
+                     "default $GRASP_RUNNER, else local")
+    run.add_argument("--all-targets", action="store_true",
+                     help="prefect engine: every domain as the target in turn (leave-one-domain-out), each with "
+                     "its own registered model grasp-<domain>; prints accuracy per target and method")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"],
+                     help="where to compute (default: $GRASP_DEVICE, else auto: CUDA, then MPS, then CPU)")
+    run.add_argument("--amp", action="store_true", help="bfloat16 mixed precision, CUDA only (or $GRASP_AMP=1)")
     run.set_defaults(handler=cmd_run)
 
-    data = sub.add_parser("data", help="write the embedded drift benchmark (if missing) and list its domains",
-                          description="Generate data/ from the embedded benchmark when it is missing or stale, "
-                          "check its layout, and print the domains with image counts.")
+    data = sub.add_parser("data", help="write the embedded benchmark (if missing) and list its domains; "
+                          "`data import DIR` brings your own images",
+                          description="Without an action: generate data/ from the embedded benchmark when it is "
+                          "missing or stale, check its layout, and print the domains with image counts. "
+                          "`grasp data import DIR`: read DIR/<domain>/{train,val,test}/<class>/ (Yearbook periods, "
+                          "CLEAR bins) or DIR/<domain>/<class>/ (split stratified and seeded with data.val_frac and "
+                          "data.test_frac), order the domains by data_import.order_by or data_import.order, write "
+                          "one size and channel mode as PNG, pass the Great Expectations gate, swap the result into "
+                          "data/ and DVC-track it. See README 'Bring your own data'.")
+    data.add_argument("action", nargs="?", choices=["import"], help="import: bring your own images from DIR")
+    data.add_argument("source", nargs="?", type=Path, metavar="DIR", help="the folder to import")
+    data.add_argument("--replace", action="store_true", help="import: replace an existing data folder")
+    data.add_argument("--no-dvc", action="store_true", help="import: do not DVC-track the imported folder")
+    data.add_argument("--dvc-remote", help="import: DVC remote (default: $GRASP_DVC_REMOTE, else .dvc-remote)")
     _common(data)
     data.set_defaults(handler=cmd_data)
     add = sub.add_parser("add-source", help="validate a source checkpoint and add it to checkpoints/sources",
@@ -123,12 +143,23 @@ def build_parser() -> argparse.ArgumentParser:
     over.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to copy in")
     over.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
     over.set_defaults(handler=cmd_bench_overhead)
-    from flows import accuracy_matrix, bench_accuracy, bench_cost, bench_memory  # light: stdlib at import
+    from flows import (
+        accuracy_matrix,
+        bench_ablation,
+        bench_accuracy,
+        bench_cost,
+        bench_dask,
+        bench_memory,
+        bench_throughput,
+    )
 
     bench_accuracy.register(bench_sub)
+    bench_ablation.register(bench_sub)
     accuracy_matrix.register(bench_sub)
     bench_memory.register(bench_sub)
     bench_cost.register(bench_sub)
+    bench_dask.register(bench_sub)
+    bench_throughput.register(bench_sub)
     return parser
 
 
@@ -220,8 +251,12 @@ def cmd_bench_overhead(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from flows import execution
+
+    execution.apply(args.device, args.amp)
     if args.engine == "prefect":
         return _run_flow(args)
+    execution.check()
     from flows.progress import Progress
     from flows.report import format_table, result_row, write_json
     from flows.runner import core_run
@@ -241,27 +276,52 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_flow(args: argparse.Namespace) -> int:
+    from flows.lock import RunLock
+
+    # The workspace lock first: a refused run starts no Prefect server (two on one SQLite only contend).
+    # The flow takes the same lock again (re-entrant in this process; scheduled runs take it there).
+    with RunLock(args.workdir, command="grasp run" + (" --all-targets" if args.all_targets else "")):
+        return _run_flow_locked(args)
+
+
+def _run_flow_locked(args: argparse.Namespace) -> int:
+    from flows.orphans import reap_orphans
     from flows.settings import apply_defaults, start_ephemeral_api_early
 
     apply_defaults(args.workdir, args.verbose)
-    boot = start_ephemeral_api_early()
+    reap_orphans(args.workdir)  # what a killed run left behind (its ephemeral Prefect server)
+    boot = start_ephemeral_api_early(args.workdir)
+    from flows import execution
+
+    execution.check()  # a bad --device/--amp fails before any work
     from flows.pipeline import run_pipeline
     from flows.report import COLUMNS, format_rows, stage_row, write_json
+    from flows.runners import parse_runner
 
+    parse_runner(args.runner)  # a bad --runner fails before any work
     if boot is not None:
         boot.join()
+    if args.all_targets:
+        return _run_all_targets(args)
     summary = run_pipeline(args.params, args.workdir, baselines=args.baselines, tracking_uri=args.tracking_uri,
                            dvc_remote=args.dvc_remote, full=args.full, auto_promote=args.auto_promote, quiet=args.quiet,
-                           verbose=args.verbose)
+                           verbose=args.verbose, runner=args.runner)
+    if not summary.versions and summary.resumed:
+        print(f"resumed: v{summary.parent_version} of {summary.model_name} already held every stage of the "
+              f"interrupted run; aliases {', '.join(summary.aliases)} -> v{summary.parent_version}")
+        return 0
     if not summary.versions:
         print(f"nothing new: champion v{summary.parent_version} of {summary.model_name} already holds all "
               f"{summary.merged_before} sources; nothing registered")
         return 0
-    if summary.parent_version:
+    if summary.resumed:
+        print(f"resumed an interrupted run: merged {len(summary.versions)} remaining source(s) into "
+              f"v{summary.parent_version}")
+    elif summary.parent_version:
         print(f"incremental: merged {len(summary.versions)} new source(s) into champion v{summary.parent_version}")
     stages = [stage_row(step, version) for step, version in zip(summary.steps, summary.versions, strict=True)]
     print(f"target {summary.target} | registered model {summary.model_name} versions "
-          f"{', '.join(summary.versions)} | aliases {', '.join(summary.aliases)} -> v{summary.versions[-1]}")
+          f"{', '.join(summary.versions)} | aliases {', '.join(summary.aliases)} -> v{summary.aliases_version}")
     print(format_rows(stages))
     if summary.methods:
         print(format_rows(summary.methods, COLUMNS))
@@ -276,7 +336,28 @@ def _run_flow(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from flows.settings import apply_defaults
+
+    apply_defaults(args.workdir, args.verbose)
+    from flows.data_import import import_data, summary_lines
+    from flows.workspace import Workspace
+    from grasp_core.config import load_config
+
+    cfg = load_config(args.params)
+    result = import_data(args.source, cfg, Workspace(args.workdir), replace=args.replace, dvc_remote=args.dvc_remote,
+                         track_data=not args.no_dvc)
+    print("\n".join(summary_lines(result, cfg)))
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.action == "import":
+        if args.source is None:
+            raise GraspError("data import: give the folder to import, e.g. `grasp data import ~/yearbook`")
+        return cmd_data_import(args)
+    if args.source is not None:
+        raise GraspError(f"data: unexpected argument '{args.source}'; did you mean `grasp data import {args.source}`?")
     from flows.workspace import Workspace, layout_classes, materialise_data
     from grasp_core.config import load_config
     from grasp_core.data import SPLITS
@@ -290,6 +371,31 @@ def cmd_data(args: argparse.Namespace) -> int:
     for domain in domains:
         counts = [sum(1 for _ in (root / domain / s).rglob("*.png")) for s in SPLITS]
         print(f"  {domain}: " + ", ".join(f"{s} {n}" for s, n in zip(SPLITS, counts, strict=False)))
+    return 0
+
+
+def _run_all_targets(args: argparse.Namespace) -> int:
+    from flows.pipeline import all_targets_rows, run_all_targets
+    from flows.report import format_rows, write_json
+
+    if args.auto_promote:
+        raise GraspError("--all-targets: --auto-promote is not supported; promote each grasp-<domain> model "
+                         "with `grasp promote --model grasp-<domain>`")
+    summaries = run_all_targets(args.params, args.workdir, baselines=args.baselines, tracking_uri=args.tracking_uri,
+                                dvc_remote=args.dvc_remote, full=args.full, quiet=args.quiet, verbose=args.verbose,
+                                runner=args.runner)
+    rows = all_targets_rows(summaries)
+    print(f"leave-one-domain-out: {len(summaries)} targets, models "
+          f"{', '.join(s.model_name for s in summaries)}")
+    print(format_rows(rows, ("target", "method", "test_accuracy", "val_accuracy", "target_steps",
+                             "peak_models_alive", "version", "note")))
+    grasp_rows = [r for r in rows if r.get("method") == "grasp" and "test_accuracy" in r]
+    if grasp_rows:
+        mean = sum(r["test_accuracy"] for r in grasp_rows) / len(grasp_rows)
+        print(f"GRASP mean test accuracy over {len(grasp_rows)} targets: {mean:.4f}")
+    if args.json:
+        write_json(rows, args.json)
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from grasp_core.errors import GraspError
 
 LOCK_NAME = Path(".grasp") / "run.lock"
 POLL_S = 0.2
+_HELD: dict[str, int] = {}  # lock path -> thread holding it in this process (re-entrancy for that thread only)
 _log = logging.getLogger(__name__)
 
 
@@ -119,6 +121,8 @@ class RunLock:
         """Take the lock and return None, or return the live owner's record."""
         with exclusive(self.path.with_name(self.path.name + ".guard")):
             owner = read_owner(self.path)
+            if owner is not None and self._is_this_process(owner):
+                return None  # re-entrant: the CLI holds it and runs the flow, which takes it again
             if owner is not None and is_owner_alive(owner):
                 return owner
             if self.path.exists():
@@ -126,12 +130,17 @@ class RunLock:
                              describe_owner(owner) if owner else "unreadable")
                 self.path.unlink()
             self._mine = self._record()
+            _HELD[str(self.path.resolve())] = threading.get_ident()
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             with os.fdopen(fd, "w") as out:
                 json.dump(self._mine, out)
                 out.flush()
                 os.fsync(out.fileno())
         return None
+
+    def _is_this_process(self, owner: dict) -> bool:
+        """Held by this very thread (an outer RunLock on the same path): re-entrant."""
+        return owner.get("pid") == os.getpid() and _HELD.get(str(self.path.resolve())) == threading.get_ident()
 
     def _record(self) -> dict:
         pid = os.getpid()
@@ -145,4 +154,5 @@ class RunLock:
         with exclusive(self.path.with_name(self.path.name + ".guard")):
             if read_owner(self.path) == self._mine:
                 self.path.unlink()
+            _HELD.pop(str(self.path.resolve()), None)
         self._mine = None

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 SOURCES_DIR = Path("checkpoints") / "sources"
 _TAGS = ("target_domain", "source_domain", "parent_version", "checkpoint_sha256", "chain_sha256", "source_sha256",
          "source_dvc_md5", "base_sha256", "dataset_dvc_md5", "sources_dvc_md5", "params_sha256", "code_commit",
-         "flow_run_id", "policy")
+         "flow_run_id", "policy", "skipped_sources", "resumed_from", "rejected")
 _METRICS = {"val_accuracy": "val/accuracy", "test_accuracy": "test/accuracy", "transfer_tensors": "transfer/tensors",
             "transfer_tensors_frac": "transfer/tensors_frac", "transfer_params_frac": "transfer/params_frac",
             "peak_rss_bytes": "memory/peak_rss_bytes", "models_alive": "memory/models_alive",
@@ -168,7 +168,7 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 def _table_row(r: dict[str, Any]) -> dict[str, str]:
-    moved = "adopted" if r["stage"] == 0 else (
+    moved = "adopted" if r["stage"] == 0 else "rejected (rollback)" if r.get("rejected") == "true" else (
         f"{_num(r['transfer_tensors'], '.0f')} ({_num(r['transfer_tensors_frac'], '.0%')})")
     rss = None if r["peak_rss_bytes"] is None else r["peak_rss_bytes"] / 2**20
     return {"version": f"v{r['version']}", "aliases": ",".join(r["aliases"]) or "-", "stage": str(r["stage"]),
@@ -192,11 +192,26 @@ def format_lineage(rows: list[dict[str, Any]]) -> str:
                      f"dataset {r['dataset_dvc_md5'][:12]}  params {r['params_sha256'][:12]}")
         lines.append(f"        code {r['code_commit'][:12]}{'-dirty' * r['code_commit'].endswith('-dirty')}  "
                      f"flow run {r['flow_run_id']}  mlflow run {r['run_id']}")
+    skips = {(r["version"], s["file"], s["reason"]) for r in rows for s in _skips(r)}
+    if skips:
+        lines += ["", "refused source files left out (on_bad_source: skip):"]
+        lines += [f"  v{v}  {file}: {reason}" for v, file, reason in sorted(skips, key=lambda x: int(x[0]))]
+    for r in rows:
+        if r.get("resumed_from"):
+            lines.append(f"  v{r['version']}: its run resumed an interrupted run at v{r['resumed_from']}")
     decisions = [(r["version"], e) for r in rows for e in r["promotion_history"]]
     if decisions:
         lines += ["", "promotion decisions:"]
         lines += [f"  v{v}  {e.get('when', '?')}  {e.get('who', '?')}: {e.get('reason', e)}" for v, e in decisions]
     return "\n".join(lines)
+
+
+def _skips(row: dict[str, Any]) -> list[dict[str, str]]:
+    try:
+        found = json.loads(row.get("skipped_sources") or "[]")
+    except ValueError:
+        return []
+    return [s for s in found if isinstance(s, dict)] if isinstance(found, list) else []
 
 
 # ---------------------------------------------------------------------------------------------- audit

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from flows import execution
 from flows.progress import Progress
 from flows.workspace import (
     Workspace,
@@ -18,6 +19,7 @@ from flows.workspace import (
     materialise_data,
     resolve_roles,
     source_opener,
+    source_seed,
 )
 from grasp_core.baselines import MethodContext, MethodResult, run_method
 from grasp_core.checkpoints import load_checkpoint, read_header
@@ -48,10 +50,10 @@ def prepare_sources(cfg: Config, ws: Workspace, progress: Progress) -> tuple[str
     progress.stage("base")
     base, trained = ensure_base(cfg, ws, classes, probe.input_shape, progress.epoch)
     count = int(trained)
-    for i, name in enumerate(sources):
+    for name in sources:
         progress.stage(f"source {name}")
-        _, trained = ensure_source(cfg, ws, load_domain(ws.data(cfg), name, classes), base, cfg.seed + 1 + i,
-                                   progress.epoch)
+        _, trained = ensure_source(cfg, ws, load_domain(ws.data(cfg), name, classes), base,
+                                   source_seed(cfg, domains, name), progress.epoch)
         count += int(trained)
     progress.say(f"sources ready ({count} model(s) trained, {len(sources) + 1 - count} re-used)")
     return target, sources, classes, count
@@ -65,9 +67,10 @@ def method_context(cfg: Config, ws: Workspace, target: str, sources: list[str], 
     del base
     return MethodContext(cfg=cfg, loaders=target_loaders(load_target(cfg, ws, target, classes), cfg),
                          source_names=tuple(sources), open_source=source_opener(ws, header),  # type: ignore[arg-type]
-                         open_base=lambda: load_checkpoint(ws.base, like=header)[0], model_param_bytes=base_bytes,
+                         open_base=lambda: load_checkpoint(ws.base, like=header, device=execution.device())[0],
+                         model_param_bytes=base_bytes,
                          param_shapes=shapes,
-                         on_epoch=progress.epoch, on_step=progress.step)
+                         on_epoch=progress.epoch, on_step=progress.step, target_name=target)
 
 
 def core_run(cfg: Config, ws: Workspace, progress: Progress, methods: list[str] | None = None) -> RunSummary:
@@ -80,6 +83,7 @@ def core_run(cfg: Config, ws: Workspace, progress: Progress, methods: list[str] 
     for name in methods if methods is not None else ["grasp", *cfg.baselines.methods]:
         progress.stage(f"{name}" if name != "grasp" else "grasp stage 0")
         progress.say(f"method {name} ...")
-        results.append(run_method(name, ctx))
+        with execution.compute():
+            results.append(run_method(name, ctx))
     return RunSummary(target=target, sources=tuple(sources), results=tuple(results), sources_trained=trained,
                       wall_s=time.perf_counter() - t0)

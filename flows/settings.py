@@ -35,6 +35,18 @@ def apply_defaults(workdir: Path, verbose: bool = False) -> None:
     level = logging.INFO if verbose else logging.WARNING
     for name in ("great_expectations", "mlflow", "alembic", "dvc"):
         logging.getLogger(name).setLevel(level)
+    for name in ("great_expectations._docs_decorators", "great_expectations.expectations.registry"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # ~150 import-time lines, even with --verbose
+
+
+def quiet_run_logs(verbose: bool) -> None:
+    """Without --verbose, keep Prefect's per-run ERROR logs (a traceback for every failed task and flow run)
+    off the terminal: the CLI prints a user error as one `grasp: error:` line and lets anything else
+    propagate with its traceback, so those logs only repeat it. Call after prefect is imported."""
+    if verbose:
+        return
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def code_commit() -> str:
@@ -50,20 +62,40 @@ def code_commit() -> str:
     return f"{sha}-dirty" if dirty else sha
 
 
-def start_ephemeral_api_early() -> threading.Thread | None:
+def start_ephemeral_api_early(workdir: Path) -> threading.Thread | None:
     """Boot Prefect's ephemeral API server in the background while the caller imports torch & co.
 
     Without PREFECT_API_URL, the first flow call starts a local API subprocess and waits for it
     (about 7 s here); started first, that wait overlaps the CLI's own imports. Join the returned
     thread before running a flow. Returns None when a real server is configured.
+
+    The server process is recorded in `<workdir>/.grasp/servers/` as soon as it is spawned, so a run
+    killed at any point leaves a record the next run uses to stop it (flows/orphans.py).
     """
     if os.environ.get("PREFECT_API_URL"):
         return None
 
     def boot() -> None:
+        import atexit
+        import time
+
         from prefect.server.api.server import SubprocessASGIServer
 
-        SubprocessASGIServer().start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+        from flows.orphans import forget_server, record_server
+
+        server = SubprocessASGIServer()
+        timeout = int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
+        starter = threading.Thread(target=server.start, kwargs={"timeout": timeout}, daemon=True)
+        starter.start()
+        recorded, record = None, None
+        while True:
+            proc = server.server_process
+            if proc is not None and proc is not recorded:  # spawned (or re-spawned on a taken port)
+                record, recorded = record_server(workdir, proc.pid, server.port), proc
+            if not starter.is_alive():
+                break
+            time.sleep(0.05)
+        atexit.register(forget_server, record)  # registered after Prefect's own stop: runs before it
 
     thread = threading.Thread(target=boot, name="prefect-ephemeral-boot", daemon=True)
     thread.start()

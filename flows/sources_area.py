@@ -20,6 +20,7 @@ from grasp_core.checkpoints import (
     read_header,
     save_checkpoint,
 )
+from grasp_core.data.layout import natural_key
 from grasp_core.errors import CheckpointMismatchError, GraspError
 
 ORIGIN_ADDED = "added"  # header extra `origin`: never retrained or overwritten by `grasp run`
@@ -58,10 +59,58 @@ def add_source(ws: Workspace, path: Path, domain: str, replace: bool = False) ->
                                                          like.input_shape, extra))
 
 
+@dataclass(frozen=True)
+class BadSource:
+    path: Path
+    reason: str  # the refusal, naming the file
+
+
+class BadSourceError(GraspError):
+    """Source checkpoints at run time were refused and `on_bad_source` is `fail`."""
+
+
+_IGNORED = (".dvc", ".tmp", ".gitignore", ".json")  # bookkeeping next to the checkpoints, never a source
+
+
+def scan_area(ws: Workspace, target: str) -> tuple[list[AreaSource], list[BadSource]]:
+    """Every file of the sources area, fully checked as add-source checks it, except the target's own.
+
+    A checkpoint passes when it is a grasp safetensors file (never unpickled) whose header matches the base
+    (architecture, classes, input shape) and whose tensors load with the header's names, shapes and hash and
+    hold finite values. Returns (good sources in domain order, refused files with the reason).
+    """
+    good, bad = [], []
+    files = sorted((p for p in ws.sources.iterdir() if p.is_file()), key=lambda p: natural_key(p.stem)) \
+        if ws.sources.is_dir() else []
+    like = reference_header(ws) if files else None
+    for path in files:
+        if path.name.startswith(".") or path.name.endswith(_IGNORED) or path.stem == target:
+            continue
+        if path.suffix != ".safetensors":
+            bad.append(BadSource(path, f"{path}: not a .safetensors checkpoint (pickles are never loaded)"))
+            continue
+        try:
+            _, header = load_checkpoint(path, like=like)  # header, compatibility, tensors, hash, finite values
+        except GraspError as err:
+            bad.append(BadSource(path, str(err)))
+            continue
+        good.append(AreaSource(path.stem, SavedCheckpoint(path, file_sha256(path), header)))
+    return good, bad
+
+
+def refuse_or_skip(bad: list[BadSource], policy: str) -> None:
+    """`on_bad_source: fail` -> raise naming every refused file; `skip` -> nothing (the caller records them)."""
+    if bad and policy == "fail":
+        lines = "\n".join(f"  {b.reason}" for b in bad)
+        raise BadSourceError(f"{len(bad)} source checkpoint(s) refused; nothing was merged or registered "
+                             f"(set 'on_bad_source: skip' in params.yaml to merge the others):\n{lines}")
+
+
 def area_sources(ws: Workspace, target: str) -> list[AreaSource]:
     """Every source checkpoint in the area except the target's, in domain (time) order."""
     out = []
-    for path in sorted(ws.sources.glob("*.safetensors")) if ws.sources.exists() else []:
+    paths = sorted(ws.sources.glob("*.safetensors"), key=lambda p: natural_key(p.stem)) if ws.sources.exists() else []
+    for path in paths:
         if path.stem != target:
             out.append(AreaSource(path.stem, SavedCheckpoint(path, file_sha256(path), read_header(path))))
     return out

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flows import execution
 from grasp_core.checkpoints import CheckpointHeader, SavedCheckpoint, load_checkpoint, save_checkpoint
 from grasp_core.config import Config, config_hash
 from grasp_core.data import DomainData, Split, list_domains, load_domain, read_split
@@ -31,13 +32,13 @@ class StepArtifact:
 @functools.lru_cache(maxsize=4)
 def cached_tests(root: Path, classes: tuple[str, ...]) -> dict[str, Split]:
     """Every domain's test split, decoded once per process (the columns of the accuracy matrix)."""
-    return {d: read_split(root, d, "test", list(classes)) for d in list_domains(root)}
+    return {d: read_split(root, d, "test", list(classes)).to(execution.device()) for d in list_domains(root)}
 
 
 @functools.lru_cache(maxsize=4)
 def cached_target(root: Path, target: str, classes: tuple[str, ...], frac: float, seed: int) -> DomainData:
-    """Decode the target domain once per process, whatever the number of stages."""
-    return load_domain(root, target, list(classes), frac, seed)
+    """Decode the target domain once per process, whatever the number of stages; moved to the device once."""
+    return load_domain(root, target, list(classes), frac, seed).to(execution.device())
 
 
 def chain_sha256(parent: str, source_sha256: str, cfg: Config, target: str) -> str:
@@ -50,16 +51,19 @@ def target_step(cfg: Config, data: DomainData, source: SavedCheckpoint, stage: i
     """GRASP stage `stage`: stage 0 adopts and fine-tunes `source`; later stages merge it into `parent`."""
     name = source.header.extra.get("domain", source.path.stem)
     like = source.header if parent is None else parent.checkpoint.header
-    stream = ((name, load_checkpoint(source.path, like=like)[0]) for _ in range(1))  # loaded lazily, dropped early
-    target = None if parent is None else load_checkpoint(parent.checkpoint.path)[0]
-    result = next(run_grasp(stream, target_loaders(data, cfg), cfg, on_epoch=on_epoch, target=target,
-                            start_stage=stage))
+    device = execution.device()
+    stream = ((name, load_checkpoint(source.path, like=like, device=device)[0]) for _ in range(1))  # lazy
+    target = None if parent is None else load_checkpoint(parent.checkpoint.path, device=device)[0]
+    with execution.compute():
+        result = next(run_grasp(stream, target_loaders(data, cfg), cfg, on_epoch=on_epoch, target=target,
+                                start_stage=stage))
     chain = chain_sha256(parent.chain_sha256 if parent else "", source.sha256, cfg, data.name)
     extra = {"role": "target", "target_domain": data.name, "stage": str(stage), "source_domain": name,
              "source_sha256": source.sha256, "parent_sha256": parent.checkpoint.sha256 if parent else "",
              "chain_sha256": chain}
     header = CheckpointHeader(like.arch, like.num_classes, like.classes, like.input_shape, extra)
     assert result.target is not None
-    row = {d: evaluate(result.target, split, len(data.classes)).accuracy for d, split in (domains or {}).items()}
+    with execution.compute():
+        row = {d: evaluate(result.target, split, len(data.classes)).accuracy for d, split in (domains or {}).items()}
     saved = save_checkpoint(result.target, out_dir / f"stage{stage:02d}-{name}-{chain[:12]}.safetensors", header)
     return StepArtifact(checkpoint=saved, result=result.detached(), chain_sha256=chain, domain_accuracy=row)

@@ -8,6 +8,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from flows.faults import TOOL_RETRIES, transient_faults
 from flows.progress import Progress
 from flows.steps import StepArtifact, cached_target, cached_tests, target_step
 from flows.workspace import Workspace, ensure_base, ensure_source, layout_classes, materialise_data, resolve_roles
@@ -19,7 +20,6 @@ from grasp_core.data import load_domain
 # Our own recipe hashes decide re-use (see flows/workspace.py); Prefect's input hashing would only
 # cost time on configs and checkpoints, so no task caches.
 TASK = {"cache_policy": NO_CACHE, "persist_result": False}
-TOOL_RETRIES = {"retries": 2, "retry_delay_seconds": 1}  # only tasks that touch a store or server
 
 
 @task(name="materialise-data", **TASK)
@@ -32,18 +32,33 @@ def materialise_task(cfg: Config, ws: Workspace, progress: Progress) -> tuple[st
     return target, sources, layout_classes(cfg, ws)
 
 
-@task(name="dvc-init", **TASK, **TOOL_RETRIES)
-def dvc_init_task(ws: Workspace, remote: str | None) -> None:
-    from flows.versioning import ensure_repo
-
-    ensure_repo(ws.root, remote)
-
-
 @task(name="dvc-track", task_run_name="dvc-track[{target}]", **TASK, **TOOL_RETRIES)
 def dvc_track_task(ws: Workspace, target: str):  # type: ignore[no-untyped-def]
     from flows.versioning import track
 
-    return track(ws.root, target)
+    with transient_faults(f"DVC repository {ws.root}"):
+        return track(ws.root, target)
+
+
+@task(name="dvc-version-data", task_run_name="dvc-version-data[{target}]", **TASK, **TOOL_RETRIES)
+def dvc_version_data_task(ws: Workspace, remote: str | None, target: str):  # type: ignore[no-untyped-def]
+    """`dvc init` when needed, then track and push the data (runs beside the GX gate and training)."""
+    from flows.versioning import ensure_repo, track
+
+    with transient_faults(f"DVC repository {ws.root}"):
+        ensure_repo(ws.root, remote)
+        return track(ws.root, target)
+
+
+@task(name="open-tracking", **TASK, **TOOL_RETRIES)
+def open_tracking_task(ws: Workspace, tracking_uri: str | None):  # type: ignore[no-untyped-def]
+    """Open the MLflow store (created and migrated on first use) while the sources train."""
+    from flows.tracking import Tracker
+
+    with transient_faults(f"MLflow store {tracking_uri or 'sqlite:///' + str(ws.root / 'mlflow.db')}"):
+        tracker = Tracker(ws.root, tracking_uri=tracking_uri)
+    tracker.warm_up()
+    return tracker
 
 
 @task(name="validate-data", **TASK)
@@ -54,22 +69,27 @@ def validate_task(root: Path, out_dir: Path):  # type: ignore[no-untyped-def]
 
 
 @task(name="list-sources", **TASK)
-def area_task(ws: Workspace, target: str) -> list:  # type: ignore[type-arg]
-    """Every source in checkpoints/sources (trained or added), checked against the base."""
-    from flows.sources_area import area_sources, check_area_source
+def area_task(ws: Workspace, target: str, on_bad_source: str, progress: Progress) -> tuple[list, list]:  # type: ignore[type-arg]
+    """Every source in checkpoints/sources (trained or added), fully checked against the base; refused
+    files fail the run or, with `on_bad_source: skip`, are left out and returned for the lineage."""
+    from flows.sources_area import refuse_or_skip, scan_area
 
-    area = area_sources(ws, target)
-    for source in area:
-        check_area_source(ws, source)
-    return area
+    area, bad = scan_area(ws, target)
+    refuse_or_skip(bad, on_bad_source)
+    for b in bad:
+        progress.say(f"skipped a refused source: {b.reason}")
+    return area, bad
 
 
 @task(name="plan-merge", **TASK, **TOOL_RETRIES)
-def plan_task(tracker, model_name: str, area: list, out_dir: Path, full: bool):  # type: ignore[no-untyped-def]
-    """From scratch, or incremental: the champion plus the sources its lineage lacks."""
+def plan_task(tracker, model_name: str, area: list, out_dir: Path, full: bool,  # type: ignore[no-untyped-def]
+              params_sha256: str):
+    """From scratch; incremental (the champion plus the sources its lineage lacks); or resume (the last
+    version of an interrupted run plus what it had not merged)."""
     from flows.incremental import plan_merge
 
-    return plan_merge(tracker, model_name, area, out_dir, full)
+    with transient_faults(f"MLflow store {tracker.tracking_uri}"):
+        return plan_merge(tracker, model_name, area, out_dir, full, params_sha256)
 
 
 @task(name="build-base", **TASK)
@@ -84,7 +104,9 @@ def source_task(cfg: Config, ws: Workspace, name: str, classes: list[str], base:
                 seed: int) -> tuple[SavedCheckpoint, bool]:
     """Train the source model of domain `name` from the base, or re-use it when its recipe is unchanged.
 
-    No per-epoch progress: sources train in parallel threads and would interleave their lines.
+    No per-epoch progress: sources train in parallel (threads or Dask workers, flows/runners.py) and would
+    interleave their lines. Runs in the `train-sources` subflow, whose task runner bounds the parallelism.
+    Module-level state must stay out of this function: Dask pickles it by value.
     """
     return ensure_source(cfg, ws, load_domain(ws.data(cfg), name, classes), base, seed, None)
 
@@ -101,6 +123,21 @@ def grasp_stage_task(cfg: Config, ws: Workspace, target: str, classes: list[str]
     return step
 
 
+@task(name="merge-chain", task_run_name="merge-chain[{target}]", **TASK)
+def merge_chain_task(cfg: Config, ws: Workspace, target: str, classes: list[str],
+                     sources: list[tuple[str, SavedCheckpoint]], start_stage: int,
+                     parent: StepArtifact | None) -> list[StepArtifact]:
+    """Every stage of one target's merge, in order, saved under checkpoints/targets/<target>/ (compute only:
+    registration stays in the flow's process). Independent targets run as parallel tasks (threads or Dask)."""
+    data = cached_target(ws.data(cfg), target, tuple(classes), cfg.data.target_train_frac, cfg.seed)
+    tests = cached_tests(ws.data(cfg), tuple(classes))
+    steps: list[StepArtifact] = []
+    for stage, (_, checkpoint) in enumerate(sources, start=start_stage):
+        parent = target_step(cfg, data, checkpoint, stage, parent, ws.checkpoints / "targets" / target, None, tests)
+        steps.append(parent)
+    return steps
+
+
 @task(name="run-baseline", task_run_name="run-baseline[{method}]", **TASK)
 def baseline_task(method: str, ctx: MethodContext) -> MethodResult:
     return run_method(method, ctx)
@@ -108,30 +145,44 @@ def baseline_task(method: str, ctx: MethodContext) -> MethodResult:
 
 @task(name="log-and-register", task_run_name="log-and-register[{step.result.stage}]", **TASK, **TOOL_RETRIES)
 def register_task(tracker, parent_run_id: str, model_name: str, step: StepArtifact, classes: list[str],  # type: ignore[no-untyped-def]
-                  tags: dict[str, str], out_dir: Path) -> str:
-    """Log the stage as a nested MLflow run, then register its checkpoint: registration comes last."""
+                  tags: dict[str, str], out_dir: Path, parent_version: str = "", data_v=None, sources_v=None) -> str:
+    """Log the stage as a nested MLflow run, then register its checkpoint: registration comes last.
+
+    Submitted as a future while the next stage trains: `parent_version` (the previous stage's
+    registration) and the DVC outputs `data_v`, `sources_v` may be futures that Prefect resolves first.
+    """
     from flows.tracking import alignment_csv, confusion_png, step_metrics
+    from flows.versioning import file_md5_in_dir
 
     result = step.result
+    tags = {**tags, "parent_version": parent_version, "rejected": "true" if result.rejected else "false"}
+    if data_v is not None:
+        tags["dataset_dvc_md5"] = data_v.md5
+    if sources_v is not None:
+        tags["sources_dvc_md5"] = sources_v.md5
+        tags["source_dvc_md5"] = file_md5_in_dir(tracker.workspace, sources_v.path,
+                                                 f"{result.source_name}.safetensors") or ""
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts = {"confusion": confusion_png(result, classes, out_dir / f"confusion-stage{result.stage:02d}.png")}
     if result.scores:
         artifacts["alignment"] = alignment_csv(result, out_dir / f"alignment-stage{result.stage:02d}.csv")
     run_name = f"stage{result.stage:02d}-{result.source_name}"
     metrics = {**step_metrics(result), **{f"domain/{d}/test_accuracy": a for d, a in step.domain_accuracy.items()}}
-    run_id = tracker.step_run(run_name, metrics, {"stage": result.stage}, tags, artifacts=artifacts,
-                              parent_run_id=parent_run_id)
-    return tracker.register(step.checkpoint.path, model_name, run_id, tags)
+    with transient_faults(f"MLflow store {tracker.tracking_uri} (artifacts {tracker.artifact_root})"):
+        run_id = tracker.step_run(run_name, metrics, {"stage": result.stage}, tags, artifacts=artifacts,
+                                  parent_run_id=parent_run_id)
+        return tracker.register(step.checkpoint.path, model_name, run_id, tags)
 
 
 @task(name="set-aliases", **TASK, **TOOL_RETRIES)
 def alias_task(tracker, model_name: str, version: str) -> list[str]:  # type: ignore[no-untyped-def]
     """The final version becomes `challenger`; with no champion yet it is `champion` too."""
     aliases = ["challenger"]
-    tracker.set_alias(model_name, "challenger", version)
-    if tracker.get_alias_version(model_name, "champion") is None:
-        tracker.set_alias(model_name, "champion", version)
-        aliases.append("champion")
+    with transient_faults(f"MLflow store {tracker.tracking_uri}"):
+        tracker.set_alias(model_name, "challenger", version)
+        if tracker.get_alias_version(model_name, "champion") is None:
+            tracker.set_alias(model_name, "champion", version)
+            aliases.append("champion")
     return aliases
 
 
@@ -147,9 +198,9 @@ def method_metrics(result: MethodResult) -> dict[str, float]:
 @task(name="log-baseline", task_run_name="log-baseline[{result.method}]", **TASK, **TOOL_RETRIES)
 def log_baseline_task(tracker, result: MethodResult, params: dict, tags: dict[str, str]) -> str:  # type: ignore[no-untyped-def]
     """A baseline is a top-level run of its own (tag `method`), next to GRASP's parent run."""
-    with tracker.parent_run(f"{result.method}-{tags['target_domain']}", params,
-                            {**tags, "method": result.method, **{f"detail.{k}": v for k, v in result.detail.items()}}
-                            ) as run_id:
+    with transient_faults(f"MLflow store {tracker.tracking_uri}"), tracker.parent_run(
+            f"{result.method}-{tags['target_domain']}", params,
+            {**tags, "method": result.method, **{f"detail.{k}": v for k, v in result.detail.items()}}) as run_id:
         tracker.log_metrics(run_id, method_metrics(result))
     return run_id
 
@@ -169,7 +220,8 @@ def promote_task(ws: Path, tracking_uri: str | None, cfg: Config) -> str:
     """The promotion gate on the new challenger, recorded as made by the scheduler."""
     from flows.promotion import promote
 
-    return promote(ws, tracking_uri, cfg, "@challenger", auto=True).message
+    with transient_faults(f"MLflow store {tracking_uri or 'sqlite:///' + str(ws / 'mlflow.db')}"):
+        return promote(ws, tracking_uri, cfg, "@challenger", auto=True).message
 
 
 @task(name="run-report", **TASK)

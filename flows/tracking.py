@@ -49,6 +49,40 @@ _MLFLOW_NOISE = (  # warnings mlflow's own code triggers, harmless for us
 log = logging.getLogger(__name__)
 
 
+OWNER_PID, OWNER_STARTED, OWNER_HOST = "grasp.owner_pid", "grasp.owner_pid_started", "grasp.owner_host"
+
+
+@contextlib.contextmanager
+def _global_tracking_uri(uri: str) -> Iterator[None]:
+    """mlflow's global tracking URI (and $MLFLOW_TRACKING_URI, which mlflow sets with it) for one block."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+    except ImportError:  # pragma: no cover - pinned mlflow has it
+        _mlflow().set_tracking_uri(uri)
+        yield
+        return
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+def _owner_tags() -> dict[str, str]:
+    """Which process runs a pipeline run: lets the next run end the MLflow runs of a killed one."""
+    import socket
+
+    from flows.lock import process_started
+
+    started = process_started(os.getpid())
+    return {OWNER_PID: str(os.getpid()), OWNER_STARTED: "" if started is None else repr(started),
+            OWNER_HOST: socket.gethostname()}
+
+
 class TrackingError(GraspError):
     """A model URI, alias or tracking store that the user named does not exist."""
 
@@ -127,6 +161,8 @@ class Tracker:
         self.tracking_uri = resolve_tracking_uri(self.workspace, tracking_uri)
         self.client = _client(self.tracking_uri)
         self.experiment_id = self._experiment(experiment)
+        # where this experiment's artifacts go (a folder for the default local store), named in errors
+        self.artifact_root: str = self.client.get_experiment(self.experiment_id).artifact_location
         self._parent_run_id: str | None = None
 
     def _experiment(self, name: str) -> str:
@@ -144,6 +180,21 @@ class Tracker:
                 raise
             return self.client.get_experiment_by_name(name).experiment_id
 
+    def warm_up(self) -> None:
+        """Pay `register`'s one-off costs now (mlflow.pyfunc import, the installed-distributions scan).
+
+        The flow calls this in a background task while sources train, so the first registration does not
+        stall the sequential merge. Best effort: a failure here only means the first `register` pays.
+        """
+        try:
+            _mlflow()
+            import mlflow.pyfunc  # noqa: F401
+            from mlflow.utils.requirements_utils import _init_packages_to_modules_map
+
+            _init_packages_to_modules_map()
+        except Exception as err:  # a private helper may move between MLflow releases
+            log.debug("MLflow warm-up skipped: %s", err)
+
     @contextlib.contextmanager
     def parent_run(self, run_name: str, params: Mapping[str, object], tags: Mapping[str, str],
                    params_file: Path | None = None) -> Iterator[str]:
@@ -156,7 +207,7 @@ class Tracker:
         run_id = self.client.create_run(self.experiment_id, run_name=run_name).info.run_id
         previous, self._parent_run_id = self._parent_run_id, run_id
         try:
-            _log_batch(self.client, run_id, {}, flatten_params(params), tags)
+            _log_batch(self.client, run_id, {}, flatten_params(params), {**tags, **_owner_tags()})
             if params_file is not None:
                 self.client.log_artifact(run_id, str(params_file))
             yield run_id
@@ -187,7 +238,7 @@ class Tracker:
             raise TrackingError(f"step run '{run_name}': no parent run; call it inside Tracker.parent_run(...) "
                                 "or pass parent_run_id")
         run_id = self.client.create_run(self.experiment_id, run_name=run_name,
-                                        tags={"mlflow.parentRunId": parent}).info.run_id
+                                        tags={"mlflow.parentRunId": parent, **_owner_tags()}).info.run_id
         try:
             _log_batch(self.client, run_id, metrics, flatten_params(params), tags)
             for folder, path in (artifacts or {}).items():
@@ -225,15 +276,22 @@ class Tracker:
         version_tags = {**{k: str(v) for k, v in tags.items()}, "checkpoint_sha256": file_sha256(checkpoint)}
         experiment_id = self.client.get_run(run_id).info.experiment_id
         logged = self.client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
-        # Model.log, and the SQL registry resolving a models:/ source, read mlflow's global URI: point it here
-        _mlflow().set_tracking_uri(self.tracking_uri)
+        # Model.log, and the SQL registry resolving a models:/ source, read mlflow's global URI (and mlflow
+        # exports it as $MLFLOW_TRACKING_URI): point it here for this call only, so it never leaks into later
+        # Trackers or subprocesses of this process
+        with _global_tracking_uri(self.tracking_uri):
+            version = self._log_and_register(checkpoint, header, model_name, run_id, version_tags, logged.model_id)
+        return str(version.version)
+
+    def _log_and_register(self, checkpoint: Path, header, model_name: str, run_id: str,  # type: ignore[no-untyped-def]
+                          version_tags: dict[str, str], model_id: str):
         try:
-            self._log_pyfunc(checkpoint, header.input_shape, header.num_classes, logged.model_id)
+            self._log_pyfunc(checkpoint, header.input_shape, header.num_classes, model_id)
             from mlflow.entities import LoggedModelOutput
 
-            self.client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+            self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
         except BaseException:
-            self.client.finalize_logged_model(logged.model_id, "FAILED")
+            self.client.finalize_logged_model(model_id, "FAILED")
             raise
         try:
             self.client.create_registered_model(model_name)
@@ -241,9 +299,9 @@ class Tracker:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         # a models:/<model_id> source links the version to its LoggedModel in the UI, as mlflow.register_model does
-        version = self.client.create_model_version(model_name, source=f"models:/{logged.model_id}", run_id=run_id,
-                                                   tags=version_tags, model_id=logged.model_id)
-        return str(version.version)
+        version = self.client.create_model_version(model_name, source=f"models:/{model_id}", run_id=run_id,
+                                                   tags=version_tags, model_id=model_id)
+        return version
 
     def _log_pyfunc(self, checkpoint: Path, input_shape: tuple[int, int, int], num_classes: int,
                     model_id: str) -> None:
@@ -277,6 +335,28 @@ class Tracker:
                 raise
             return {}
         return {alias: str(version) for alias, version in model.aliases.items()}
+
+    def end_dead_runs(self) -> list[str]:
+        """Mark KILLED the RUNNING runs of this experiment whose owning process died (a SIGKILLed run cannot end
+        its own runs); returns their ids. Runs of live processes or of other hosts are left alone."""
+        from flows.lock import is_owner_alive
+
+        ended = []
+        for run in self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+            tags = run.data.tags
+            if OWNER_PID not in tags:
+                continue
+            owner = {"pid": tags[OWNER_PID], "pid_started": tags.get(OWNER_STARTED) or None,
+                     "hostname": tags.get(OWNER_HOST)}
+            if not is_owner_alive(owner):
+                self.client.set_terminated(run.info.run_id, "KILLED")
+                ended.append(run.info.run_id)
+        return ended
+
+    def run_states(self) -> dict[str, tuple[str, str]]:
+        """run id -> (status, parent run id or "") for every run of this experiment."""
+        runs = self.client.search_runs([self.experiment_id], "", max_results=50000)
+        return {r.info.run_id: (r.info.status, r.data.tags.get("mlflow.parentRunId", "")) for r in runs}
 
     def versions(self, model_name: str) -> list[VersionRecord]:
         """Every version of `model_name`, oldest first, with tags and aliases (empty list if none)."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from grasp_core.data import summary as _summary_module
 from grasp_core.data.summary import FILE_COLUMNS, SPLIT_COLUMNS, SummaryTables, summarise
 from grasp_core.errors import DataLayoutError, GraspError
 
@@ -57,19 +58,52 @@ def validate_dataset(root: Path, out_dir: Path, min_per_class: int = 1) -> Valid
         DataValidationError: `root` is missing or holds no domain, or an expectation fails; the message has one
             line per failed expectation naming the column, the domain/split or files at fault, and the values.
     """
+    stamp = _stamp(root, min_per_class)
+    if (passed := _passed_before(out_dir / RESULT_FILE, stamp)) is not None:
+        return passed
     try:
         tables = summarise(root)
     except DataLayoutError as err:
         raise DataValidationError(f"data validation failed: {err}") from None
     results = _run_suites(tables, min_per_class)
-    result_path = _write_results(results, root, out_dir / RESULT_FILE)
     evaluated = sum(res.statistics["evaluated_expectations"] for res in results.values())
     failures = [_failure_line(table, r) for table, res in results.items() for r in res.results if not r.success]
+    lines = [] if failures else _passed_lines(tables, evaluated)
+    result_path = _write_results(results, root, out_dir / RESULT_FILE, {**stamp, "summary_lines": lines})
     if failures:
         head = f"data validation failed: {len(failures)} of {evaluated} expectations for {root}"
         raise DataValidationError("\n".join([head, *failures, f"full GX results: {result_path}"]))
     return ValidationReport(success=True, evaluated=evaluated, failed=0, result_path=result_path,
-                            summary_lines=_passed_lines(tables, evaluated))
+                            summary_lines=lines)
+
+
+def _stamp(root: Path, min_per_class: int) -> dict[str, Any]:
+    """What a pass depends on: every file's (path, size, mtime, inode) under `root`, the suite's code, its knob."""
+    import hashlib
+
+    from flows.versioning import fingerprint
+
+    suite = hashlib.sha256(b"".join(Path(m).read_bytes() for m in (__file__, _summary_module.__file__)))
+    return {"data_fingerprint": fingerprint(root) if root.is_dir() else "", "suite_sha256": suite.hexdigest(),
+            "min_per_class": min_per_class}
+
+
+def _passed_before(path: Path, stamp: dict[str, Any]) -> ValidationReport | None:
+    """The previous report when it passed on exactly this data and suite (nothing changed: no need to re-run GX).
+
+    The stamp is the same stat fingerprint DVC's state cache trusts: any edit, added or removed file changes it.
+    """
+    try:
+        payload = json.loads(path.read_text())
+        previous = payload["stamp"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not payload.get("success") or not stamp["data_fingerprint"] or \
+            {k: previous.get(k) for k in stamp} != stamp:
+        return None
+    evaluated = int(payload["statistics"]["evaluated_expectations"])
+    lines = [*previous.get("summary_lines", []), "(unchanged since that validation: GX not re-run)"]
+    return ValidationReport(success=True, evaluated=evaluated, failed=0, result_path=path, summary_lines=lines)
 
 
 def _run_suites(tables: SummaryTables, min_per_class: int) -> dict[str, ExpectationSuiteValidationResult]:
@@ -192,11 +226,12 @@ def _show(value: Any) -> str:
     return repr(value[:12] + "...") if isinstance(value, str) and len(value) > 40 else repr(value)
 
 
-def _write_results(results: dict[str, ExpectationSuiteValidationResult], root: Path, path: Path) -> Path:
+def _write_results(results: dict[str, ExpectationSuiteValidationResult], root: Path, path: Path,
+                   stamp: dict[str, Any]) -> Path:
     """Write both tables' GX results as one JSON document, atomically (tmp + rename)."""
     failed = sum(res.statistics["unsuccessful_expectations"] for res in results.values())
     evaluated = sum(res.statistics["evaluated_expectations"] for res in results.values())
-    payload = {"success": failed == 0, "data_root": str(root),
+    payload = {"success": failed == 0, "data_root": str(root), "stamp": stamp,
                "statistics": {"evaluated_expectations": evaluated, "unsuccessful_expectations": failed},
                "validations": {table: res.to_json_dict() for table, res in results.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -170,7 +170,7 @@ def _dvcfile_for(ws: Path, target: str) -> Path:
     return fallback
 
 
-def _fingerprint(path: Path) -> str:
+def fingerprint(path: Path) -> str:
     """Hash of (relpath, size, mtime, inode) of every file: what DVC's own state cache keys on."""
     digest = hashlib.sha256()
     walk = [(str(path.parent), [], [path.name])] if path.is_file() else os.walk(path)
@@ -215,14 +215,14 @@ def track(ws: Path, target: str) -> TrackedOutput:
         raise VersioningError(f"{ws / target}: nothing to track; create it first (e.g. `grasp data`)")
     dvcfile = _dvcfile_for(ws, target)
     stamp_file = ws / ".dvc" / "tmp" / "grasp-track" / f"{target.replace('/', '-')}.json"
-    stamp = {"dvcfile": dvcfile.name, "remote": _remote_url(ws), "fingerprint": _fingerprint(ws / target)}
+    stamp = {"dvcfile": dvcfile.name, "remote": _remote_url(ws), "fingerprint": fingerprint(ws / target)}
     if _is_unchanged(ws, stamp_file, stamp, dvcfile):
         return _tracked(dvcfile)
     _dvc(ws, "add", target)
     _dvc(ws, "push", dvcfile.relative_to(ws).as_posix())
     tracked = _tracked(dvcfile)
     stamp_file.parent.mkdir(parents=True, exist_ok=True)
-    stamp["fingerprint"] = _fingerprint(ws / target)  # after `dvc add`, which may relink files
+    stamp["fingerprint"] = fingerprint(ws / target)  # after `dvc add`, which may relink files
     stamp_file.write_text(json.dumps({**stamp, "md5": tracked.md5}))
     return tracked
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from flows import execution
 from grasp_core.checkpoints import (
     CheckpointHeader,
     SavedCheckpoint,
@@ -21,9 +22,11 @@ from grasp_core.checkpoints import (
 from grasp_core.config import Config
 from grasp_core.data import DomainData, check_layout, list_domains, load_domain, read_split
 from grasp_core.data.drift import BASE_DIR, write_digits_drift
+from grasp_core.data.layout import natural_key
 from grasp_core.errors import ConfigError, DataLayoutError
 from grasp_core.finetune import EpochCallback
 from grasp_core.sources import build_base, train_source
+from grasp_core.threads import SOURCE_TRAINING_THREADS, pinned_threads
 
 GENERATOR_MARKER = "_generator.json"
 
@@ -61,7 +64,8 @@ def materialise_data(cfg: Config, ws: Workspace) -> tuple[list[str], bool]:
     """Generate the embedded benchmark unless the data folder holds it (or user data) already.
 
     Returns (domains, generated_now). Generated data carries a marker with its recipe; a stale one
-    is regenerated, a folder without a marker is user data and is never touched.
+    is regenerated, a folder without a marker (such as one written by `grasp data import`, whose record
+    is `_import.json`) is user data and is never touched.
     """
     root = ws.data(cfg)
     recipe = {"generator": cfg.data.generator, "seed": cfg.seed, "data": asdict(cfg.data), "base": cfg.base.mode}
@@ -70,8 +74,12 @@ def materialise_data(cfg: Config, ws: Workspace) -> tuple[list[str], bool]:
     marker = root / GENERATOR_MARKER
     if root.exists() and (not marker.exists() or json.loads(marker.read_text()) == recipe):
         return list_domains(root), False
+    if cfg.data.generator in ("", "none"):
+        raise DataLayoutError(f"{root}: no data and 'data.generator' is '{cfg.data.generator}'; "
+                              "import your images with `grasp data import DIR` or set 'data.generator: digits_drift'")
     if cfg.data.generator != "digits_drift":
-        raise ConfigError(f"'data.generator' = '{cfg.data.generator}' is unknown; choose: digits_drift")
+        raise ConfigError(f"'data.generator' = '{cfg.data.generator}' is unknown; choose: digits_drift, "
+                          "or none (data comes from `grasp data import`)")
     tmp = root.with_name(f".{root.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     names = write_digits_drift(tmp, cfg.data, cfg.base, cfg.seed)
@@ -111,9 +119,12 @@ def ensure_base(cfg: Config, ws: Workspace, classes: list[str], input_shape: tup
                 on_epoch: EpochCallback | None = None) -> tuple[SavedCheckpoint, bool]:
     """Build (or re-use) the shared base. Returns (checkpoint, trained_now)."""
     root = ws.data(cfg)
-    recipe = _sha({"arch": cfg.model.arch, "weights": cfg.model.weights, "base": asdict(cfg.base), "seed": cfg.seed,
-                   "sources": asdict(cfg.sources), "classes": classes, "shape": input_shape,
-                   "data": data_fingerprint(root, BASE_DIR) if (root / BASE_DIR).exists() else ""})
+    recipe_of = {"arch": cfg.model.arch, "weights": cfg.model.weights, "base": asdict(cfg.base), "seed": cfg.seed,
+                 "sources": asdict(cfg.sources), "classes": classes, "shape": input_shape,
+                 "data": data_fingerprint(root, BASE_DIR) if (root / BASE_DIR).exists() else ""}
+    if cfg.model.image_size or cfg.model.mean or cfg.model.std:  # only when set: older recipes keep their hash
+        recipe_of["input"] = [cfg.model.image_size, cfg.model.mean, cfg.model.std]
+    recipe = _sha(recipe_of)
     if _reusable(ws.base, recipe):
         return SavedCheckpoint(ws.base, file_sha256(ws.base), read_header(ws.base)), False
     pretrain = None
@@ -122,10 +133,17 @@ def ensure_base(cfg: Config, ws: Workspace, classes: list[str], input_shape: tup
             raise DataLayoutError(f"{root / BASE_DIR / 'train'}: missing; 'base.mode: pretrain' needs held-out "
                                   "base images there, or set 'base.mode: init'")
         pretrain = read_split(root, BASE_DIR, "train", classes)
-    model = build_base(cfg, len(classes), input_shape, pretrain, on_epoch=on_epoch)
+    with execution.compute():
+        model = build_base(cfg, len(classes), input_shape, pretrain, on_epoch=on_epoch, device=execution.device())
     header = CheckpointHeader(cfg.model.arch, len(classes), tuple(classes), input_shape,
                               {"role": "base", "recipe_sha256": recipe})
     return save_checkpoint(model, ws.base, header), True
+
+
+def source_seed(cfg: Config, domains: list[str], name: str) -> int:
+    """Seed of the source model of domain `name`: fixed by its place among all domains (time order), so a
+    domain's source is the same model whichever domain is the target (`--all-targets` trains it once)."""
+    return cfg.seed + 1 + sorted(domains, key=natural_key).index(name)
 
 
 def ensure_source(cfg: Config, ws: Workspace, domain: DomainData, base: SavedCheckpoint, seed: int,
@@ -133,11 +151,12 @@ def ensure_source(cfg: Config, ws: Workspace, domain: DomainData, base: SavedChe
     """Train (or re-use) the source model of one domain, fine-tuned from the base."""
     path = ws.source(domain.name)
     recipe = _sha({"base": base.sha256, "sources": asdict(cfg.sources), "seed": seed, "augment": cfg.data.augment,
-                   "data": data_fingerprint(ws.data(cfg), domain.name)})
+                   "data": data_fingerprint(ws.data(cfg), domain.name), "threads": SOURCE_TRAINING_THREADS})
     if _reusable(path, recipe):
         return SavedCheckpoint(path, file_sha256(path), read_header(path)), False
-    model, header = load_checkpoint(base.path)
-    stage = train_source(model, domain, cfg, seed, on_epoch)
+    model, header = load_checkpoint(base.path, device=execution.device())
+    with execution.compute(), pinned_threads(SOURCE_TRAINING_THREADS):  # same bytes on every runner
+        stage = train_source(model, domain, cfg, seed, on_epoch)
     extra = {"role": "source", "domain": domain.name, "base_sha256": base.sha256, "recipe_sha256": recipe,
              "val_accuracy": f"{stage.best_val_accuracy:.4f}"}
     return save_checkpoint(model, path, CheckpointHeader(header.arch, header.num_classes, header.classes,
@@ -146,11 +165,12 @@ def ensure_source(cfg: Config, ws: Workspace, domain: DomainData, base: SavedChe
 
 def source_opener(ws: Workspace, like: CheckpointHeader) -> Callable[[str], object]:
     """`open_source(name)` for MethodContext: loads and checks one source checkpoint."""
-    return lambda name: load_checkpoint(ws.source(name), like=like)[0]
+    return lambda name: load_checkpoint(ws.source(name), like=like, device=execution.device())[0]
 
 
 def load_target(cfg: Config, ws: Workspace, target: str, classes: list[str]) -> DomainData:
-    return load_domain(ws.data(cfg), target, classes, cfg.data.target_train_frac, cfg.seed)
+    """The target domain, decoded once and moved once to the execution device."""
+    return load_domain(ws.data(cfg), target, classes, cfg.data.target_train_frac, cfg.seed).to(execution.device())
 
 
 def layout_classes(cfg: Config, ws: Workspace) -> list[str]:

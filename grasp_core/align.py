@@ -21,29 +21,50 @@ def accumulate_gradients(model: nn.Module, batches: Iterable[Batch], train_mode:
         F.cross_entropy(model(x), y).backward()
 
 
-def alignment_scores(target: nn.Module, source: nn.Module, batches: list[Batch]) -> dict[str, float]:
+Score = float | torch.Tensor  # one cosine per tensor, or one per output row: shape (rows,)
+
+
+def alignment_scores(target: nn.Module, source: nn.Module, batches: list[Batch],
+                     eval_mode: bool = False) -> dict[str, float]:
     """Cosine between the source's and the target's flattened gradients, per parameter tensor.
 
     As in the official code: the source runs in eval mode (its BatchNorm statistics, no dropout), the
-    target in train mode (batch statistics; this also updates its BN running statistics). A tensor
-    without a gradient in either model scores 0. Gradients are freed before returning, so at most
-    two models and their two gradients are alive here.
+    target in train mode (batch statistics; this also updates its BN running statistics), unless
+    `eval_mode` (see `align.eval_mode`). A tensor without a gradient in either model scores 0.
+    Gradients are freed before returning, so at most two models and their two gradients are alive here.
 
     Returns:
         param_name (as `named_parameters()` gives it) -> cosine in [-1, 1].
     """
+    return gradient_alignment(target, source, batches, eval_mode=eval_mode)[0]
+
+
+def gradient_alignment(target: nn.Module, source: nn.Module, batches: list[Batch], *, eval_mode: bool = False,
+                       per_row: bool = False) -> tuple[dict[str, float], dict[str, Score]]:
+    """Per-tensor cosines (as `alignment_scores`) and, with `per_row`, per-output-row cosines.
+
+    A row is `g[i]` of a gradient with >= 2 dims (a conv filter, a linear row); a 1-D tensor (bias,
+    BatchNorm affine) keeps its whole-tensor cosine, because the cosine of one scalar is only its sign.
+
+    Returns:
+        (param_name -> cosine, param_name -> cosine or (rows,) cosines); the second is empty without `per_row`.
+    """
     accumulate_gradients(source, batches, train_mode=False)
-    accumulate_gradients(target, batches, train_mode=True)
+    accumulate_gradients(target, batches, train_mode=not eval_mode)
     source_params = dict(source.named_parameters())
     scores: dict[str, float] = {}
+    rows: dict[str, Score] = {}
     with torch.no_grad():
         for name, p in target.named_parameters():
             g_t, g_s = p.grad, source_params[name].grad
             if g_t is None or g_s is None:
-                scores[name] = 0.0
+                scores[name] = rows[name] = 0.0
                 continue
             dot = torch.dot(g_t.flatten(), g_s.flatten())
-            scores[name] = float(dot / (g_t.norm() * g_s.norm() + EPS))
+            scores[name] = rows[name] = float(dot / (g_t.norm() * g_s.norm() + EPS))
+            if per_row and g_t.dim() >= 2:
+                a, b = g_t.flatten(1), g_s.flatten(1)  # (rows, fan_in)
+                rows[name] = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + EPS)
     target.zero_grad(set_to_none=True)
     source.zero_grad(set_to_none=True)
-    return scores
+    return scores, (rows if per_row else {})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from grasp_core.errors import CheckpointMismatchError
@@ -69,9 +69,24 @@ def save_checkpoint(model: nn.Module, path: Path, header: CheckpointHeader) -> S
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(state, str(tmp), metadata=header.to_metadata(tensors_sha256(state)))
+    tmp.write_bytes(_canonical(save(state, metadata=header.to_metadata(tensors_sha256(state)))))
     os.replace(tmp, path)
     return SavedCheckpoint(path=path, sha256=file_sha256(path), header=header)
+
+
+def _canonical(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted.
+
+    safetensors writes the metadata map in hash-map order, which changes from process to process, so the
+    same weights and header gave different file bytes (and file sha256) in two runs. Sorting the header
+    (data offsets are relative to the data block, so they stay valid) makes the file a function of its
+    content: equal seeds give equal checkpoint hashes on every runner.
+    """
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data block stays 8-byte aligned
+    return len(text).to_bytes(8, "little") + text + blob[8 + size:]
 
 
 def read_header(path: Path) -> CheckpointHeader:
@@ -109,8 +124,10 @@ def check_compatible(path: Path, header: CheckpointHeader, like: CheckpointHeade
             raise CheckpointMismatchError(f"{path}: {name} {got!r} does not match target {want!r}")
 
 
-def load_checkpoint(path: Path, like: CheckpointHeader | None = None) -> tuple[nn.Module, CheckpointHeader]:
-    """Build the model the header names and load its tensors (strict names and shapes, finite values)."""
+def load_checkpoint(path: Path, like: CheckpointHeader | None = None,
+                    device: torch.device | str | None = None) -> tuple[nn.Module, CheckpointHeader]:
+    """Build the model the header names and load its tensors (strict names and shapes, finite values);
+    `device`: where the loaded model lives (default: CPU)."""
     header = read_header(path)
     if like is not None:
         check_compatible(path, header, like)
@@ -121,7 +138,7 @@ def load_checkpoint(path: Path, like: CheckpointHeader | None = None) -> tuple[n
     if tensors_sha256(state) != expected_hash:
         raise CheckpointMismatchError(f"{path}: tensor content does not match its header hash (corrupt or edited)")
     load_state(model, state, path)
-    return model, header
+    return (model if device is None else model.to(device)), header
 
 
 def load_state(model: nn.Module, state: StateDict, where: Path | str) -> None:
@@ -156,7 +173,7 @@ def load_weights_file(model: nn.Module, path: Path) -> None:
     except Exception as err:  # noqa: BLE001 - any parse failure is the file's fault
         raise CheckpointMismatchError(f"{path}: cannot read weights ({type(err).__name__}: {err})") from None
     own = model.state_dict()
-    prefixed = {k if k in own else f"net.{k}": v for k, v in state.items()}  # torchvision nets sit under GreyToRGB
+    prefixed = {k if k in own else f"net.{k}": v for k, v in state.items()}  # wrapped nets sit under InputAdapter
     kept = {k: v for k, v in prefixed.items() if k in own and v.shape == own[k].shape}
     if not kept:
         raise CheckpointMismatchError(f"{path}: no tensor matches the architecture's names and shapes")

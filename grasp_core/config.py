@@ -25,7 +25,7 @@ def _check(ok: bool, message: str) -> None:
 @dataclass(frozen=True)
 class DataConfig:
     root: str = "data"  # folder holding data/<domain>/{train,val,test}/<class>/*.png
-    generator: str = "digits_drift"  # embedded benchmark written to `root` when it is missing
+    generator: str = "digits_drift"  # embedded benchmark written to `root` when missing; "none": imported data only
     domains: int = 5  # number of time-ordered domains the generator writes
     first_year: int = 2020  # domain names are years: first_year, first_year + 1, ...
     rotation_step_deg: float = 15.0  # drift: domain t is rotated by t * step degrees
@@ -48,9 +48,43 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class ImportConfig:
+    """How `grasp data import DIR` turns a user's folder tree into the layout of `data.root`.
+
+    Plain `<domain>/<class>/` trees are split stratified and seeded (`seed`) with `data.val_frac` and
+    `data.test_frac`; trees that ship `train/val/test` keep their split.
+    """
+
+    order_by: str = "name"  # "name": natural sort (year_1-2 < year_3-4 < year_10-11); "number": first integer
+    order: list[str] = field(default_factory=list)  # explicit domain order, oldest first; overrides order_by
+    image_size: int = 0  # 0: keep the most common size (images of other sizes are resized to it); N: N x N
+    channels: str = "auto"  # "auto": the majority mode of the images; "grey" or "rgb": convert every image
+
+    def __post_init__(self) -> None:
+        _check(self.order_by in ("name", "number"),
+               f"'data_import.order_by' = '{self.order_by}' must be 'name' or 'number'")
+        _check(len(set(self.order)) == len(self.order), f"'data_import.order' = {self.order} repeats a domain")
+        _check(self.image_size == 0 or self.image_size >= 8,
+               f"'data_import.image_size' = {self.image_size} must be 0 (keep) or >= 8")
+        _check(self.channels in ("auto", "grey", "rgb"),
+               f"'data_import.channels' = '{self.channels}' must be 'auto', 'grey' or 'rgb'")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     arch: str = "small_cnn"  # a key of grasp_core.models.ARCHITECTURES
     weights: str = ""  # optional local file (safetensors or a weights-only torch file) for the base
+    # The ImageNet-family networks' input (resnet50, efficientnet_b1, mobilevit_*; small_cnn takes neither):
+    image_size: int = 0  # side the network sees; images are resized to it inside the model; 0 = the data's size
+    mean: list[float] = field(default_factory=list)  # per-channel mean (1 or 3 values); [] = the arch's default
+    std: list[float] = field(default_factory=list)  # per-channel std; [] = the arch's default (ImageNet / timm cfg)
+
+    def __post_init__(self) -> None:
+        _check(self.image_size == 0 or self.image_size >= 8,
+               f"'model.image_size' = {self.image_size} must be 0 (the data's size) or >= 8")
+        for key, values in (("mean", self.mean), ("std", self.std)):
+            _check(len(values) in (0, 1, 3), f"'model.{key}' = {values} must hold 0, 1 or 3 values")
+        _check(all(v > 0 for v in self.std), f"'model.std' = {self.std} must be > 0")
 
 
 @dataclass(frozen=True)
@@ -81,20 +115,41 @@ class SourcesConfig:
 class AlignConfig:
     batches: int = 1  # target train batches whose summed gradients give the alignment (paper: 1)
     batch_size: int = 32  # images per alignment batch (paper: 32)
+    eval_mode: bool = False  # target in eval mode too while aligning (paper: false, the target in train mode:
+    #                          batch BN statistics, and the alignment forward moves its running statistics)
 
     def __post_init__(self) -> None:
         _check(self.batches >= 1, f"'align.batches' = {self.batches} must be >= 1")
         _check(self.batch_size >= 1, f"'align.batch_size' = {self.batch_size} must be >= 1")
 
 
+GRANULARITIES = ("tensor", "channel")
+ORDERS = ("given", "nearest", "aligned")
+
+
 @dataclass(frozen=True)
 class TransferConfig:
-    policy: str = "paper"  # a key of grasp_core.transfer.POLICIES
+    """The transfer rule. Defaults are the winner of `grasp bench ablation` (README); the official rule,
+    bit for bit, is policy paper, threshold 0.3, granularity tensor, order given, bn_recalibrate,
+    rollback and keep_global_best false (with align.batches 1, align.eval_mode false)."""
+
+    policy: str = "soft"  # a key of grasp_core.transfer.POLICIES: paper (hard copy), soft (interpolate), none
     threshold: float = 0.3  # copy a tensor when its alignment (a cosine) exceeds this (strict >)
+    granularity: str = "tensor"  # "tensor" (paper): one cosine per tensor; "channel": one per output row of
+    #                              every tensor of >= 2 dims (conv filter / linear row); 1-D tensors stay whole
+    order: str = "nearest"  # merge order: "given" (paper: as listed), "nearest" (time nearest the target first),
+    #                       "aligned" (streaming pre-pass: cos(task vector, -target gradient at the base), high first)
+    bn_recalibrate: bool = True  # after a transfer, recompute BatchNorm running statistics on target train images
+    rollback: bool = True  # reject a source whose merge + fine-tune lowers val accuracy: restore the weights
+    #                         from before the merge and mark the stage `rejected` (one extra weight copy)
+    keep_global_best: bool = False  # end on the best-val stage's weights across stages (one extra copy)
 
     def __post_init__(self) -> None:
         _check(-1.0 <= self.threshold <= 1.0,
                f"'transfer.threshold' = {self.threshold} is outside [-1, 1]: it is a cosine")
+        _check(self.granularity in GRANULARITIES,
+               f"'transfer.granularity' = '{self.granularity}' must be one of: {', '.join(GRANULARITIES)}")
+        _check(self.order in ORDERS, f"'transfer.order' = '{self.order}' must be one of: {', '.join(ORDERS)}")
 
 
 @dataclass(frozen=True)
@@ -117,6 +172,15 @@ class FinetuneConfig:
 class BaselinesConfig:
     methods: list[str] = field(  # keys of grasp_core.baselines.METHODS run next to GRASP
         default_factory=lambda: ["transfer_off", "target_only", "best_single", "fusion", "ensemble"])
+    task_arithmetic_scale: float = 0.3  # lambda of continual task arithmetic (FusionBench's default, 0.3)
+    ties_scale: float = 0.5  # lambda of continual TIES-merging (FusionBench's default, 0.5)
+    ties_keep_frac: float = 0.2  # share of each task vector kept by magnitude (FusionBench's threshold 20 %)
+
+    def __post_init__(self) -> None:
+        _check(self.task_arithmetic_scale > 0,
+               f"'baselines.task_arithmetic_scale' = {self.task_arithmetic_scale} must be > 0")
+        _check(self.ties_scale > 0, f"'baselines.ties_scale' = {self.ties_scale} must be > 0")
+        _check(0 < self.ties_keep_frac <= 1, f"'baselines.ties_keep_frac' = {self.ties_keep_frac} is outside (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -133,6 +197,7 @@ class PromoteConfig:
 class Config:
     seed: int = 0  # seeds data generation, initialisation, shuffling and augmentation
     data: DataConfig = field(default_factory=DataConfig)
+    data_import: ImportConfig = field(default_factory=ImportConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     base: BaseConfig = field(default_factory=BaseConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
@@ -141,6 +206,11 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
+    on_bad_source: str = "fail"  # a refused source checkpoint at run time: "fail" the run, or "skip" it (recorded)
+
+    def __post_init__(self) -> None:
+        _check(self.on_bad_source in ("fail", "skip"),
+               f"'on_bad_source' = '{self.on_bad_source}' must be 'fail' or 'skip'")
 
 
 def _build(cls: type, raw: Any, where: str, prefix: str = "") -> Any:
@@ -163,6 +233,8 @@ def _coerce(kind: Any, value: Any, where: str, key: str) -> Any:
         return _build(kind, value, where, key + ".")
     if typing.get_origin(kind) is list:
         (item,) = typing.get_args(kind)
+        if item is float and isinstance(value, list):
+            value = [float(v) if type(v) is int else v for v in value]
         if not isinstance(value, list) or any(type(v) is not item for v in value):
             raise ConfigError(f"{where}'{key}' must be a list of {item.__name__}, got {value!r}")
         return list(value)

@@ -39,6 +39,7 @@ def predict_logits(model: nn.Module, split: Split, batch_size: int = 512) -> tor
 
 def evaluate_logits(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> EvalResult:
     """Accuracy, per-class accuracy and confusion matrix from logits (N, K) and labels (N,)."""
+    logits, y = logits.float().cpu(), y.cpu()  # small; the metrics are host values anyway
     pred = logits.argmax(dim=1)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     confusion.index_put_((y, pred), torch.ones_like(y), accumulate=True)

@@ -8,21 +8,24 @@ two models (plus the best-validation copy inside fine-tuning) are alive for any 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
+import torch
 from torch import nn
 
-from grasp_core.align import alignment_scores
+from grasp_core.align import Score, gradient_alignment
 from grasp_core.config import Config
 from grasp_core.data import Batch, Batches, DomainData, Split
 from grasp_core.errors import ConfigError
 from grasp_core.finetune import EpochCallback, evaluate, train_epochs
 from grasp_core.memory import MemorySample, MemoryTracker
-from grasp_core.transfer import get_policy
+from grasp_core.transfer import get_policy, moved_elements, recalibrate_batchnorm
 
 SourceStream = Iterator[tuple[str, nn.Module]]  # (source name, model), loaded lazily one at a time
+StateDict = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class StepResult:
     memory: MemorySample
     timings_s: dict[str, float]  # align, transfer, finetune, evaluate
     param_numels: dict[str, int]  # param_name -> number of elements (for tables without the model)
+    rejected: bool = False  # `transfer.rollback` refused this source: the target kept its pre-merge weights
+    candidate_val_accuracy: float = math.nan  # val accuracy of the merged + fine-tuned candidate (stage >= 1)
 
     @property
     def wall_s(self) -> float:
@@ -92,8 +97,11 @@ def _first_batches(batches: Batches, n: int) -> list[Batch]:
 
 def _finish(stage: int, name: str, target: nn.Module, loaders: TargetLoaders, epochs: int, cfg: Config,
             tracker: MemoryTracker, on_epoch: EpochCallback | None, scores: dict[str, float],
-            transferred: list[str], timings: dict[str, float]) -> StepResult:
-    """Fine-tune, evaluate and package a stage (shared by step 1 and step 2)."""
+            transferred: list[str], timings: dict[str, float], moved_params: float | None = None) -> StepResult:
+    """Fine-tune, evaluate and package a stage (shared by step 1 and step 2).
+
+    `moved_params`: elements the policy changed when not whole tensors (per-row or soft transfer).
+    """
     t0 = time.perf_counter()
     stage_result = train_epochs(target, loaders.train, loaders.val, epochs, cfg.finetune.lr,
                                 cfg.finetune.weight_decay, tracker, on_epoch)
@@ -101,7 +109,7 @@ def _finish(stage: int, name: str, target: nn.Module, loaders: TargetLoaders, ep
     test = evaluate(target, loaders.test, loaders.num_classes)
     timings.update(finetune=t1 - t0, evaluate=time.perf_counter() - t1)
     sizes = {n: p.numel() for n, p in target.named_parameters()}
-    moved = sum(sizes[n] for n in transferred)
+    moved = sum(sizes[n] for n in transferred) if moved_params is None else round(moved_params)
     return StepResult(stage=stage, source_name=name, target=target, scores=scores, transferred=tuple(transferred),
                       tensors_frac=len(transferred) / len(sizes) if scores else 0.0, params_transferred=moved,
                       params_frac=moved / sum(sizes.values()) if scores else 0.0,
@@ -125,18 +133,31 @@ class Merge:
     scores: dict[str, float]
     transferred: list[str]
     timings_s: dict[str, float]
+    moved_params: float | None = None  # see `_finish`; None: whole tensors, counted from `transferred`
 
 
 def merge_source(target: nn.Module, source: nn.Module, loaders: TargetLoaders, cfg: Config,
                  tracker: MemoryTracker) -> Merge:
-    """GRASP step 2a-b: alignment scores on target batches, then the transfer policy (in place)."""
-    policy = get_policy(cfg.transfer.policy)
+    """GRASP step 2a-b: alignment scores on target batches, then the transfer policy (in place).
+
+    Options: `align.eval_mode`, `transfer.granularity`, `transfer.policy`, `transfer.bn_recalibrate`.
+    """
+    tr = cfg.transfer
+    policy = get_policy(tr.policy)
     t0 = time.perf_counter()
-    scores = alignment_scores(target, source, _first_batches(loaders.align, cfg.align.batches))
+    per_row = tr.granularity == "channel"
+    scores, rows = gradient_alignment(target, source, _first_batches(loaders.align, cfg.align.batches),
+                                      eval_mode=cfg.align.eval_mode, per_row=per_row)
     tracker.sample()
     t1 = time.perf_counter()
-    transferred = policy(target, source, scores, cfg.transfer)
-    return Merge(scores, transferred, {"align": t1 - t0, "transfer": time.perf_counter() - t1})
+    applied: dict[str, Score] = rows if per_row else dict(scores)
+    transferred = policy(target, source, applied, tr)
+    moved = None
+    if per_row or tr.policy not in ("paper", "none"):
+        moved = moved_elements(applied, tr, {n: p.numel() for n, p in target.named_parameters()})
+    if tr.bn_recalibrate and transferred:
+        recalibrate_batchnorm(target, loaders.train.split.x)
+    return Merge(scores, transferred, {"align": t1 - t0, "transfer": time.perf_counter() - t1}, moved)
 
 
 def grasp_step(target: nn.Module, source: nn.Module, name: str, stage: int, loaders: TargetLoaders,
@@ -147,7 +168,7 @@ def grasp_step(target: nn.Module, source: nn.Module, name: str, stage: int, load
     """
     merge = merge_source(target, source, loaders, cfg, tracker)
     return _finish(stage, name, target, loaders, cfg.finetune.epochs, cfg, tracker, on_epoch, merge.scores,
-                   merge.transferred, merge.timings_s)
+                   merge.transferred, merge.timings_s, merge.moved_params)
 
 
 def position_batches(loaders: TargetLoaders, cfg: Config, stage: int) -> None:
@@ -170,9 +191,15 @@ def run_grasp(sources: SourceStream, loaders: TargetLoaders, cfg: Config, tracke
     resumed run, an incremental run from the champion, one pipeline task), every source of the
     stream is merged into it, numbered from `start_stage`. Each source is released before
     fine-tuning; the caller must not keep references to the models the stream hands out.
+
+    `transfer.rollback`: a stage whose candidate is worse on val than the incoming target is
+    `rejected` and the target keeps its incoming weights. `transfer.keep_global_best` (redundant
+    with rollback, which never lets val accuracy drop): once the stream is exhausted, the live target
+    is reset to the best-val stage's weights, so the last `StepResult` may describe a later, worse stage.
     """
     stream = iter(sources)
     stage = start_stage
+    best = GlobalBest() if cfg.transfer.keep_global_best and not cfg.transfer.rollback else None
     if target is None:
         try:
             name, target = next(stream)
@@ -180,13 +207,61 @@ def run_grasp(sources: SourceStream, loaders: TargetLoaders, cfg: Config, tracke
             raise ConfigError("GRASP needs at least one source model; none was given") from None
         tracker = tracker or MemoryTracker.for_model(target)
         position_batches(loaders, cfg, 0)
-        yield initial_step(target, name, loaders, cfg, tracker, on_epoch)
+        first = initial_step(target, name, loaders, cfg, tracker, on_epoch)
+        if best is not None:
+            best.offer(first)
+        yield first
         stage = 1
     tracker = tracker or MemoryTracker.for_model(target)
     for name, source in stream:  # not enumerate(): its cached result tuple would keep the source alive
         position_batches(loaders, cfg, stage)
+        guard = _snapshot(target) if cfg.transfer.rollback else None  # before alignment moves BN statistics
+        parent_val = evaluate(target, loaders.val, loaders.num_classes).accuracy if guard is not None else 0.0
         merge = merge_source(target, source, loaders, cfg, tracker)
         del source  # dropped before fine-tuning: weights, grads, 2 AdamW moments and the best copy remain
-        yield _finish(stage, name, target, loaders, cfg.finetune.epochs, cfg, tracker, on_epoch, merge.scores,
-                      merge.transferred, merge.timings_s)
+        result = _finish(stage, name, target, loaders, cfg.finetune.epochs, cfg, tracker, on_epoch, merge.scores,
+                         merge.transferred, merge.timings_s, merge.moved_params)
+        result = replace(result, candidate_val_accuracy=result.val_accuracy)
+        if guard is not None and result.val_accuracy < parent_val:
+            result = _reject(result, target, guard, parent_val, loaders)
+        del guard
+        if best is not None:
+            best.offer(result)
+        yield result
         stage += 1
+    if best is not None:
+        best.restore(target)
+
+
+def _snapshot(model: nn.Module) -> StateDict:
+    """A detached copy of every weight and buffer (the one extra copy a guard holds)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _reject(result: StepResult, target: nn.Module, previous: StateDict, parent_val: float,
+            loaders: TargetLoaders) -> StepResult:
+    """`transfer.rollback`: put the pre-merge weights back and describe the model that was kept."""
+    target.load_state_dict(previous)
+    test = evaluate(target, loaders.test, loaders.num_classes)
+    return replace(result, rejected=True, val_accuracy=parent_val, test_accuracy=test.accuracy,
+                   per_class_accuracy=test.per_class_accuracy, confusion=test.confusion)
+
+
+class GlobalBest:
+    """`transfer.keep_global_best`: a copy of the best-val stage's weights, restored when the stream ends."""
+
+    def __init__(self) -> None:
+        self.state: StateDict | None = None
+        self.val_accuracy, self.stage, self.last_stage = -1.0, -1, -1
+
+    def offer(self, result: StepResult) -> None:
+        assert result.target is not None
+        self.last_stage = result.stage
+        if result.val_accuracy > self.val_accuracy:
+            self.state = None  # free the old copy before taking the new one: never two copies alive
+            self.state, self.val_accuracy, self.stage = _snapshot(result.target), result.val_accuracy, result.stage
+
+    def restore(self, target: nn.Module) -> None:
+        if self.state is not None and self.stage != self.last_stage:
+            target.load_state_dict(self.state)
+        self.state = None

@@ -1,7 +1,9 @@
 """GRASP step 2b: transfer policies, registered by name (`transfer.policy`).
 
 A policy changes the target in place from the source and the alignment scores and returns the
-names of the parameter tensors it changed. Add one with `@register_policy("name")`.
+names of the parameter tensors it changed. A score is one cosine per tensor, or one per output row
+(`transfer.granularity: channel`, see `grasp_core.align.gradient_alignment`). Add a policy with
+`@register_policy("name")`.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from grasp_core.align import Score
 from grasp_core.config import TransferConfig
 from grasp_core.registry import lookup, registrar
 
-Policy = Callable[[nn.Module, nn.Module, Mapping[str, float], TransferConfig], list[str]]
+Policy = Callable[[nn.Module, nn.Module, Mapping[str, Score], TransferConfig], list[str]]
 POLICIES: dict[str, Policy] = {}
 
 
@@ -25,24 +28,102 @@ def get_policy(name: str) -> Policy:
     return lookup(POLICIES, name, "transfer.policy")
 
 
+def _rows(weight: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A (rows,) or 0-d weight shaped to broadcast over `like` (rows, ...)."""
+    return weight.reshape(-1, *[1] * (like.dim() - 1)) if weight.dim() == 1 else weight
+
+
 @register_policy("paper")
 @torch.no_grad()
-def hard_copy_above(target: nn.Module, source: nn.Module, scores: Mapping[str, float],
+def hard_copy_above(target: nn.Module, source: nn.Module, scores: Mapping[str, Score],
                     cfg: TransferConfig) -> list[str]:
     """The official rule: copy whole source tensors whose alignment exceeds the threshold (strict >).
 
-    Parameters only; buffers (BatchNorm running statistics) stay the target's.
+    With per-row scores, only the rows above the threshold are copied. Parameters only; buffers
+    (BatchNorm running statistics) stay the target's.
     """
     source_params = dict(source.named_parameters())
-    copied = [name for name, score in scores.items() if score > cfg.threshold]
     target_params = dict(target.named_parameters())
-    for name in copied:
-        target_params[name].copy_(source_params[name])
+    copied = []
+    for name, score in scores.items():
+        if isinstance(score, torch.Tensor):
+            mask = _rows(score > cfg.threshold, target_params[name])
+            if bool(mask.any()):
+                target_params[name].copy_(torch.where(mask, source_params[name], target_params[name]))
+                copied.append(name)
+        elif score > cfg.threshold:
+            target_params[name].copy_(source_params[name])
+            copied.append(name)
     return copied
 
 
+def soft_weight(score: Score, threshold: float) -> torch.Tensor:
+    """The `soft` policy's interpolation weight: w = clamp((score - threshold) / (1 - threshold), 0, 1).
+
+    0 at or below the threshold (nothing moves, as the hard rule), rising linearly to 1 (a full copy)
+    at perfect alignment; a threshold of 1 moves nothing.
+    """
+    score = torch.as_tensor(score, dtype=torch.float32)
+    if threshold >= 1.0:
+        return torch.zeros_like(score)
+    return ((score - threshold) / (1.0 - threshold)).clamp(0.0, 1.0)
+
+
+@register_policy("soft")
+@torch.no_grad()
+def interpolate_by_alignment(target: nn.Module, source: nn.Module, scores: Mapping[str, Score],
+                             cfg: TransferConfig) -> list[str]:
+    """Move each tensor (or row) toward the source: theta <- theta + w * (theta_source - theta), w = `soft_weight`."""
+    source_params = dict(source.named_parameters())
+    target_params = dict(target.named_parameters())
+    moved = []
+    for name, score in scores.items():
+        weight = soft_weight(score, cfg.threshold)
+        if bool((weight > 0).any()):
+            p = target_params[name]
+            p.add_(_rows(weight, p).to(p.dtype) * (source_params[name] - p))
+            moved.append(name)
+    return moved
+
+
 @register_policy("none")
-def no_transfer(target: nn.Module, source: nn.Module, scores: Mapping[str, float],
+def no_transfer(target: nn.Module, source: nn.Module, scores: Mapping[str, Score],
                 cfg: TransferConfig) -> list[str]:
     """Transfer switched off: GRASP's schedule reduces to sequential fine-tuning (a control)."""
     return []
+
+
+def moved_elements(scores: Mapping[str, Score], cfg: TransferConfig, numels: Mapping[str, int]) -> float:
+    """Parameters the policy changed, in elements: rows copied (paper) or weight x elements (soft)."""
+    if cfg.policy == "none":
+        return 0.0
+    total = 0.0
+    for name, score in scores.items():
+        weight = soft_weight(score, cfg.threshold) if cfg.policy == "soft" else (
+            torch.as_tensor(score) > cfg.threshold).float()
+        total += float(weight.mean()) * numels[name]  # rows of a tensor are the same size
+    return total
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> int:
+    """Recompute every BatchNorm's running statistics as the exact average over `images` (B, C, H, W).
+
+    Target images only, no augmentation, no gradient; parameters are untouched. Returns the number of
+    BatchNorm layers recalibrated (0: the model has none and nothing ran).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: the exact mean over the batches seen
+    was_training = model.training
+    model.train()
+    for i in range(0, len(images), batch_size):
+        model(images[i:i + batch_size])
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
+    return len(norms)

@@ -1,14 +1,23 @@
 """Methods compared on one target budget: GRASP and its controls, registered in METHODS."""
 
-from grasp_core.baselines import best_single, ensemble, fusion, grasp_method, target_only  # noqa: F401,E402
+from grasp_core.baselines import (  # noqa: F401,E402
+    best_single,
+    ensemble,
+    fusion,
+    grasp_method,
+    target_only,
+    task_arithmetic,
+    ties,
+    weight_averaging,
+)
 from grasp_core.baselines.common import (
-                                         METHODS,
-                                         MethodContext,
-                                         MethodResult,
-                                         get_method,
-                                         register_method,
-                                         run_method,
-                                         stage_epochs,
+    METHODS,
+    MethodContext,
+    MethodResult,
+    get_method,
+    register_method,
+    run_method,
+    stage_epochs,
 )
 
 __all__ = ["METHODS", "MethodContext", "MethodResult", "get_method", "register_method", "run_method",

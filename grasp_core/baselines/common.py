@@ -28,6 +28,7 @@ class MethodContext:
     param_shapes: frozenset[tuple[int, ...]]  # what counts as a parameter-sized tensor
     on_epoch: EpochCallback | None = None
     on_step: Callable[[StepResult], None] | None = None  # called after every GRASP stage
+    target_name: str = ""  # the target domain ("" = `data.target`); `transfer.order: nearest` measures from it
 
     def sources(self) -> Iterator[tuple[str, nn.Module]]:
         """Lazy stream: a source is loaded only when the consumer asks for it."""

@@ -1,9 +1,13 @@
 """Read the on-disk layout of the public Yearbook and CLEAR releases:
 `<root>/<domain>/{train,val,test}/<class>/*.png`. Folders starting with '_' or '.' are not domains.
+
+Domains are in time order, oldest first: the order `<root>/_domains.txt` lists (one name a line, written
+by `grasp data import`), else a natural sort of the names (2019 < 2020, year_3-4 < year_10-11).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from grasp_core.errors import DataLayoutError
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 EXPECTED = "expected <root>/<domain>/{train,val,test}/<class>/*.png"
+DOMAIN_ORDER_FILE = "_domains.txt"
 
 
 @dataclass(frozen=True)
@@ -29,15 +34,32 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
+    def to(self, device: torch.device | str) -> Split:
+        """The same split with its tensors on `device` (moved once; batches are slices of them)."""
+        return Split(x=self.x.to(device), y=self.y.to(device), files=self.files)
+
+
+def natural_key(name: str) -> tuple[tuple[int, int, str], ...]:
+    """Sort key comparing digit runs by value: year_1-2 < year_3-4 < year_10-11."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part.lower())
+                 for part in re.split(r"(\d+)", name) if part)
+
 
 def list_domains(root: Path) -> list[str]:
-    """Domain folders under `root`, sorted (a lexical sort is the time order for year names)."""
+    """Domain folders under `root`, oldest first (see the module docstring for the order)."""
     if not root.is_dir():
         raise DataLayoutError(f"{root}: data folder not found; {EXPECTED}")
-    domains = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[0] not in "._")
-    if not domains:
+    found = sorted((p.name for p in root.iterdir() if p.is_dir() and p.name[0] not in "._"), key=natural_key)
+    if not found:
         raise DataLayoutError(f"{root}: no domain folders; {EXPECTED}")
-    return domains
+    order_file = root / DOMAIN_ORDER_FILE
+    if not order_file.is_file():
+        return found
+    listed = [line.strip() for line in order_file.read_text().splitlines() if line.strip()]
+    if sorted(listed) != sorted(found):
+        raise DataLayoutError(f"{order_file}: lists {listed} but the domain folders are {found}; "
+                              "list every domain folder once, oldest first, or delete the file")
+    return listed
 
 
 def class_names(root: Path, domain: str, split: str = "train") -> list[str]:

@@ -28,6 +28,11 @@ class DomainData:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.x.shape[1:])  # type: ignore[return-value]  # (C, H, W)
 
+    def to(self, device: torch.device | str) -> DomainData:
+        """The same domain with every split's tensors on `device`."""
+        return DomainData(name=self.name, classes=self.classes, train=self.train.to(device), val=self.val.to(device),
+                          test=self.test.to(device))
+
 
 def subsample(split: Split, frac: float, seed: int) -> Split:
     """A stratified, seeded share `frac` of a split (at least one image per class)."""
@@ -88,7 +93,8 @@ class Batches:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.passes)
         self.passes += 1
         n = len(self.split)
-        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)  # CPU RNG: same on any device
+        order = order.to(self.split.x.device)  # once per pass, so slicing a batch never copies host to device
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             x = self.split.x[idx]

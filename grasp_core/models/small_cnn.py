@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from grasp_core.errors import ConfigError
 from grasp_core.models import register_architecture
+from grasp_core.models.adapter import InputSpec
 
 
 class SmallCNN(nn.Module):
@@ -26,5 +28,8 @@ class SmallCNN(nn.Module):
 
 
 @register_architecture("small_cnn")
-def build_small_cnn(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+def build_small_cnn(num_classes: int, input_shape: tuple[int, int, int], spec: InputSpec) -> nn.Module:
+    if not spec.is_default():  # no silent ignore: the small CNN reads the data as they are
+        raise ConfigError("'model.image_size', 'model.mean' and 'model.std' apply to the ImageNet-family "
+                          "architectures; for 'model.arch: small_cnn' leave them at 0 and []")
     return SmallCNN(num_classes, in_channels=input_shape[0])

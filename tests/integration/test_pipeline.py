@@ -86,6 +86,7 @@ def test_second_identical_run_reuses_sources_and_registers_nothing(first_run, pr
     assert [v["version"] for v in tracker.versions(summary.model_name)] == summary.versions
 
 
+@pytest.mark.faults
 def test_broken_dataset_stops_at_the_gate_and_registers_nothing(tmp_path, prefect_harness):
     from flows.tracking import Tracker
     from flows.validation import DataValidationError

@@ -105,6 +105,7 @@ BREAKAGES: dict[str, tuple[Callable[[Path], object], int, list[str]]] = {
 
 
 @pytest.mark.parametrize("name", list(BREAKAGES))
+@pytest.mark.faults
 def test_each_breakage_fails_naming_where(good_root, tmp_path, name):
     root = shutil.copytree(good_root, tmp_path / "data")
     breakage, failed, needles = BREAKAGES[name]
@@ -120,9 +121,30 @@ def test_each_breakage_fails_naming_where(good_root, tmp_path, name):
     assert stored["success"] is False and stored["statistics"]["unsuccessful_expectations"] == failed
 
 
+@pytest.mark.faults
 def test_missing_root_or_no_domain_is_a_user_error(tmp_path):
     with pytest.raises(GraspError, match=f"{tmp_path / 'nope'}: data folder not found"):
         validate_dataset(tmp_path / "nope", tmp_path / "out")
     (tmp_path / "data" / "_base").mkdir(parents=True)
     with pytest.raises(DataValidationError, match=f"{tmp_path / 'data'}: no domain folders"):
         validate_dataset(tmp_path / "data", tmp_path / "out")
+
+
+@pytest.mark.faults
+def test_unchanged_data_is_not_revalidated_but_any_edit_is(good_root, tmp_path):
+    """A pass is re-used only for the same files (path, size, mtime, inode) and the same suite; an edit re-runs GX."""
+    root = tmp_path / "data"
+    shutil.copytree(good_root, root)
+    out = tmp_path / "out"
+    first = validate_dataset(root, out)
+    assert not any("not re-run" in line for line in first.summary_lines)
+    again = validate_dataset(root, out)
+    assert again.success and again.evaluated == first.evaluated
+    assert again.summary_lines[-1] == "(unchanged since that validation: GX not re-run)"
+    other_knob = validate_dataset(root, out, min_per_class=2)  # another suite setting: GX runs again
+    assert not any("not re-run" in line for line in other_knob.summary_lines)
+    (root / "2021" / "test" / "b" / "0.png").write_bytes(b"not an image")  # same folder, broken file
+    with pytest.raises(DataValidationError, match="2021"):
+        validate_dataset(root, out)
+    with pytest.raises(DataValidationError):  # a failed result is never re-used as a pass
+        validate_dataset(root, out)

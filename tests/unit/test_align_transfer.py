@@ -100,6 +100,6 @@ def test_copying_every_tensor_reproduces_the_source_logits():
 
 
 def test_policy_registry_and_unknown_policy():
-    assert set(POLICIES) == {"paper", "none"}
-    with pytest.raises(ConfigError, match="'transfer.policy' = 'nope' is unknown; choose one of: none, paper"):
+    assert set(POLICIES) == {"paper", "soft", "none"}
+    with pytest.raises(ConfigError, match="'transfer.policy' = 'nope' is unknown; choose one of: none, paper, soft"):
         get_policy("nope")

@@ -11,6 +11,7 @@ def test_repository_params_yaml_loads_and_matches_the_dataclass_defaults(request
     assert cfg == Config(), "params.yaml and grasp_core.config defaults drifted apart"
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("overrides, fragment", [
     ({"transfer.treshold": 0.3}, "unknown key 'transfer.treshold'; known here: policy, threshold"),
     ({"align.batches": True}, "'align.batches' must be int, got True"),
@@ -20,6 +21,9 @@ def test_repository_params_yaml_loads_and_matches_the_dataclass_defaults(request
     ({"data.target_train_frac": 0.0}, "'data.target_train_frac' = 0.0 is outside (0, 1]"),
     ({"baselines.methods": "fusion"}, "'baselines.methods' must be a list of str"),
     ({"model": 3}, "'model' must be a mapping"),
+    ({"on_bad_source": "ignore"}, "'on_bad_source' = 'ignore' must be 'fail' or 'skip'"),
+    ({"sources.epochs": -2}, "'sources.epochs' = -2 must be >= 0"),
+    ({"data.val_frac": 1.5}, "'data.val_frac' + 'data.test_frac' must lie in (0, 1)"),
 ])
 def test_config_errors_name_the_key(tmp_params, overrides, fragment):
     path = tmp_params(overrides)
@@ -27,8 +31,10 @@ def test_config_errors_name_the_key(tmp_params, overrides, fragment):
         load_config(path)
     assert fragment in str(err.value)
     assert str(path) in str(err.value)
+    assert "\n" not in str(err.value)  # one line
 
 
+@pytest.mark.faults
 def test_missing_file_and_bad_yaml_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")

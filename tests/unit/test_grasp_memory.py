@@ -39,8 +39,21 @@ def test_measure_counts_parameter_bytes():
     del twin
 
 
-def test_grasp_keeps_two_models_alive_for_eight_sources(tiny_domain):
+PAPER = {"policy": "paper", "order": "given", "bn_recalibrate": False, "rollback": False, "keep_global_best": False}
+OPTIONS = [  # (align options, transfer options, extra parameter-sized copies the option may hold)
+    ({}, PAPER, 0),
+    ({"batches": 2, "eval_mode": True}, {**PAPER, "granularity": "channel", "policy": "soft", "bn_recalibrate": True},
+     0),
+    ({}, {"threshold": -1.0}, 1),  # the defaults: rollback (one copy) and BN recalibration
+    ({}, {**PAPER, "keep_global_best": True, "threshold": -1.0}, 1),
+]
+
+
+@pytest.mark.parametrize("align, transfer, extra", OPTIONS)
+def test_grasp_keeps_two_models_alive_for_eight_sources(tiny_domain, align, transfer, extra):
     cfg = _cfg()
+    cfg = dataclasses.replace(cfg, align=dataclasses.replace(cfg.align, **align),
+                              transfer=dataclasses.replace(cfg.transfer, **transfer))
     loaders = target_loaders(tiny_domain, cfg)
     opened = []
 
@@ -56,8 +69,33 @@ def test_grasp_keeps_two_models_alive_for_eight_sources(tiny_domain):
     peak_models = max(s.memory.models_alive for s in stages) - before
     peak_multiple = max(s.memory.param_sized_multiple for s in stages)
     assert peak_models <= 2, f"{peak_models} models alive at peak"
-    assert peak_multiple <= 5.0 + before + 0.1, f"{peak_multiple} parameter-sized tensors alive"
+    assert peak_multiple <= 5.0 + extra + before + 0.1, f"{peak_multiple} parameter-sized tensors alive"
     assert all(s.steps == len(loaders.train) for s in stages)
+
+
+@pytest.mark.parametrize("order", ["nearest", "aligned"])
+def test_ordered_grasp_keeps_two_models_alive_for_eight_sources(tiny_domain, order):
+    cfg = _cfg()
+    cfg = dataclasses.replace(cfg, transfer=dataclasses.replace(cfg.transfer, order=order, rollback=True))
+    states = {str(2020 + i): _make_source(i).state_dict() for i in range(8)}
+    opened = []
+
+    def open_model(name=None):
+        opened.append(name)
+        model = build_model("small_cnn", 3, SHAPE)
+        if name is not None:
+            model.load_state_dict(states[name])
+        return model
+
+    unit = _make_source(0)
+    ctx = MethodContext(cfg=cfg, loaders=target_loaders(tiny_domain, cfg), source_names=tuple(states),
+                        open_source=open_model, open_base=open_model, model_param_bytes=model_param_bytes(unit),
+                        param_shapes=param_shapes_of(unit), target_name="2031")
+    result = run_method("grasp", ctx)
+    assert result.memory.models_alive <= 2 + 1  # +1: the test's own `unit`
+    merged = [n for n in opened if n is not None][-8:]
+    assert merged == (sorted(states, reverse=True) if order == "nearest" else merged)
+    assert len(opened) == (8 if order == "nearest" else 8 + 1 + 8)  # aligned: base + one pre-pass over sources
 
 
 def test_every_training_method_gets_the_same_target_budget(tiny_domain):
@@ -80,7 +118,8 @@ def test_every_training_method_gets_the_same_target_budget(tiny_domain):
                         open_source=open_source, open_base=open_base, model_param_bytes=model_param_bytes(base),
                         param_shapes=param_shapes_of(base))
     results = {name: run_method(name, ctx) for name in sorted(METHODS)}
-    assert set(results) == {"grasp", "transfer_off", "target_only", "best_single", "fusion", "ensemble"}
+    assert set(results) == {"grasp", "transfer_off", "target_only", "best_single", "fusion", "ensemble",
+                            "weight_averaging", "task_arithmetic", "ties"}
     budget = (cfg.finetune.initial_epochs + 2 * cfg.finetune.epochs) * len(ctx.loaders.train)
     for name, result in results.items():
         assert result.target_steps == (0 if name == "ensemble" else budget), name

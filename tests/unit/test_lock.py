@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +17,8 @@ import pytest
 
 from flows.lock import RunLock, RunLockedError
 from grasp_core.errors import GraspError
+
+pytestmark = pytest.mark.faults
 
 
 def test_acquire_writes_owner_and_release_removes_it(tmp_path: Path):
@@ -37,12 +41,24 @@ def test_released_on_exception(tmp_path: Path):
 def test_second_acquirer_is_refused_with_the_owner_pid(tmp_path: Path):
     with RunLock(tmp_path):
         started = time.monotonic()
-        with pytest.raises(RunLockedError, match=rf"another grasp run \(pid {os.getpid()}, started \d+ s ago\)") as err:
-            with RunLock(tmp_path, wait_s=0.5):
-                pass
+        errors: list[BaseException] = []
+
+        def other_thread() -> None:  # re-entrancy is for the holding thread only
+            try:
+                with RunLock(tmp_path, wait_s=0.5):
+                    pass
+            except RunLockedError as caught:
+                errors.append(caught)
+
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+        assert len(errors) == 1
+        err = errors[0]
+        assert re.search(rf"another grasp run \(pid {os.getpid()}, started \d+ s ago\)", str(err))
         assert time.monotonic() - started >= 0.5  # it waited before giving up
-        assert isinstance(err.value, GraspError) and "\n" not in str(err.value)
-        assert str(tmp_path / ".grasp" / "run.lock") in str(err.value)
+        assert isinstance(err, GraspError) and "\n" not in str(err)
+        assert str(tmp_path / ".grasp" / "run.lock") in str(err)
     assert not (tmp_path / ".grasp" / "run.lock").exists()  # the refused one did not remove ours
 
 
@@ -96,4 +112,12 @@ def test_two_processes_at_once_exactly_one_wins(tmp_path: Path):
         proc.join(timeout=30)
         assert proc.exitcode == 0
     assert sorted(kind for kind, _ in outcomes) == ["refused", "won"]
+    assert not (tmp_path / ".grasp" / "run.lock").exists()
+
+
+def test_reentrant_in_the_same_process_and_released_by_the_outer_holder(tmp_path: Path):
+    with RunLock(tmp_path, command="outer"):
+        with RunLock(tmp_path, command="inner"):  # the CLI holds it and runs the flow, which takes it again
+            assert (tmp_path / ".grasp" / "run.lock").exists()
+        assert (tmp_path / ".grasp" / "run.lock").exists(), "the inner block must not release the outer lock"
     assert not (tmp_path / ".grasp" / "run.lock").exists()

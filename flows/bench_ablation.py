@@ -1,0 +1,210 @@
+"""`grasp bench ablation`: every transfer-policy option against the paper's rule and the O(1) controls.
+
+Each domain is the target in turn, for several seeds, on one target budget. A *variant* is GRASP with the
+paper's exact settings plus the options its name lists, joined by `+` (`nearest+rollback`); `off:<variant>`
+runs the transfer-off control with those options; `default` is params.yaml as it stands. Controls are the
+methods of `grasp bench accuracy` (run with params.yaml). Sources, base and data are built once per seed in
+`<workdir>/seed-<s>/` and re-used by every variant and target. Outputs under --out: ablation.csv and
+ablation.md (mean ± std, paired differences against `paper` per target, and the targets where `default`
+does not win).
+
+Imports here are stdlib only, like flows/bench_accuracy.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flows.bench_accuracy import (
+    Row,
+    _ordered,
+    accuracies,
+    bench_target,
+    check_choices,
+    format_mean_std,
+    markdown_table,
+    paired_differences,
+    parse_list,
+    prepare_seed,
+    seed_workspace,
+    summary_table,
+    write_csv,
+)
+from grasp_core.errors import GraspError
+
+if TYPE_CHECKING:
+    from flows.progress import Progress
+
+PAPER: dict[str, Any] = {"align.batches": 1, "align.eval_mode": False, "transfer.policy": "paper",
+                         "transfer.threshold": 0.3, "transfer.granularity": "tensor", "transfer.order": "given",
+                         "transfer.bn_recalibrate": False, "transfer.rollback": False,
+                         "transfer.keep_global_best": False}
+OPTIONS: dict[str, dict[str, Any]] = {  # one atom per option of issue 8; variants combine them with "+"
+    "paper": {},
+    "batches4": {"align.batches": 4},
+    "eval": {"align.eval_mode": True},
+    "channel": {"transfer.granularity": "channel"},
+    "soft": {"transfer.policy": "soft"},
+    "bn": {"transfer.bn_recalibrate": True},
+    "nearest": {"transfer.order": "nearest"},
+    "aligned": {"transfer.order": "aligned"},
+    "rollback": {"transfer.rollback": True},
+    "best": {"transfer.keep_global_best": True},
+}
+DEFAULT_VARIANTS = ("default", "paper", "batches4+eval", "channel", "soft", "bn", "nearest", "aligned", "rollback",
+                    "best")
+DEFAULT_CONTROLS = ("transfer_off", "fusion", "weight_averaging", "task_arithmetic", "ties", "best_single",
+                    "target_only", "ensemble")
+CONTROL_NAMES = frozenset((*DEFAULT_CONTROLS, "grasp"))
+
+
+def variant_overrides(spec: str) -> tuple[str, dict[str, Any] | None]:
+    """`"off:nearest+rollback"` -> ("transfer_off", PAPER + both options); `"default"` -> ("grasp", None)."""
+    method, _, atoms = spec.rpartition(":")
+    if method not in ("", "off"):
+        raise GraspError(f"--variants: '{spec}' has an unknown prefix '{method}:'; only 'off:' is allowed")
+    if atoms == "default":
+        return ("transfer_off" if method else "grasp"), None
+    overrides = dict(PAPER)
+    for atom in atoms.split("+"):
+        check_choices([atom], [*OPTIONS], f"--variants ('{spec}')")
+        overrides.update(OPTIONS[atom])
+    return ("transfer_off" if method else "grasp"), overrides
+
+
+def run_ablation(params: Path, workdir: Path, seeds: list[int], targets: list[str] | None, variants: Sequence[str],
+                 controls: Sequence[str], progress: Progress, *, threads: int = 1) -> list[Row]:
+    """Every seed x target x (variant | control); one row each, `method` = the variant spec or control name."""
+    import torch
+
+    from flows.workspace import Workspace
+    from grasp_core.baselines import METHODS
+    from grasp_core.config import replace
+
+    check_choices(controls, sorted(METHODS), "--controls")
+    plans = {spec: variant_overrides(spec) for spec in variants}
+    if not seeds:
+        raise GraspError("--seeds: empty; give at least one seed, e.g. 0,1,2")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rows: list[Row] = []
+        for seed in seeds:
+            root, cfg = seed_workspace(params, workdir, seed)
+            ws = Workspace(root)
+            domains, classes, chosen = prepare_seed(cfg, ws, progress, targets)
+            for target in chosen:
+                for spec, (method, overrides) in plans.items():
+                    cfg_v = cfg if overrides is None else replace(cfg, **{k.replace(".", "__"): v
+                                                                         for k, v in overrides.items()})
+                    for row in bench_target(cfg_v, ws, target, domains, classes, [method], progress):
+                        rows.append({**row, "method": spec})
+                rows += bench_target(cfg, ws, target, domains, classes, list(controls), progress)
+        return rows
+    finally:
+        torch.set_num_threads(previous)
+
+
+def paired_vs(rows: list[Row], reference: str = "paper") -> list[str]:
+    """Per variant: its accuracy minus `reference`'s, per target and over targets (points, paired by seed)."""
+    methods = _ordered(rows, "method")
+    if reference not in methods:
+        return []
+    lines = []
+    for method in methods:
+        if method == reference:
+            continue
+        parts = []
+        for target in [*_ordered(rows, "target"), None]:
+            diffs = paired_differences(rows, method, reference, target)
+            parts.append(f"{target or 'mean'} {format_mean_std(diffs, signed=True)} "
+                         f"({sum(d > 0 for d in diffs)}/{len(diffs)})")
+        lines.append(f"- **{method}** − {reference}: " + "; ".join(parts))
+    return lines
+
+
+def losses_of(rows: list[Row], method: str = "default") -> list[str]:
+    """Plain statements of every (target, competitor) where `method`'s mean accuracy is not the higher."""
+    if method not in _ordered(rows, "method"):
+        return []
+    lines = []
+    for target in [*_ordered(rows, "target"), None]:
+        ours = statistics.fmean(accuracies(rows, method, target).values())
+        for other in _ordered(rows, "method"):
+            if other == method or not (other == "paper" or other.startswith("off:") or other in CONTROL_NAMES):
+                continue  # other GRASP variants are the ablation, not competitors
+            theirs = statistics.fmean(accuracies(rows, other, target).values())
+            if ours <= theirs:
+                lines.append(f"- {target or 'mean over targets'}: `{method}` {100 * ours:.1f} ≤ `{other}` "
+                             f"{100 * theirs:.1f}")
+    return lines
+
+
+def format_markdown(rows: list[Row], overrides: dict[str, str], wall_s: float | None = None) -> str:
+    seeds = _ordered(rows, "seed")
+    steps = sorted({r["target_steps"] for r in rows if r["target_steps"]})
+    out = [f"Test accuracy (%), mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}), every domain "
+           f"as target; every training run spends the same target budget ({'/'.join(map(str, steps))} optimizer "
+           "steps). `mean`: per seed over targets, then mean ± std over seeds.", "",
+           markdown_table(summary_table(rows)), "",
+           "Variants: GRASP with the paper's settings plus the listed options (`off:` = transfer switched off); "
+           "`default` = params.yaml: " + ", ".join(f"{k}={v}" for k, v in overrides.items()), "",
+           "Each variant minus `paper`, points, mean ± std over seeds (seeds better):", "", *paired_vs(rows)]
+    losses = losses_of(rows)
+    if "default" in _ordered(rows, "method"):
+        out += ["", "Where `default` does not win (its mean ≤ the other's):", "",
+                *(losses or ["- nowhere: `default` has the highest mean on every target"])]
+    if wall_s is not None:
+        out += ["", f"Wall time: {wall_s:.0f} s for {len(rows)} runs."]
+    return "\n".join(out) + "\n"
+
+
+def write_outputs(rows: list[Row], out: Path, params: Path, wall_s: float | None = None) -> dict[str, Path]:
+    """`ablation.csv` and `ablation.md` under `out`."""
+    from grasp_core.config import flatten, load_config
+
+    flat = flatten(load_config(params))
+    overrides = {k: str(flat[k]) for k in PAPER}
+    md = out / "ablation.md"
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(format_markdown(rows, overrides, wall_s))
+    return {"csv": write_csv(rows, out / "ablation.csv"), "md": md}
+
+
+def register(bench_sub: argparse._SubParsersAction) -> None:
+    """Add `grasp bench ablation` to the `grasp bench` subparsers."""
+    p = bench_sub.add_parser("ablation", help="transfer-policy options vs the paper rule and O(1) controls",
+                             description="Every domain as target x seeds: GRASP variants (paper settings plus "
+                             f"options: {', '.join(OPTIONS)}; join with +; prefix off: for transfer off; "
+                             "'default' = params.yaml) and controls, on one target budget. Writes ablation.csv/.md.")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to copy per seed")
+    p.add_argument("--workdir", type=Path, default=Path(".cache/bench-ablation"),
+                   help="where seed-<s>/ workspaces keep data and checkpoints (re-used across runs)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
+    p.add_argument("--targets", help="comma-separated target domains (default: every domain)")
+    p.add_argument("--variants", help=f"comma-separated variants (default: {','.join(DEFAULT_VARIANTS)})")
+    p.add_argument("--controls", help=f"comma-separated control methods (default: {','.join(DEFAULT_CONTROLS)}; "
+                   "'none' for no control)")
+    p.add_argument("--out", type=Path, default=Path("results/ablation"), help="folder for ablation.csv and .md")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(handler=cmd_bench_ablation)
+
+
+def cmd_bench_ablation(args: argparse.Namespace) -> int:
+    from flows.progress import Progress
+
+    controls = parse_list(args.controls, "--controls") or list(DEFAULT_CONTROLS)
+    t0 = time.perf_counter()
+    rows = run_ablation(args.params, args.workdir, parse_list(args.seeds, "--seeds", int) or [],
+                        parse_list(args.targets, "--targets"),
+                        parse_list(args.variants, "--variants") or list(DEFAULT_VARIANTS),
+                        [] if controls == ["none"] else controls, Progress(args.quiet))
+    files = write_outputs(rows, args.out, args.params, time.perf_counter() - t0)
+    print(files["md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in files.values()))
+    return 0

@@ -1,0 +1,84 @@
+"""Where independent work runs: the flow's fan-outs on threads of this process, or on Dask.
+
+A where/how knob, so a CLI flag (`--runner`) or the environment (`GRASP_RUNNER`), never params.yaml:
+
+    local               threads of this process (default)
+    dask                a local Dask cluster started for the run: 2 worker processes x 1 thread
+    dask=tcp://HOST:PORT   an existing Dask scheduler
+
+Only independent work fans out (source training; targets of `--all-targets`). The merge is sequential
+by design and stays in the flow's process. Source training pins one torch thread wherever it runs
+(grasp_core/threads.py), so every runner writes byte-identical checkpoints for the same seed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from grasp_core.errors import ConfigError
+
+ENV = "GRASP_RUNNER"
+LOCAL_WORKERS = 2  # sources trained at once on threads (2 cores: more only contend)
+DASK_LOCAL_CLUSTER = {"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    kind: str  # "local" | "dask"
+    address: str = ""  # Dask scheduler address; "" = start a local cluster
+
+    def describe(self) -> str:
+        if self.kind == "local":
+            return f"local threads (x{LOCAL_WORKERS})"
+        return f"Dask scheduler {self.address}" if self.address else \
+            f"local Dask cluster ({DASK_LOCAL_CLUSTER['n_workers']} workers x 1 thread)"
+
+
+def parse_runner(text: str | None) -> RunnerSpec:
+    """`--runner` / $GRASP_RUNNER -> RunnerSpec; unknown values are a one-line error naming the setting."""
+    value = (text if text is not None else os.environ.get(ENV, "")).strip() or "local"
+    if value == "local":
+        return RunnerSpec("local")
+    if value == "dask":
+        return RunnerSpec("dask")
+    if value.startswith("dask="):
+        address = value.removeprefix("dask=")
+        if "://" not in address:
+            raise ConfigError(f"--runner / ${ENV} = '{value}': a Dask address looks like dask=tcp://HOST:8786")
+        return RunnerSpec("dask", address)
+    raise ConfigError(f"--runner / ${ENV} = '{value}' is not one of: local, dask, dask=tcp://HOST:PORT")
+
+
+def expose_api_url() -> None:
+    """Worker processes must report task runs to this run's Prefect API: export its URL to them."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()
+        url = server.api_url if server.running else None
+    if url:
+        os.environ["PREFECT_API_URL"] = url
+
+
+def task_runner(spec: RunnerSpec) -> Any:
+    """A Prefect task runner for the fan-outs."""
+    if spec.kind == "local":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=LOCAL_WORKERS)
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as err:  # pragma: no cover - prefect-dask is a dependency
+        raise ConfigError(f"--runner dask needs prefect-dask ({err})") from None
+    expose_api_url()
+    os.environ.setdefault("DASK_DISTRIBUTED__LOGGING__DISTRIBUTED", "warning")
+    if spec.address:
+        return DaskTaskRunner(address=spec.address)
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=dict(DASK_LOCAL_CLUSTER))

@@ -1,0 +1,169 @@
+"""Fault suite: transient store faults are retried with backoff (Prefect task retries); persistent ones fail
+clearly with nothing registered. Real MLflow on SQLite, real DVC; the faults are real (a held SQLite lock,
+a held DVC lock, a file where the artifact folder should be)."""
+
+from __future__ import annotations
+
+import fcntl
+import re
+import shutil
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import yaml
+
+from flows.faults import RETRY_DELAYS_S, TransientToolError
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
+FAST = {"retry_delay_seconds": [0.2] * len(RETRY_DELAYS_S)}  # same retries and condition, shorter waits
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory, prefect_harness):
+    """A workspace after one pipeline run: tracker, summary."""
+    from flows.pipeline import run_pipeline
+    from flows.tracking import Tracker
+    from tests.conftest import TINY_PARAMS
+
+    ws = tmp_path_factory.mktemp("transient")
+    (ws / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    summary = run_pipeline(ws / "params.yaml", ws, tracking_uri=f"sqlite:///{ws}/mlflow.db", quiet=True)
+    return ws, Tracker(ws, tracking_uri=f"sqlite:///{ws}/mlflow.db"), summary
+
+
+@dataclass
+class Outcome:
+    completed: bool
+    attempts: int  # Prefect's run_count of the task run
+    result: Any  # the return value, or the exception of the last attempt
+
+
+def _in_flow(task, *args, **options) -> Outcome:
+    """Run one task inside a flow and report how it ended (never raises)."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    @flow(name="fault-probe")
+    def probe():
+        state = task.with_options(**options)(*args, return_state=True)
+        return {"completed": state.is_completed(), "id": str(state.state_details.task_run_id),
+                "result": state.result(raise_on_failure=False)}
+
+    out = probe()
+    with get_client(sync_client=True) as client:
+        attempts = client.read_task_run(out["id"]).run_count
+    return Outcome(out["completed"], attempts, out["result"])
+
+
+def _failed_runs(tracker) -> int:
+    return len(tracker.client.search_runs([tracker.experiment_id], "attributes.status = 'FAILED'"))
+
+
+def _release_later(seconds: float, release) -> threading.Thread:
+    def run() -> None:
+        time.sleep(seconds)
+        release()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_backoff_is_exponential_and_only_transient_errors_retry():
+    from flows.faults import is_transient, retry_transient
+
+    assert RETRY_DELAYS_S == sorted(RETRY_DELAYS_S) and RETRY_DELAYS_S[-1] >= 4 * RETRY_DELAYS_S[0]
+    assert is_transient(sqlite3.OperationalError("database is locked"))
+    assert is_transient(NotADirectoryError(20, "Not a directory"))
+    assert not is_transient(ValueError("bad checkpoint"))
+
+    class State:
+        data = TransientToolError("x")
+
+    assert retry_transient(None, None, State()) and not retry_transient(None, None, type("S", (), {"data": 1})())
+
+
+def test_locked_sqlite_database_is_retried_until_free(done):
+    from flows.tasks import alias_task
+
+    ws, tracker, summary = done
+    lock = sqlite3.connect(ws / "mlflow.db", timeout=0, check_same_thread=False)
+    lock.execute("BEGIN EXCLUSIVE")  # another writer holds the database
+    _release_later(23.0, lock.rollback)  # longer than MLflow's 20 s SQLite busy_timeout: the first attempt fails
+    try:
+        out = _in_flow(alias_task, tracker, summary.model_name, summary.versions[0], **FAST)
+    finally:
+        lock.close()
+    assert out.completed, out.result
+    assert out.attempts >= 2
+    assert tracker.get_alias_version(summary.model_name, "challenger") == summary.versions[0]
+    tracker.set_alias(summary.model_name, "challenger", summary.versions[-1])
+
+
+def test_dvc_lock_held_by_another_command_is_retried(done):
+    from flows.tasks import dvc_track_task
+    from flows.workspace import Workspace
+
+    ws, _, _ = done
+    (ws / "data" / "2020" / "train" / "0" / "extra.png").write_bytes(
+        next((ws / "data" / "2020" / "train" / "0").glob("*.png")).read_bytes())  # a change for `dvc add`
+    fd = open(ws / ".dvc" / "tmp" / "lock", "a+")  # noqa: SIM115 - held across the retry
+    fcntl.flock(fd.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _release_later(5.0, fd.close)  # DVC itself waits 3 s for its lock, then fails
+    try:
+        out = _in_flow(dvc_track_task, Workspace(ws), "data", **FAST)
+    finally:
+        fd.close()
+    assert out.completed, out.result
+    assert out.attempts >= 2
+    assert out.result.nfiles == sum(1 for p in (ws / "data").rglob("*") if p.is_file())
+
+
+def test_unwritable_artifact_folder_recovers_or_fails_clearly_with_no_version(done):
+    from flows.tasks import register_task
+
+    ws, tracker, summary = done
+    step, artifacts = summary.steps[-1], ws / "mlartifacts"
+    backup = ws / "mlartifacts.bak"
+    before = tracker.versions(summary.model_name)
+
+    def block() -> None:  # a file where the artifact folder should be (root ignores permission bits)
+        artifacts.rename(backup)
+        artifacts.write_text("not a folder")
+
+    def unblock() -> None:
+        artifacts.unlink()
+        backup.rename(artifacts)
+
+    args = (tracker, summary.parent_run_id, summary.model_name, step, ["0", "1", "2"], {"stage": "x"},
+            ws / "reports" / "fault")
+    failed_before = _failed_runs(tracker)
+    block()
+
+    def unblock_after_a_failed_attempt() -> None:  # the fault lasts exactly one attempt
+        while _failed_runs(tracker) == failed_before:
+            time.sleep(0.05)
+        unblock()
+
+    threading.Thread(target=unblock_after_a_failed_attempt, daemon=True).start()
+    out = _in_flow(register_task, *args, retry_delay_seconds=[2.0] * len(RETRY_DELAYS_S))
+    assert out.completed, out.result
+    assert out.attempts >= 2
+    assert len(tracker.versions(summary.model_name)) == len(before) + 1
+
+    before = tracker.versions(summary.model_name)
+    block()
+    try:
+        out = _in_flow(register_task, *args, **FAST)
+    finally:
+        unblock()
+    assert not out.completed
+    assert isinstance(out.result, TransientToolError)
+    assert re.search(f"MLflow store .*{artifacts.name}.*retried", str(out.result)), out.result
+    assert out.attempts == len(RETRY_DELAYS_S) + 1
+    assert tracker.versions(summary.model_name) == before, "a failed registration leaves no version"
+    shutil.rmtree(ws / "reports" / "fault", ignore_errors=True)
