@@ -55,6 +55,8 @@ OPTIONS: dict[str, dict[str, Any]] = {  # one atom per option of issue 8; varian
     "aligned": {"transfer.order": "aligned"},
     "rollback": {"transfer.rollback": True},
     "best": {"transfer.keep_global_best": True},
+    "thr0": {"transfer.threshold": 0.0},  # transfer whatever is positively aligned (soft: weight = cos)
+    "thr6": {"transfer.threshold": 0.6},
 }
 DEFAULT_VARIANTS = ("default", "paper", "batches4+eval", "channel", "soft", "bn", "nearest", "aligned", "rollback",
                     "best")

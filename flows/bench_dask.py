@@ -23,7 +23,7 @@ def dask_bench(params: Path, say: Any) -> dict[str, Any]:
     from distributed import LocalCluster
 
     from flows.pipeline import train_sources
-    from flows.runners import DASK_LOCAL_CLUSTER, expose_api_url
+    from flows.runners import DASK_LOCAL_CLUSTER, api_url_exported
     from flows.workspace import (
         Workspace,
         ensure_base,
@@ -74,9 +74,8 @@ def dask_bench(params: Path, say: Any) -> dict[str, Any]:
         say(f"local threads: {out['threads_s']:.1f}s")
 
         fresh()
-        expose_api_url()
         t0 = time.perf_counter()
-        with LocalCluster(**DASK_LOCAL_CLUSTER) as cluster, cluster.get_client() as client:
+        with api_url_exported(), LocalCluster(**DASK_LOCAL_CLUSTER) as cluster, cluster.get_client() as client:
             client.run(_warm_worker)  # workers import torch, Prefect and grasp once, as a long-lived cluster has
             out["dask_start_s"] = time.perf_counter() - t0
             t1 = time.perf_counter()

@@ -14,6 +14,8 @@ by design and stays in the flow's process. Source training pins one torch thread
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +53,21 @@ def parse_runner(text: str | None) -> RunnerSpec:
     raise ConfigError(f"--runner / ${ENV} = '{value}' is not one of: local, dask, dask=tcp://HOST:PORT")
 
 
+@contextmanager
+def api_url_exported() -> Iterator[None]:
+    """$PREFECT_API_URL set to this run's API while the block runs (Dask workers it spawns inherit it), then
+    restored, so later subprocesses of this process still start their own ephemeral API."""
+    before = os.environ.get("PREFECT_API_URL")
+    expose_api_url()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
+
+
 def expose_api_url() -> None:
     """Worker processes must report task runs to this run's Prefect API: export its URL to them."""
     if os.environ.get("PREFECT_API_URL"):
@@ -68,7 +85,7 @@ def expose_api_url() -> None:
 
 
 def task_runner(spec: RunnerSpec) -> Any:
-    """A Prefect task runner for the fan-outs."""
+    """A Prefect task runner for the fan-outs; run a Dask one inside `api_url_exported()`."""
     if spec.kind == "local":
         from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -77,7 +94,6 @@ def task_runner(spec: RunnerSpec) -> Any:
         from prefect_dask import DaskTaskRunner
     except ImportError as err:  # pragma: no cover - prefect-dask is a dependency
         raise ConfigError(f"--runner dask needs prefect-dask ({err})") from None
-    expose_api_url()
     os.environ.setdefault("DASK_DISTRIBUTED__LOGGING__DISTRIBUTED", "warning")
     if spec.address:
         return DaskTaskRunner(address=spec.address)

@@ -105,7 +105,8 @@ def test_matrix_of_a_pipeline_lineage(tmp_path, prefect_harness):
     from flows.pipeline import run_pipeline
     from tests.conftest import TINY_PARAMS
 
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    # merged oldest first (`transfer.order: given`), so BwT and FwT below read in time order
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**TINY_PARAMS, "transfer": {"order": "given"}}))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     summary = run_pipeline(tmp_path / "params.yaml", tmp_path, tracking_uri=uri, quiet=True)
     result = matrix_for_lineage(tmp_path, uri)

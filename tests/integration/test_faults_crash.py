@@ -30,9 +30,13 @@ FIVE_STAGES = {"data.domains": 6, "finetune.epochs": 30, "data.target_train_frac
 TARGET = "2025"
 
 
+# each `grasp run` starts its own ephemeral Prefect API (the server a SIGKILL orphans), whatever the session set
+ENV = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+
+
 def grasp(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=ENV)
 
 
 def registry(ws: Path) -> list[dict]:
@@ -57,7 +61,7 @@ def kill_mid_stage(ws: Path, first_stage: int, min_versions: int) -> tuple[int, 
     """Start `grasp run --verbose` and SIGKILL it during the first epoch of a stage >= `first_stage` once at
     least `min_versions` versions are registered (registrations run behind the stages). Returns (pid, line)."""
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--verbose"], cwd=ws, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
     assert proc.stderr is not None
     seen = []
     for line in proc.stderr:
