@@ -10,6 +10,12 @@ from pathlib import Path
 from grasp_core.errors import GraspError
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to read")
     parser.add_argument("--workdir", type=Path, default=Path("."),
@@ -61,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"],
                      help="where to compute (default: $GRASP_DEVICE, else auto: CUDA, then MPS, then CPU)")
     run.add_argument("--amp", action="store_true", help="bfloat16 mixed precision, CUDA only (or $GRASP_AMP=1)")
+    run.add_argument("--threads", type=_positive_int, metavar="N",
+                     help="torch CPU threads for training and merging (default: $GRASP_THREADS, else "
+                     "$OMP_NUM_THREADS, else the cores less one, left to DVC, MLflow and GX)")
     run.set_defaults(handler=cmd_run)
 
     data = sub.add_parser("data", help="write the embedded benchmark (if missing) and list its domains; "
@@ -253,7 +262,7 @@ def cmd_bench_overhead(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from flows import execution
 
-    execution.apply(args.device, args.amp)
+    execution.apply(args.device, args.amp, args.threads)
     if args.engine == "prefect":
         return _run_flow(args)
     execution.check()
@@ -285,12 +294,13 @@ def _run_flow(args: argparse.Namespace) -> int:
 
 
 def _run_flow_locked(args: argparse.Namespace) -> int:
+    from flows.api_server import start_local_api
     from flows.orphans import reap_orphans
-    from flows.settings import apply_defaults, start_ephemeral_api_early
+    from flows.settings import apply_defaults
 
     apply_defaults(args.workdir, args.verbose)
-    reap_orphans(args.workdir)  # what a killed run left behind (its ephemeral Prefect server)
-    boot = start_ephemeral_api_early(args.workdir)
+    reap_orphans(args.workdir)  # what a killed run left behind (its local Prefect server)
+    server = start_local_api(args.workdir)  # boots on the other core while this process imports torch & co.
     from flows import execution
 
     execution.check()  # a bad --device/--amp fails before any work
@@ -299,8 +309,8 @@ def _run_flow_locked(args: argparse.Namespace) -> int:
     from flows.runners import parse_runner
 
     parse_runner(args.runner)  # a bad --runner fails before any work
-    if boot is not None:
-        boot.join()
+    if server is not None:
+        server.wait_ready()
     if args.all_targets:
         return _run_all_targets(args)
     summary = run_pipeline(args.params, args.workdir, baselines=args.baselines, tracking_uri=args.tracking_uri,

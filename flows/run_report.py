@@ -77,7 +77,7 @@ def alignment_figure(results: Sequence[StepResult], threshold: float) -> Figure 
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="black", lw=1.5))
     ax.set_xticks(range(len(merged)), [f"{r.source_name}\n(stage {r.stage})" for r in merged])
     ax.set_yticks(range(len(names)), names, fontsize=7 if len(names) > 30 else 9)
-    ax.set_title(f"alignment (gradient cosine); outlined: > threshold {threshold:g}, copied")
+    ax.set_title(f"alignment (cosine per align.criterion); outlined: > threshold {threshold:g}, moved")
     bar = fig.colorbar(image, ax=ax)
     bar.ax.axhline(threshold, color="black", lw=2)
     bar.set_label(f"cosine (black line: threshold {threshold:g})")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import threading
 from pathlib import Path
 
 QUIET_OFFLINE = {
@@ -60,43 +59,3 @@ def code_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
-
-
-def start_ephemeral_api_early(workdir: Path) -> threading.Thread | None:
-    """Boot Prefect's ephemeral API server in the background while the caller imports torch & co.
-
-    Without PREFECT_API_URL, the first flow call starts a local API subprocess and waits for it
-    (about 7 s here); started first, that wait overlaps the CLI's own imports. Join the returned
-    thread before running a flow. Returns None when a real server is configured.
-
-    The server process is recorded in `<workdir>/.grasp/servers/` as soon as it is spawned, so a run
-    killed at any point leaves a record the next run uses to stop it (flows/orphans.py).
-    """
-    if os.environ.get("PREFECT_API_URL"):
-        return None
-
-    def boot() -> None:
-        import atexit
-        import time
-
-        from prefect.server.api.server import SubprocessASGIServer
-
-        from flows.orphans import forget_server, record_server
-
-        server = SubprocessASGIServer()
-        timeout = int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
-        starter = threading.Thread(target=server.start, kwargs={"timeout": timeout}, daemon=True)
-        starter.start()
-        recorded, record = None, None
-        while True:
-            proc = server.server_process
-            if proc is not None and proc is not recorded:  # spawned (or re-spawned on a taken port)
-                record, recorded = record_server(workdir, proc.pid, server.port), proc
-            if not starter.is_alive():
-                break
-            time.sleep(0.05)
-        atexit.register(forget_server, record)  # registered after Prefect's own stop: runs before it
-
-    thread = threading.Thread(target=boot, name="prefect-ephemeral-boot", daemon=True)
-    thread.start()
-    return thread

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, TypedDict
 
 import yaml
 
+from flows import local_stores
 from grasp_core.errors import GraspError
 
 if TYPE_CHECKING:
@@ -111,6 +113,23 @@ def resolve_tracking_uri(workspace: Path, tracking_uri: str | None = None) -> st
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace.resolve() / 'mlflow.db'}"
 
 
+def _seed_sqlite_store(uri: str) -> Path | None:
+    """A missing SQLite store starts from the user's migrated empty template (flows/local_stores.py), with
+    the Default experiment's folder set as MLflow would set it here. Returns the database path when none
+    was there and no template either (keep it as the template once MLflow has migrated it), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///"))
+    if db.exists():
+        return None
+    if not local_stores.seed(db, "mlflow"):
+        return db
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = '0'",
+                    (os.path.join(os.path.abspath("mlruns"), "0"),))
+    return None
+
+
 def _is_remote(uri: str) -> bool:
     return uri.split(":", 1)[0] in ("http", "https", "databricks")
 
@@ -159,7 +178,11 @@ class Tracker:
     def __init__(self, workspace: Path, experiment: str = "grasp", tracking_uri: str | None = None) -> None:
         self.workspace = workspace.resolve()
         self.tracking_uri = resolve_tracking_uri(self.workspace, tracking_uri)
+        fresh_db = _seed_sqlite_store(self.tracking_uri)
         self.client = _client(self.tracking_uri)
+        if fresh_db is not None:
+            self.client.search_experiments(max_results=1)  # MLflow creates and migrates the database here
+            local_stores.save_template(fresh_db, "mlflow")
         self.experiment_id = self._experiment(experiment)
         # where this experiment's artifacts go (a folder for the default local store), named in errors
         self.artifact_root: str = self.client.get_experiment(self.experiment_id).artifact_location

@@ -1,4 +1,4 @@
-"""GRASP step 2a: per-tensor gradient alignment between a source and the current target."""
+"""GRASP step 2a: per-tensor alignment between a source and the current target (`align.criterion`)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,15 @@ def alignment_scores(target: nn.Module, source: nn.Module, batches: list[Batch],
     return gradient_alignment(target, source, batches, eval_mode=eval_mode)[0]
 
 
+def _cosines(a: torch.Tensor, b: torch.Tensor, per_row: bool) -> tuple[float, Score]:
+    """cos(a, b) over the whole tensor and, with `per_row` and >= 2 dims, per output row `a[i]`."""
+    whole = float(torch.dot(a.flatten(), b.flatten()) / (a.norm() * b.norm() + EPS))
+    if not per_row or a.dim() < 2:
+        return whole, whole
+    a, b = a.flatten(1), b.flatten(1)  # (rows, fan_in)
+    return whole, (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + EPS)
+
+
 def gradient_alignment(target: nn.Module, source: nn.Module, batches: list[Batch], *, eval_mode: bool = False,
                        per_row: bool = False) -> tuple[dict[str, float], dict[str, Score]]:
     """Per-tensor cosines (as `alignment_scores`) and, with `per_row`, per-output-row cosines.
@@ -60,11 +69,33 @@ def gradient_alignment(target: nn.Module, source: nn.Module, batches: list[Batch
             if g_t is None or g_s is None:
                 scores[name] = rows[name] = 0.0
                 continue
-            dot = torch.dot(g_t.flatten(), g_s.flatten())
-            scores[name] = rows[name] = float(dot / (g_t.norm() * g_s.norm() + EPS))
-            if per_row and g_t.dim() >= 2:
-                a, b = g_t.flatten(1), g_s.flatten(1)  # (rows, fan_in)
-                rows[name] = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + EPS)
+            scores[name], rows[name] = _cosines(g_t, g_s, per_row)
     target.zero_grad(set_to_none=True)
     source.zero_grad(set_to_none=True)
     return scores, (rows if per_row else {})
+
+
+def direction_alignment(target: nn.Module, source: nn.Module, batches: list[Batch], *, eval_mode: bool = False,
+                        per_row: bool = False) -> tuple[dict[str, float], dict[str, Score]]:
+    """`align.criterion: direction`: cos(theta_source - theta_target, -grad of the target loss), per tensor.
+
+    A first-order estimate of whether moving a tensor toward the source lowers the target loss (the
+    `transfer.order: aligned` pre-pass asks the same of whole models). Only the target computes a
+    gradient (train mode unless `eval_mode`, as in `gradient_alignment`); the source needs none. A tensor
+    without a gradient, or equal in both models, scores 0. Rows and the return value as `gradient_alignment`.
+    """
+    accumulate_gradients(target, batches, train_mode=not eval_mode)
+    source_params = dict(source.named_parameters())
+    scores: dict[str, float] = {}
+    rows: dict[str, Score] = {}
+    with torch.no_grad():
+        for name, p in target.named_parameters():
+            if p.grad is None:
+                scores[name] = rows[name] = 0.0
+                continue
+            scores[name], rows[name] = _cosines(source_params[name] - p, -p.grad, per_row)
+    target.zero_grad(set_to_none=True)
+    return scores, (rows if per_row else {})
+
+
+ALIGNMENTS = {"gradient": gradient_alignment, "direction": direction_alignment}  # keys: `align.criterion`

@@ -111,16 +111,24 @@ class SourcesConfig:
         _check(self.batch_size >= 1, f"'sources.batch_size' = {self.batch_size} must be >= 1")
 
 
+CRITERIA = ("gradient", "direction")
+
+
 @dataclass(frozen=True)
 class AlignConfig:
     batches: int = 1  # target train batches whose summed gradients give the alignment (paper: 1)
     batch_size: int = 32  # images per alignment batch (paper: 32)
     eval_mode: bool = False  # target in eval mode too while aligning (paper: false, the target in train mode:
     #                          batch BN statistics, and the alignment forward moves its running statistics)
+    criterion: str = "direction"  # the per-tensor score: "gradient" (paper): cos(grad source, grad target) on
+    #                               the batches; "direction": cos(theta_source - theta_target, -grad target), i.e.
+    #                               does moving the tensor toward the source descend the target loss (first order)
 
     def __post_init__(self) -> None:
         _check(self.batches >= 1, f"'align.batches' = {self.batches} must be >= 1")
         _check(self.batch_size >= 1, f"'align.batch_size' = {self.batch_size} must be >= 1")
+        _check(self.criterion in CRITERIA,
+               f"'align.criterion' = '{self.criterion}' must be one of: {', '.join(CRITERIA)}")
 
 
 GRANULARITIES = ("tensor", "channel")
@@ -131,10 +139,11 @@ ORDERS = ("given", "nearest", "aligned")
 class TransferConfig:
     """The transfer rule. Defaults are the winner of `grasp bench ablation` (README); the official rule,
     bit for bit, is policy paper, threshold 0.3, granularity tensor, order given, bn_recalibrate,
-    rollback and keep_global_best false (with align.batches 1, align.eval_mode false)."""
+    rollback and keep_global_best false (with align.batches 1, align.eval_mode false,
+    align.criterion gradient)."""
 
     policy: str = "soft"  # a key of grasp_core.transfer.POLICIES: paper (hard copy), soft (interpolate), none
-    threshold: float = 0.3  # copy a tensor when its alignment (a cosine) exceeds this (strict >)
+    threshold: float = 0.0  # copy a tensor when its alignment (a cosine) exceeds this (strict >); paper: 0.3
     granularity: str = "tensor"  # "tensor" (paper): one cosine per tensor; "channel": one per output row of
     #                              every tensor of >= 2 dims (conv filter / linear row); 1-D tensors stay whole
     order: str = "nearest"  # merge order: "given" (paper: as listed), "nearest" (time nearest the target first),

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from grasp_core.align import Score, gradient_alignment
+from grasp_core.align import ALIGNMENTS, Score
 from grasp_core.config import Config
 from grasp_core.data import Batch, Batches, DomainData, Split
 from grasp_core.errors import ConfigError
@@ -140,14 +140,16 @@ def merge_source(target: nn.Module, source: nn.Module, loaders: TargetLoaders, c
                  tracker: MemoryTracker) -> Merge:
     """GRASP step 2a-b: alignment scores on target batches, then the transfer policy (in place).
 
-    Options: `align.eval_mode`, `transfer.granularity`, `transfer.policy`, `transfer.bn_recalibrate`.
+    Options: `align.criterion`, `align.eval_mode`, `transfer.granularity`, `transfer.policy`,
+    `transfer.bn_recalibrate`.
     """
     tr = cfg.transfer
     policy = get_policy(tr.policy)
     t0 = time.perf_counter()
     per_row = tr.granularity == "channel"
-    scores, rows = gradient_alignment(target, source, _first_batches(loaders.align, cfg.align.batches),
-                                      eval_mode=cfg.align.eval_mode, per_row=per_row)
+    alignment = ALIGNMENTS[cfg.align.criterion]  # validated by AlignConfig
+    scores, rows = alignment(target, source, _first_batches(loaders.align, cfg.align.batches),
+                             eval_mode=cfg.align.eval_mode, per_row=per_row)
     tracker.sample()
     t1 = time.perf_counter()
     applied: dict[str, Score] = rows if per_row else dict(scores)

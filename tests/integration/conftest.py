@@ -10,6 +10,9 @@ import pytest
 
 _HOME = Path(tempfile.mkdtemp(prefix="grasp-prefect-home-"))
 os.environ.setdefault("PREFECT_HOME", str(_HOME))  # before prefect is imported anywhere
+# the migrated empty Prefect/MLflow databases every test workspace starts from (flows/local_stores.py):
+# made by the session's first run, never the user's own ~/.cache/grasp
+os.environ.setdefault("GRASP_CACHE", tempfile.mkdtemp(prefix="grasp-cache-"))
 from flows.settings import apply_defaults  # noqa: E402
 
 apply_defaults(_HOME)

@@ -88,7 +88,9 @@ def test_files_and_mlflow_run_hold_the_results(bench):
     run = client.get_run(run_id)
     assert client.get_experiment(run.info.experiment_id).name == "grasp-bench"
     assert run.info.status == "FINISHED" and run.data.params["bench.methods"] == ",".join(METHODS)
-    assert run.data.params["transfer.threshold"] == "0.3"
+    from grasp_core.config import load_config
+
+    assert run.data.params["transfer.threshold"] == str(load_config(root / "params.yaml").transfer.threshold)
     grasp = [r["test_accuracy"] for r in rows if r["method"] == "grasp"]
     assert run.data.metrics["accuracy/grasp/mean"] == pytest.approx(statistics.fmean(grasp))
     assert "paired/grasp_minus_ensemble/mean" in run.data.metrics

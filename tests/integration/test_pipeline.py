@@ -57,7 +57,9 @@ def test_nested_runs_carry_metrics_and_artifacts(first_run):
     ws, summary = first_run
     client = mlflow.MlflowClient(f"sqlite:///{ws}/mlflow.db")
     parent = client.get_run(summary.parent_run_id)
-    assert parent.data.params["transfer.threshold"] == "0.3"
+    from grasp_core.config import load_config
+
+    assert parent.data.params["transfer.threshold"] == str(load_config(ws / "params.yaml").transfer.threshold)
     assert {"cl/average_accuracy", "cl/bwt", "cl/fwt"} & parent.data.metrics.keys() >= {"cl/average_accuracy", "cl/bwt"}
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{summary.parent_run_id}'")

@@ -39,13 +39,16 @@ def test_measure_counts_parameter_bytes():
     del twin
 
 
-PAPER = {"policy": "paper", "order": "given", "bn_recalibrate": False, "rollback": False, "keep_global_best": False}
+PAPER = {"policy": "paper", "threshold": 0.3, "order": "given", "bn_recalibrate": False, "rollback": False,
+         "keep_global_best": False}
+GRADIENT = {"criterion": "gradient"}  # the paper's alignment
 OPTIONS = [  # (align options, transfer options, extra parameter-sized copies the option may hold)
-    ({}, PAPER, 0),
-    ({"batches": 2, "eval_mode": True}, {**PAPER, "granularity": "channel", "policy": "soft", "bn_recalibrate": True},
-     0),
-    ({}, {"threshold": -1.0}, 1),  # the defaults: rollback (one copy) and BN recalibration
-    ({}, {**PAPER, "keep_global_best": True, "threshold": -1.0}, 1),
+    (GRADIENT, PAPER, 0),
+    ({**GRADIENT, "batches": 2, "eval_mode": True},
+     {**PAPER, "granularity": "channel", "policy": "soft", "bn_recalibrate": True}, 0),
+    ({}, {"threshold": -1.0}, 1),  # the defaults (direction alignment): rollback (one copy) and BN recalibration
+    ({}, {}, 1),  # the defaults as they are
+    (GRADIENT, {**PAPER, "keep_global_best": True, "threshold": -1.0}, 1),
 ]
 
 

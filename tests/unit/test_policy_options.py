@@ -22,15 +22,17 @@ from tests.conftest import TinyMLP, tiny_split
 SHAPE = (1, 4, 4)
 
 
-PAPER = {"policy": "paper", "order": "given", "bn_recalibrate": False, "rollback": False, "keep_global_best": False}
+PAPER = {"policy": "paper", "threshold": 0.3, "order": "given", "bn_recalibrate": False, "rollback": False,
+         "keep_global_best": False}
 
 
 def _cfg(**transfer) -> Config:
-    """Tiny, fast settings on the paper's rule plus `transfer` options."""
+    """Tiny, fast settings on the paper's rule (gradient alignment) plus `transfer` options."""
     cfg = Config()
     transfer = {**PAPER, **transfer}
     return dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, initial_epochs=2, epochs=1, lr=0.03),
                                data=dataclasses.replace(cfg.data, augment=False),
+                               align=dataclasses.replace(cfg.align, criterion="gradient"),
                                transfer=dataclasses.replace(cfg.transfer, **transfer))
 
 
