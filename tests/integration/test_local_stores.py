@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import urllib.request
 from contextlib import closing
 from pathlib import Path
@@ -57,13 +59,13 @@ def test_server_boots_records_seeds_and_stops(tmp_path: Path, cache: Path, monke
     try:
         assert not second.fresh_db  # the database was there, copied from the template, before the server ran
         second.wait_ready()
-        from prefect import flow
-
-        @flow(name="seeded-db-check")
-        def hello() -> int:
-            return 7
-
-        assert hello() == 7  # the seeded database takes flow runs
+        code = ("from prefect import flow\n"
+                "@flow(name='seeded-db-check')\n"
+                "def hello():\n    return 7\n"
+                "assert hello() == 7\n")
+        # a fresh process: this one's Prefect settings may name the session's test API
+        subprocess.run([sys.executable, "-c", code], env={**os.environ, "PREFECT_API_URL": second.api_url},
+                       check=True, capture_output=True, timeout=300)
     finally:
         second.stop()
     with closing(sqlite3.connect(tmp_path / "b" / ".cache" / "prefect" / "prefect.db")) as con:

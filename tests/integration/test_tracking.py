@@ -87,7 +87,8 @@ def test_parent_and_nested_step_runs_store_params_metrics_and_artifacts(tracker,
 
     parent, step = tracker.client.get_run(parent_id), tracker.client.get_run(step_id)
     assert parent.info.status == "FINISHED" and step.info.status == "FINISHED"
-    assert parent.data.params["transfer.threshold"] == "0.3" and parent.data.params["baselines.methods"].startswith("[")
+    assert parent.data.params["transfer.threshold"] == str(Config().transfer.threshold)
+    assert parent.data.params["baselines.methods"].startswith("[")
     assert parent.data.tags["flow_run_id"] == "f-1" and parent.data.tags["mlflow.runName"] == "grasp-run"
     assert step.data.tags["mlflow.parentRunId"] == parent_id and step.data.tags["policy"] == "paper"
     assert step.data.params == {"stage": "1", "source": "s1"}
