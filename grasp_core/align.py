@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -61,18 +61,15 @@ def gradient_alignment(target: nn.Module, source: nn.Module, batches: list[Batch
     accumulate_gradients(source, batches, train_mode=False)
     accumulate_gradients(target, batches, train_mode=not eval_mode)
     source_params = dict(source.named_parameters())
-    scores: dict[str, float] = {}
-    rows: dict[str, Score] = {}
-    with torch.no_grad():
-        for name, p in target.named_parameters():
-            g_t, g_s = p.grad, source_params[name].grad
-            if g_t is None or g_s is None:
-                scores[name] = rows[name] = 0.0
-                continue
-            scores[name], rows[name] = _cosines(g_t, g_s, per_row)
+
+    def pair(name: str, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        g_s = source_params[name].grad
+        return None if p.grad is None or g_s is None else (p.grad, g_s)
+
+    result = _per_tensor(target, pair, per_row)
     target.zero_grad(set_to_none=True)
     source.zero_grad(set_to_none=True)
-    return scores, (rows if per_row else {})
+    return result
 
 
 def direction_alignment(target: nn.Module, source: nn.Module, batches: list[Batch], *, eval_mode: bool = False,
@@ -86,15 +83,27 @@ def direction_alignment(target: nn.Module, source: nn.Module, batches: list[Batc
     """
     accumulate_gradients(target, batches, train_mode=not eval_mode)
     source_params = dict(source.named_parameters())
+
+    def pair(name: str, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None if p.grad is None else (source_params[name] - p, -p.grad)
+
+    result = _per_tensor(target, pair, per_row)
+    target.zero_grad(set_to_none=True)
+    return result
+
+
+def _per_tensor(target: nn.Module, pair: Callable[[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None],
+                per_row: bool) -> tuple[dict[str, float], dict[str, Score]]:
+    """The cosines of `pair(name, param)` for every target parameter (0 where it gives None), as the criteria return."""
     scores: dict[str, float] = {}
     rows: dict[str, Score] = {}
     with torch.no_grad():
         for name, p in target.named_parameters():
-            if p.grad is None:
+            vectors = pair(name, p)
+            if vectors is None:
                 scores[name] = rows[name] = 0.0
                 continue
-            scores[name], rows[name] = _cosines(source_params[name] - p, -p.grad, per_row)
-    target.zero_grad(set_to_none=True)
+            scores[name], rows[name] = _cosines(*vectors, per_row)
     return scores, (rows if per_row else {})
 
 
