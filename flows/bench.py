@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -18,29 +19,37 @@ def _timed(args: list[str], cwd: Path) -> float:
     return time.perf_counter() - t0
 
 
-def overhead(params: Path, keep: bool = False) -> list[dict[str, object]]:
+def overhead(params: Path, keep: bool = False, repeat: int = 1) -> list[dict[str, object]]:
     """Wall time of the Prefect flow vs the core run on the same config, each in a fresh folder.
 
     `cold`: data generated and sources trained inside the run; `warm`: a second run that re-uses
     them and merges every source again (the flow with --full, else it would find nothing new). Both
-    engines run GRASP only (no baselines), as whole `grasp run` processes.
+    engines run GRASP only (no baselines), as whole `grasp run` processes. With `repeat` > 1 the rounds
+    alternate core and flow, and each figure is the median (the range is printed beside it): on a small
+    shared machine one run varies by +-20 %.
     """
     root = Path(tempfile.mkdtemp(prefix="grasp-overhead-"))
     rows = []
     try:
-        walls: dict[tuple[str, str], float] = {}
-        for engine, extra in (("core", ["--engine", "core", "--methods", "grasp"]), ("prefect", [])):
-            ws = root / engine
-            ws.mkdir()
-            shutil.copy(params, ws / "params.yaml")
-            for phase in ("cold", "warm"):
-                # the warm flow merges from scratch again (--full): the same work as the core run's second call
-                again = ["--full"] if engine == "prefect" and phase == "warm" else []
-                walls[(engine, phase)] = _timed(["run", "--quiet", *extra, *again], ws)
+        walls: dict[tuple[str, str], list[float]] = {}
+        for round_ in range(repeat):
+            for engine, extra in (("core", ["--engine", "core", "--methods", "grasp"]), ("prefect", [])):
+                ws = root / f"{engine}-{round_}"
+                ws.mkdir()
+                shutil.copy(params, ws / "params.yaml")
+                for phase in ("cold", "warm"):
+                    # the warm flow merges from scratch again (--full): the same work as the core run's second call
+                    again = ["--full"] if engine == "prefect" and phase == "warm" else []
+                    walls.setdefault((engine, phase), []).append(_timed(["run", "--quiet", *extra, *again], ws))
         for phase in ("cold", "warm"):
-            core, flow = walls[("core", phase)], walls[("prefect", phase)]
-            rows.append({"phase": phase, "core_s": round(core, 1), "flow_s": round(flow, 1),
-                         "ratio": round(flow / core, 2)})
+            core, flow = statistics.median(walls[("core", phase)]), statistics.median(walls[("prefect", phase)])
+            row: dict[str, object] = {"phase": phase, "core_s": round(core, 1), "flow_s": round(flow, 1),
+                                      "ratio": round(flow / core, 2)}
+            if repeat > 1:
+                row["runs"] = repeat
+                for engine, key in (("core", "core_range_s"), ("prefect", "flow_range_s")):
+                    row[key] = f"{min(walls[(engine, phase)]):.1f}-{max(walls[(engine, phase)]):.1f}"
+            rows.append(row)
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -66,18 +66,17 @@ def prepare_seed(cfg: Config, ws: Workspace, progress: Progress,
     domain is the target, so one checkpoint serves every target and nothing retrains across targets or re-runs.
     """
     from flows.workspace import ensure_base, ensure_source, layout_classes, materialise_data
-    from grasp_core.data import load_domain
+    from grasp_core.data import input_shape
 
     domains, _ = materialise_data(cfg, ws)
     classes = layout_classes(cfg, ws)
     if len(domains) < 2:
         raise GraspError(f"{ws.data(cfg)}: {len(domains)} domain(s); the accuracy bench needs at least 2")
     targets = check_choices(targets or domains, domains, "--targets")
-    probe = load_domain(ws.data(cfg), domains[0], classes)
-    base, trained = ensure_base(cfg, ws, classes, probe.input_shape)
+    base, trained = ensure_base(cfg, ws, classes, input_shape(ws.data(cfg), domains[0], classes))
     count = int(trained)
     for i, name in enumerate(domains):
-        _, trained = ensure_source(cfg, ws, load_domain(ws.data(cfg), name, classes), base, cfg.seed + 1 + i)
+        _, trained = ensure_source(cfg, ws, name, classes, base, cfg.seed + 1 + i)
         count += int(trained)
     progress.say(f"seed {cfg.seed}: {len(domains)} domains, base + sources ready ({count} trained now, "
                  f"{len(domains) + 1 - count} re-used)")

@@ -34,7 +34,7 @@ def dask_bench(params: Path, say: Any) -> dict[str, Any]:
         source_seed,
     )
     from grasp_core.config import load_config
-    from grasp_core.data import load_domain
+    from grasp_core.data import input_shape
 
     root = Path(tempfile.mkdtemp(prefix="grasp-dask-bench-"))
     try:
@@ -43,7 +43,7 @@ def dask_bench(params: Path, say: Any) -> dict[str, Any]:
         domains, _ = materialise_data(cfg, ws)
         classes = layout_classes(cfg, ws)
         _, sources = resolve_roles(cfg, domains)
-        shape = load_domain(ws.data(cfg), sources[0], classes).input_shape
+        shape = input_shape(ws.data(cfg), sources[0], classes)
         base, _ = ensure_base(cfg, ws, classes, shape)
         say(f"data and base ready; training {len(sources)} sources three ways")
 
@@ -60,7 +60,7 @@ def dask_bench(params: Path, say: Any) -> dict[str, Any]:
         fresh()
         t0 = time.perf_counter()
         for name in sources:
-            ensure_source(cfg, ws, load_domain(ws.data(cfg), name, classes), base, source_seed(cfg, domains, name))
+            ensure_source(cfg, ws, name, classes, base, source_seed(cfg, domains, name))
         out["sequential_s"], seq = time.perf_counter() - t0, hashes()
         say(f"sequential: {out['sequential_s']:.1f}s")
 

@@ -117,7 +117,7 @@ def prepare_workspace(cfg: Config, root: Path, k_max: int) -> dict[str, Any]:
     target, sources = resolve_roles(cfg, domains)
     first = load_domain(ws.data(cfg), sources[0], classes)
     base, _ = ensure_base(cfg, ws, classes, first.input_shape)
-    trained, _ = ensure_source(cfg, ws, first, base, cfg.seed + 1)
+    trained, _ = ensure_source(cfg, ws, first.name, classes, base, cfg.seed + 1)
     write_copies(ws, trained, k_max, cfg.seed)
     size = model_param_bytes(build_model(cfg.model.arch, len(classes), first.input_shape))
     return {"arch": cfg.model.arch, "model_param_bytes": size, "target": target, "copied_source": sources[0],

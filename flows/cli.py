@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(GRASP only), each cold (fresh folder) and warm (second run), as separate "
                                 "processes, and print both wall times and their ratio.")
     over.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to copy in")
+    over.add_argument("--repeat", type=int, default=1, metavar="N",
+                      help="rounds (core and flow alternate); prints medians and ranges (default 1)")
     over.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
     over.set_defaults(handler=cmd_bench_overhead)
     from flows import (
@@ -181,8 +183,7 @@ def cmd_add_source(args: argparse.Namespace) -> int:
     from flows.workspace import Workspace
 
     saved = add_source(Workspace(args.workdir), args.path, args.domain, args.replace)
-    ensure_repo(args.workdir, args.dvc_remote)
-    tracked = track(args.workdir, "checkpoints/sources")
+    tracked = track(args.workdir, "checkpoints/sources", first=ensure_repo(args.workdir, args.dvc_remote, defer=True))
     print(f"added {saved.path} (sha256 {saved.sha256[:12]}); DVC {tracked.path.name} {tracked.md5}")
     return 0
 
@@ -252,7 +253,9 @@ def cmd_bench_overhead(args: argparse.Namespace) -> int:
     from flows.bench import overhead
     from flows.report import format_rows, write_json
 
-    rows = overhead(args.params.resolve())
+    if args.repeat < 1:
+        raise SystemExit(f"grasp bench overhead: --repeat {args.repeat}: must be 1 or more")
+    rows = overhead(args.params.resolve(), repeat=args.repeat)
     print(format_rows(rows))
     if args.json:
         write_json(rows, args.json)

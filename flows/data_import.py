@@ -52,8 +52,7 @@ def import_data(source: Path, cfg: Config, ws: Workspace, *, replace: bool = Fal
         shutil.rmtree(tmp, ignore_errors=True)
     tracked = None
     if track_data:
-        ensure_repo(ws.root, dvc_remote)
-        tracked = track(ws.root, cfg.data.root)
+        tracked = track(ws.root, cfg.data.root, first=ensure_repo(ws.root, dvc_remote, defer=True))
     return ImportResult(root=root, record=record, validation=report, tracked=tracked)
 
 

@@ -19,10 +19,13 @@ from flows import tasks
 from flows.progress import Progress
 from flows.settings import code_commit
 from flows.steps import StepArtifact
+from flows.validation import prewarmed_gx
 from flows.workspace import Workspace
 from grasp_core.config import config_hash, flatten, load_config
 from grasp_core.config import replace as replace_config
 from grasp_core.memory import settle
+
+VALIDATION_DIR = Path("reports") / "validation"  # the GX results, under the workspace
 
 
 @dataclass
@@ -84,9 +87,10 @@ def grasp_all_targets_flow(params_path: str, workdir: str = ".", tracking_uri: s
 
     with RunLock(Path(workdir), command="grasp run --all-targets"):
         ws, progress, cfg = Workspace(Path(workdir)), Progress(quiet, verbose), load_config(Path(params_path))
-        target, sources, classes = tasks.materialise_task(cfg, ws, progress)
+        with prewarmed_gx(ws.root / VALIDATION_DIR) as gx:
+            target, sources, classes = tasks.materialise_task(cfg, ws, progress)
+            tasks.validate_task(ws.data(cfg), ws.root / VALIDATION_DIR, gx)  # the gate before any training
         domains = [*sources, target]
-        tasks.validate_task(ws.data(cfg), ws.root / "reports" / "validation")  # the gate before any training
         base = tasks.base_task(cfg, ws, classes, sources[0], progress)
         trained = sum(fresh for _, fresh in train_sources(cfg, ws, domains, domains, classes, base, runner))
         progress.say(f"{len(domains)} source models ready ({trained} trained), one per domain, for every target")
@@ -107,8 +111,9 @@ class _Prepared:
     summary: FlowSummary
     plan: Any = None  # flows.incremental.MergePlan
     tracker: Any = None  # flows.tracking.Tracker
-    data_v: Any = None  # futures of DVC TrackedOutputs
+    data_v: Any = None  # futures of DVC TrackedOutputs: the data added, the sources added and pushed,
     src_v: Any = None
+    data_push: Any = None  # and the data pushed (awaited before any alias moves)
     run_tags: dict = field(default_factory=dict)
     params_path: str = ""
     done: bool = False  # nothing to merge: `summary` is final
@@ -131,25 +136,30 @@ def _prepare(params_path: str, workdir: str, tracking_uri: str | None, dvc_remot
     cfg = load_config(Path(params_path))
     if target_override:
         cfg = replace_config(cfg, data__target=target_override)
-    target, sources, classes = tasks.materialise_task(cfg, ws, progress)
     # Tool work runs beside the critical path (GX gate -> training -> merge) and is awaited where needed:
-    # DVC versions the data while GX validates and the sources train; MLflow opens while they train.
-    data_v = tasks.dvc_version_data_task.submit(ws, dvc_remote, cfg.data.root)
-    try:
-        tasks.validate_task(ws.data(cfg), ws.root / "reports" / "validation")
-    except BaseException:
-        wait([data_v])  # leave no DVC subprocess behind a failed gate
-        raise
+    # GX imports in its own process while the data is written, then validates there; meanwhile DVC
+    # versions the data (a subprocess) and MLflow opens in this process, which would otherwise sit idle.
+    with prewarmed_gx(ws.root / VALIDATION_DIR) as gx:
+        target, sources, classes = tasks.materialise_task(cfg, ws, progress)
+        data_v = tasks.dvc_version_data_task.submit(ws, dvc_remote, cfg.data.root)
+        tracker_future = tasks.open_tracking_task.submit(ws, tracking_uri)
+        try:
+            tasks.validate_task(ws.data(cfg), ws.root / VALIDATION_DIR, gx)
+        except BaseException:
+            wait([data_v, tracker_future])  # leave no DVC subprocess or half-opened store behind a failed gate
+            raise
     progress.say(f"data valid; target {target}; sources {', '.join(sources)}")
-    tracker_future = tasks.open_tracking_task.submit(ws, tracking_uri)
     base = tasks.base_task(cfg, ws, classes, sources[0], progress)
     trained = sum(fresh for _, fresh in train_sources(cfg, ws, sources, [*sources, target], classes, base, runner))
     area, bad = tasks.area_task(ws, target, cfg.on_bad_source, progress)
     src_v = tasks.dvc_track_task.submit(ws, "checkpoints/sources", wait_for=[data_v])
+    # the data's push (thousands of files) runs beside the merge and registrations; the aliases wait for it
+    data_push = tasks.dvc_push_task.submit(ws, data_v, wait_for=[src_v])
     progress.say(f"sources ready ({trained} trained, {len(area) - trained} re-used or added)")
     tracker = tracker_future.result()
     summary = FlowSummary(target, [], f"grasp-{target}", sources_trained=trained)
     prep = _Prepared(cfg, ws, progress, classes, summary, tracker=tracker, data_v=data_v, src_v=src_v,
+                     data_push=data_push,
                      params_path=params_path)
     plan = tasks.plan_task(tracker, summary.model_name, area, ws.checkpoints / "targets" / target, full,
                            config_hash(cfg))
@@ -166,7 +176,7 @@ def _prepare(params_path: str, workdir: str, tracking_uri: str | None, dvc_remot
                      f"merged); {len(plan.to_merge)} to go")
     if not plan.to_merge:
         summary.data_md5 = data_v.result().md5
-        wait([src_v])
+        data_push.result()  # raises if the sources' or the data's versioning failed
         prep.done = True
         if plan.resumed:  # it registered every stage but died before the aliases
             summary.aliases = tasks.alias_task(tracker, summary.model_name, plan.parent_version)
@@ -188,16 +198,11 @@ def _finish(prep: _Prepared, baselines: bool, computed: list[StepArtifact] | Non
     if prep.done:
         return summary
     cfg, ws, tracker, run_tags, progress = prep.cfg, prep.ws, prep.tracker, prep.run_tags, prep.progress
-    with tracker.parent_run(f"grasp-{summary.target}", flatten(cfg), run_tags,
-                            params_file=Path(prep.params_path)) as parent_id:
-        summary.parent_run_id = parent_id
-        _merge_all(cfg, ws, summary, prep.classes, prep.plan, (prep.data_v, prep.src_v), tracker, run_tags,
-                   progress, computed)
-        summary.data_md5 = prep.data_v.result().md5
-        run_tags.update(dataset_dvc_md5=summary.data_md5, sources_dvc_md5=prep.src_v.result().md5)
-        summary.aliases_version = _final_version(cfg, summary)
-        summary.aliases = tasks.alias_task(tracker, summary.model_name, summary.aliases_version)
-        _log_final(tracker, summary, run_tags)
+    try:
+        _finish_merge(prep, computed)
+    except BaseException:
+        wait([prep.data_push])  # no DVC subprocess left behind a failed run
+        raise
     summary.report = tasks.report_task(ws, tracker.tracking_uri, summary.model_name,
                                        summary.versions[-1])
     if baselines:
@@ -205,6 +210,22 @@ def _finish(prep: _Prepared, baselines: bool, computed: list[StepArtifact] | Non
     summary.report_html = tasks.run_report_task(summary, ws, tracker.tracking_uri,
                                                 cfg.transfer.threshold)
     return summary
+
+
+def _finish_merge(prep: _Prepared, computed: list[StepArtifact] | None) -> None:
+    """Merge and register under the parent run; aliases move once the data is on the DVC remote."""
+    summary, cfg, ws, tracker, run_tags = prep.summary, prep.cfg, prep.ws, prep.tracker, prep.run_tags
+    with tracker.parent_run(f"grasp-{summary.target}", flatten(cfg), run_tags,
+                            params_file=Path(prep.params_path)) as parent_id:
+        summary.parent_run_id = parent_id
+        _merge_all(cfg, ws, summary, prep.classes, prep.plan, (prep.data_v, prep.src_v), tracker, run_tags,
+                   prep.progress, computed)
+        prep.data_push.result()
+        summary.data_md5 = prep.data_v.result().md5
+        run_tags.update(dataset_dvc_md5=summary.data_md5, sources_dvc_md5=prep.src_v.result().md5)
+        summary.aliases_version = _final_version(cfg, summary)
+        summary.aliases = tasks.alias_task(tracker, summary.model_name, summary.aliases_version)
+        _log_final(tracker, summary, run_tags)
 
 
 @flow(name="merge-targets", log_prints=False)

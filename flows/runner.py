@@ -24,7 +24,7 @@ from flows.workspace import (
 from grasp_core.baselines import MethodContext, MethodResult, run_method
 from grasp_core.checkpoints import load_checkpoint, read_header
 from grasp_core.config import Config
-from grasp_core.data import load_domain
+from grasp_core.data import input_shape
 from grasp_core.grasp import target_loaders
 from grasp_core.memory import model_param_bytes, param_shapes_of, settle
 
@@ -46,13 +46,13 @@ def prepare_sources(cfg: Config, ws: Workspace, progress: Progress) -> tuple[str
     classes = layout_classes(cfg, ws)
     target, sources = resolve_roles(cfg, domains)
     progress.say(f"target {target}; sources {', '.join(sources)}")
-    probe = load_domain(ws.data(cfg), sources[0], classes)
     progress.stage("base")
-    base, trained = ensure_base(cfg, ws, classes, probe.input_shape, progress.epoch)
+    base, trained = ensure_base(cfg, ws, classes, input_shape(ws.data(cfg), sources[0], classes),
+                                 progress.epoch)
     count = int(trained)
     for name in sources:
         progress.stage(f"source {name}")
-        _, trained = ensure_source(cfg, ws, load_domain(ws.data(cfg), name, classes), base,
+        _, trained = ensure_source(cfg, ws, name, classes, base,
                                    source_seed(cfg, domains, name), progress.epoch)
         count += int(trained)
     progress.say(f"sources ready ({count} model(s) trained, {len(sources) + 1 - count} re-used)")

@@ -15,7 +15,7 @@ from flows.workspace import Workspace, ensure_base, ensure_source, layout_classe
 from grasp_core.baselines import MethodContext, MethodResult, run_method
 from grasp_core.checkpoints import SavedCheckpoint
 from grasp_core.config import Config
-from grasp_core.data import load_domain
+from grasp_core.data import input_shape
 
 # Our own recipe hashes decide re-use (see flows/workspace.py); Prefect's input hashing would only
 # cost time on configs and checkpoints, so no task caches.
@@ -42,12 +42,20 @@ def dvc_track_task(ws: Workspace, target: str):  # type: ignore[no-untyped-def]
 
 @task(name="dvc-version-data", task_run_name="dvc-version-data[{target}]", **TASK, **TOOL_RETRIES)
 def dvc_version_data_task(ws: Workspace, remote: str | None, target: str):  # type: ignore[no-untyped-def]
-    """`dvc init` when needed, then track and push the data (runs beside the GX gate and training)."""
+    """`dvc init` when needed, then `dvc add` the data (runs beside the GX gate and training); its hash tags
+    every version. `dvc-push` sends it to the remote later, beside the merge, before any alias moves."""
     from flows.versioning import ensure_repo, track
 
     with transient_faults(f"DVC repository {ws.root}"):
-        ensure_repo(ws.root, remote)
-        return track(ws.root, target)
+        return track(ws.root, target, first=ensure_repo(ws.root, remote, defer=True), push=False)
+
+
+@task(name="dvc-push", task_run_name="dvc-push[{tracked.path.name}]", **TASK, **TOOL_RETRIES)
+def dvc_push_task(ws: Workspace, tracked):  # type: ignore[no-untyped-def]
+    from flows.versioning import push_tracked
+
+    with transient_faults(f"DVC repository {ws.root}"):
+        return push_tracked(ws.root, tracked)
 
 
 @task(name="open-tracking", **TASK, **TOOL_RETRIES)
@@ -62,10 +70,11 @@ def open_tracking_task(ws: Workspace, tracking_uri: str | None):  # type: ignore
 
 
 @task(name="validate-data", **TASK)
-def validate_task(root: Path, out_dir: Path):  # type: ignore[no-untyped-def]
+def validate_task(root: Path, out_dir: Path, worker=None):  # type: ignore[no-untyped-def]
+    """The GX gate; `worker`: a prewarmed GX process (flows.validation.prewarmed_gx) or None (in process)."""
     from flows.validation import validate_dataset
 
-    return validate_dataset(root, out_dir)
+    return validate_dataset(root, out_dir, worker=worker)
 
 
 @task(name="list-sources", **TASK)
@@ -94,7 +103,7 @@ def plan_task(tracker, model_name: str, area: list, out_dir: Path, full: bool,  
 
 @task(name="build-base", **TASK)
 def base_task(cfg: Config, ws: Workspace, classes: list[str], first_source: str, progress: Progress) -> SavedCheckpoint:
-    shape = load_domain(ws.data(cfg), first_source, classes).input_shape
+    shape = input_shape(ws.data(cfg), first_source, classes)
     progress.stage("base")
     return ensure_base(cfg, ws, classes, shape, progress.epoch)[0]
 
@@ -108,7 +117,7 @@ def source_task(cfg: Config, ws: Workspace, name: str, classes: list[str], base:
     interleave their lines. Runs in the `train-sources` subflow, whose task runner bounds the parallelism.
     Module-level state must stay out of this function: Dask pickles it by value.
     """
-    return ensure_source(cfg, ws, load_domain(ws.data(cfg), name, classes), base, seed, None)
+    return ensure_source(cfg, ws, name, classes, base, seed, None)
 
 
 @task(name="grasp-stage", task_run_name="grasp-stage[{stage}:{source_name}]", **TASK)

@@ -5,10 +5,12 @@ Great Expectations is imported inside `validate_dataset` (about 2.5 s), so impor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +46,8 @@ class ValidationReport:
     summary_lines: list[str]  # for the terminal
 
 
-def validate_dataset(root: Path, out_dir: Path, min_per_class: int = 1) -> ValidationReport:
+def validate_dataset(root: Path, out_dir: Path, min_per_class: int = 1,
+                     worker: GxWorker | None = None) -> ValidationReport:
     """Validate the data folder `root` with a GX suite and write the results to `out_dir/gx_validation.json`.
 
     The JSON is written whether the data passes or not (there is none when `root` has no domain to validate).
@@ -53,6 +56,8 @@ def validate_dataset(root: Path, out_dir: Path, min_per_class: int = 1) -> Valid
         root: data folder, `<root>/<domain>/{train,val,test}/<class>/*.png`.
         out_dir: folder for the JSON results; created when missing.
         min_per_class: fewest readable images any class folder of any split may hold.
+        worker: run the summary and the suites in this prewarmed GX process (see `prewarmed_gx`); the
+            unchanged-data check stays here. None: in this process.
 
     Raises:
         DataValidationError: `root` is missing or holds no domain, or an expectation fails; the message has one
@@ -61,6 +66,13 @@ def validate_dataset(root: Path, out_dir: Path, min_per_class: int = 1) -> Valid
     stamp = _stamp(root, min_per_class)
     if (passed := _passed_before(out_dir / RESULT_FILE, stamp)) is not None:
         return passed
+    if worker is not None:
+        return worker.run(_validate, root, out_dir, min_per_class, stamp)
+    return _validate(root, out_dir, min_per_class, stamp)
+
+
+def _validate(root: Path, out_dir: Path, min_per_class: int, stamp: dict[str, Any]) -> ValidationReport:
+    """Summarise `root`, run the suites, write the results (module level: a GxWorker runs it)."""
     try:
         tables = summarise(root)
     except DataLayoutError as err:
@@ -75,6 +87,59 @@ def validate_dataset(root: Path, out_dir: Path, min_per_class: int = 1) -> Valid
         raise DataValidationError("\n".join([head, *failures, f"full GX results: {result_path}"]))
     return ValidationReport(success=True, evaluated=evaluated, failed=0, result_path=result_path,
                             summary_lines=lines)
+
+
+class GxWorker:
+    """Great Expectations in a process of its own, imported before it is needed.
+
+    GX's import (~4-5 s of CPU) then runs on the other core while this process writes the data, and the
+    flow's process (training, Prefect's client) never holds GX or contends with it for the GIL. Results and
+    errors (DataValidationError) come back pickled; a worker that cannot start falls back to this process.
+    """
+
+    def __init__(self) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_import_gx)
+        self._ready = self._pool.submit(os.getpid)  # starts the process (and its import) now
+
+    def run(self, fn: Any, *args: Any) -> Any:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            self._ready.result()
+        except BrokenProcessPool:  # GX failed to import there: let it fail (or work) here, with its own error
+            return fn(*args)
+        return self._pool.submit(fn, *args).result()
+
+    def close(self) -> None:
+        """Let the process go; it exits on its own (GX's teardown costs ~2 s that nobody needs to wait for)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _import_gx() -> None:
+    import great_expectations  # noqa: F401
+    import pandas  # noqa: F401
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def prewarmed_gx(out_dir: Path) -> Iterator[GxWorker | None]:
+    """A GxWorker for the gate, unless the last validation in `out_dir` passed: then the data most likely
+    did not change and the gate costs a fingerprint only (a stale guess just validates in this process)."""
+    try:
+        needed = not json.loads((out_dir / RESULT_FILE).read_text()).get("success")
+    except (OSError, ValueError, AttributeError):
+        needed = True
+    worker = GxWorker() if needed else None
+    try:
+        yield worker
+    finally:
+        if worker is not None:
+            worker.close()
 
 
 def _stamp(root: Path, min_per_class: int) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from flows.dvc_batch import FAILED
 from grasp_core.errors import GraspError
 
 REMOTE_NAME = "local"
@@ -57,10 +58,22 @@ def _git(ws: Path, *args: str, check: bool = True) -> subprocess.CompletedProces
     return _run(ws, "git", ["git"], args, check)
 
 
-def _dvc(ws: Path, *args: str) -> subprocess.CompletedProcess:
-    # `-q` would hide DVC's ERROR line too, so output is captured instead
+def _dvc(ws: Path, *commands: tuple[str, ...]) -> None:
+    """Run DVC `commands` in order, in one Python process (flows.dvc_batch: DVC's import is paid once).
+
+    `-q` would hide DVC's ERROR line too, so output is captured; a failure names the command that failed.
+    """
+    if not commands:
+        return
     with _DVC_LOCK:
-        return _run(ws, "dvc", [sys.executable, "-m", "dvc"], args)
+        out = subprocess.run([sys.executable, "-m", "flows.dvc_batch", json.dumps(commands)], cwd=ws,
+                             env={**os.environ, "DVC_NO_ANALYTICS": "1"}, capture_output=True, text=True)
+    if out.returncode != 0:
+        lines = [line.strip() for line in (out.stderr or out.stdout).splitlines() if line.strip()]
+        failed = next((int(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(FAILED)), None)
+        lines = [line for line in lines if not line.startswith(FAILED)]
+        name = " ".join(commands[failed]) if failed is not None else " + ".join(" ".join(c) for c in commands)
+        raise VersioningError(f"{ws}: `dvc {name}` failed: {lines[-1] if lines else out.returncode}")
 
 
 def _git_top(ws: Path) -> Path | None:
@@ -99,25 +112,30 @@ def _ensure_ignored(ws: Path, path: Path) -> None:
         gitignore.write_text(text + ("\n" if text and not text.endswith("\n") else "") + f"/{rel}/\n")
 
 
-def _ensure_remote(ws: Path, remote: str | None) -> None:
+def _ensure_remote(ws: Path, remote: str | None) -> list[tuple[str, ...]]:
+    """The DVC command that (re-)points the default remote, when needed; git-ignores a folder inside `ws`."""
     url = remote or os.environ.get(REMOTE_ENV) or str(ws / DEFAULT_REMOTE_DIR)
     folder = None if "://" in url else Path(url).resolve()
     inside = folder is not None and folder.is_relative_to(ws)
+    commands: list[tuple[str, ...]] = []
     if _remote_url(ws) != str(folder or url) or _dvc_config(ws).get("core", "remote", fallback=None) != REMOTE_NAME:
         # a folder inside the workspace is stored relative to it, so a committed .dvc/config stays portable
         arg = folder.relative_to(ws).as_posix() if folder is not None and inside else str(folder or url)
-        _dvc(ws, "remote", "add", "--force", "--default", REMOTE_NAME, arg)
+        commands.append(("remote", "add", "--force", "--default", REMOTE_NAME, arg))
     if folder is not None and inside:
         _ensure_ignored(ws, folder)
+    return commands
 
 
-def ensure_repo(ws: Path, remote: str | None = None) -> None:
+def ensure_repo(ws: Path, remote: str | None = None, defer: bool = False) -> list[tuple[str, ...]]:
     """Make `ws` a git + DVC repo with analytics off, a default remote and a dvc.yaml for params; idempotent.
 
     Args:
         ws: The workspace folder; a subfolder of a git repo gets `dvc init --subdir`.
         remote: URL or folder (relative to the current directory) of the default remote `local`; else env
             GRASP_DVC_REMOTE, else `<ws>/.dvc-remote`. A new value re-points the remote.
+        defer: return the DVC commands still to run instead of running them (`track(..., first=...)` runs
+            them in the same process as its add and push).
     """
     ws = ws.resolve()
     if not ws.is_dir():
@@ -128,13 +146,18 @@ def ensure_repo(ws: Path, remote: str | None = None) -> None:
     if _git(ws, "config", "user.email", check=False).returncode != 0:
         _git(ws, "config", "user.name", "grasp")
         _git(ws, "config", "user.email", "grasp@localhost")
+    commands: list[tuple[str, ...]] = []
     if not (ws / ".dvc").is_dir():
-        _dvc(ws, "init", *(["--subdir"] if top is not None and top != ws else []))
+        commands.append(("init", *(["--subdir"] if top is not None and top != ws else [])))
     if _dvc_config(ws).get("core", "analytics", fallback="") != "false":
-        _dvc(ws, "config", "core.analytics", "false")
-    _ensure_remote(ws, remote)
+        commands.append(("config", "core.analytics", "false"))
+    commands += _ensure_remote(ws, remote)
     if not (ws / "dvc.yaml").exists():
         (ws / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
+    if defer:
+        return commands
+    _dvc(ws, *commands)
+    return []
 
 
 def _read_out(dvcfile: Path) -> dict[str, Any]:
@@ -187,13 +210,19 @@ def _object_path(root: Path, md5: str) -> Path:
     return root / "files" / "md5" / md5[:2] / md5[2:]
 
 
-def _is_unchanged(ws: Path, stamp_file: Path, stamp: dict[str, str | None], dvcfile: Path) -> bool:
+def _is_unchanged(ws: Path, stamp_file: Path, stamp: dict[str, str | None], dvcfile: Path,
+                  pushed_too: bool = True) -> bool:
+    """Added since the last change (in the cache) and, with `pushed_too`, pushed as well (the stamp says so,
+    and a local remote holds the object)."""
     if not stamp_file.exists() or not dvcfile.exists():
         return False
     md5, url = read_dvc_hash(dvcfile), stamp["remote"]
-    pushed = url is None or "://" in url or _object_path(Path(url), md5).exists()
+    recorded = json.loads(stamp_file.read_text())
+    pushed = not pushed_too or (recorded.pop("pushed", True) is True and (
+        url is None or "://" in url or _object_path(Path(url), md5).exists()))
+    recorded.pop("pushed", None)
     cached = _object_path(ws / ".dvc" / "cache", md5).exists()
-    return json.loads(stamp_file.read_text()) == {**stamp, "md5": md5} and pushed and cached
+    return recorded == {**stamp, "md5": md5} and pushed and cached
 
 
 def _tracked(dvcfile: Path) -> TrackedOutput:
@@ -201,30 +230,52 @@ def _tracked(dvcfile: Path) -> TrackedOutput:
     return TrackedOutput(path=dvcfile, md5=out["md5"], size=int(out.get("size", 0)), nfiles=int(out.get("nfiles", 1)))
 
 
-def track(ws: Path, target: str) -> TrackedOutput:
+def track(ws: Path, target: str, first: list[tuple[str, ...]] | None = None, push: bool = True) -> TrackedOutput:
     """`dvc add <target>` then `dvc push` its .dvc file; skips both when nothing changed since the last push.
 
     Args:
-        ws: A workspace prepared by `ensure_repo`.
+        ws: A workspace prepared by `ensure_repo` (or about to be: see `first`).
         target: Path relative to `ws`, e.g. `data` (-> data.dvc) or `checkpoints/sources` (-> checkpoints/sources.dvc,
             or checkpoints-sources.dvc where git ignores `checkpoints/`).
+        first: DVC commands `ensure_repo(..., defer=True)` left to run; they run first, in the same process.
+        push: False: `dvc add` only, so its hash is known sooner; `push_tracked` pushes it later.
     """
     ws = ws.resolve()
     target = (Path(target).resolve().relative_to(ws) if Path(target).is_absolute() else Path(target)).as_posix()
     if not (ws / target).exists():
         raise VersioningError(f"{ws / target}: nothing to track; create it first (e.g. `grasp data`)")
+    dvcfile, stamp_file, stamp = _stamp(ws, target)
+    if not first and _is_unchanged(ws, stamp_file, stamp, dvcfile, pushed_too=push):
+        return _tracked(dvcfile)
+    _dvc(ws, *(first or []), ("add", target), *([("push", dvcfile.relative_to(ws).as_posix())] if push else []))
+    tracked = _tracked(dvcfile)
+    _write_stamp(ws, target, tracked, pushed=push)
+    return tracked
+
+
+def push_tracked(ws: Path, tracked: TrackedOutput) -> TrackedOutput:
+    """`dvc push` an output that `track(..., push=False)` added (a no-op when it was unchanged and pushed)."""
+    ws = ws.resolve()
+    target = (tracked.path.parent / _read_out(tracked.path)["path"]).resolve().relative_to(ws).as_posix()
+    dvcfile, stamp_file, stamp = _stamp(ws, target)
+    if not _is_unchanged(ws, stamp_file, stamp, dvcfile):
+        _dvc(ws, ("push", dvcfile.relative_to(ws).as_posix()))
+        _write_stamp(ws, target, tracked)
+    return _tracked(dvcfile)
+
+
+def _stamp(ws: Path, target: str) -> tuple[Path, Path, dict[str, str | None]]:
+    """(.dvc file, stamp file, stamp): the stamp of the last push lets an unchanged output skip add and push."""
     dvcfile = _dvcfile_for(ws, target)
     stamp_file = ws / ".dvc" / "tmp" / "grasp-track" / f"{target.replace('/', '-')}.json"
-    stamp = {"dvcfile": dvcfile.name, "remote": _remote_url(ws), "fingerprint": fingerprint(ws / target)}
-    if _is_unchanged(ws, stamp_file, stamp, dvcfile):
-        return _tracked(dvcfile)
-    _dvc(ws, "add", target)
-    _dvc(ws, "push", dvcfile.relative_to(ws).as_posix())
-    tracked = _tracked(dvcfile)
+    return dvcfile, stamp_file, {"dvcfile": dvcfile.name, "remote": _remote_url(ws),
+                                 "fingerprint": fingerprint(ws / target)}
+
+
+def _write_stamp(ws: Path, target: str, tracked: TrackedOutput, pushed: bool = True) -> None:
+    _, stamp_file, stamp = _stamp(ws, target)  # after `dvc add`, which may relink files; `first` may set the remote
     stamp_file.parent.mkdir(parents=True, exist_ok=True)
-    stamp["fingerprint"] = fingerprint(ws / target)  # after `dvc add`, which may relink files
-    stamp_file.write_text(json.dumps({**stamp, "md5": tracked.md5}))
-    return tracked
+    stamp_file.write_text(json.dumps({**stamp, "md5": tracked.md5, "pushed": pushed}))
 
 
 def _manifest(ws: Path, dvcfile: Path, md5: str) -> dict[str, str]:

@@ -146,14 +146,16 @@ def source_seed(cfg: Config, domains: list[str], name: str) -> int:
     return cfg.seed + 1 + sorted(domains, key=natural_key).index(name)
 
 
-def ensure_source(cfg: Config, ws: Workspace, domain: DomainData, base: SavedCheckpoint, seed: int,
+def ensure_source(cfg: Config, ws: Workspace, name: str, classes: list[str], base: SavedCheckpoint, seed: int,
                   on_epoch: EpochCallback | None = None) -> tuple[SavedCheckpoint, bool]:
-    """Train (or re-use) the source model of one domain, fine-tuned from the base."""
-    path = ws.source(domain.name)
+    """Train (or re-use) the source model of domain `name`, fine-tuned from the base. The domain's images
+    are decoded only when it trains: a re-used source costs a fingerprint of its file list."""
+    path = ws.source(name)
     recipe = _sha({"base": base.sha256, "sources": asdict(cfg.sources), "seed": seed, "augment": cfg.data.augment,
-                   "data": data_fingerprint(ws.data(cfg), domain.name), "threads": SOURCE_TRAINING_THREADS})
+                   "data": data_fingerprint(ws.data(cfg), name), "threads": SOURCE_TRAINING_THREADS})
     if _reusable(path, recipe):
         return SavedCheckpoint(path, file_sha256(path), read_header(path)), False
+    domain = load_domain(ws.data(cfg), name, classes)
     model, header = load_checkpoint(base.path, device=execution.device())
     with execution.compute(), pinned_threads(SOURCE_TRAINING_THREADS):  # same bytes on every runner
         stage = train_source(model, domain, cfg, seed, on_epoch)

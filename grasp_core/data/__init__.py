@@ -1,7 +1,7 @@
 """Domain data: the on-disk layout, the embedded drift benchmark, in-memory loaders."""
 
-from grasp_core.data.layout import SPLITS, Split, check_layout, class_names, list_domains, read_split
+from grasp_core.data.layout import SPLITS, Split, check_layout, class_names, input_shape, list_domains, read_split
 from grasp_core.data.loaders import Batch, Batches, DomainData, load_domain, subsample
 
 __all__ = ["SPLITS", "Batch", "Batches", "DomainData", "Split", "check_layout", "class_names",
-           "list_domains", "load_domain", "read_split", "subsample"]
+           "input_shape", "list_domains", "load_domain", "read_split", "subsample"]

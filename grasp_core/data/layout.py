@@ -96,6 +96,18 @@ def _read_image(path: Path) -> np.ndarray:
         raise DataLayoutError(f"{path}: unreadable image ({err}); remove or replace the file") from None
 
 
+def input_shape(root: Path, domain: str, classes: list[str]) -> tuple[int, int, int]:
+    """(C, H, W) of a domain's images, from its first train image (read_split enforces one shape)."""
+    for cls in classes:
+        folder = root / domain / "train" / cls
+        first = min((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), default=None) \
+            if folder.is_dir() else None
+        if first is not None:
+            image = _read_image(first)
+            return (1, *image.shape) if image.ndim == 2 else (image.shape[2], image.shape[0], image.shape[1])
+    raise DataLayoutError(f"{root / domain / 'train'}: no images; {EXPECTED}")
+
+
 def read_split(root: Path, domain: str, split: str, classes: list[str]) -> Split:
     """Decode every image of one split; all images must share one shape."""
     arrays, labels, files = [], [], []

@@ -31,7 +31,7 @@ def test_dask_local_cluster_trains_the_same_checkpoints_as_local_threads(tmp_pat
     from flows.workspace import Workspace, ensure_base, layout_classes, materialise_data, resolve_roles
     from grasp_core.checkpoints import file_sha256
     from grasp_core.config import load_config
-    from grasp_core.data import load_domain
+    from grasp_core.data import input_shape
     from tests.conftest import TINY_PARAMS
 
     trained = {}
@@ -45,7 +45,7 @@ def test_dask_local_cluster_trains_the_same_checkpoints_as_local_threads(tmp_pat
         domains, _ = materialise_data(cfg, ws)
         classes = layout_classes(cfg, ws)
         _, sources = resolve_roles(cfg, domains)
-        base, _ = ensure_base(cfg, ws, classes, load_domain(ws.data(cfg), sources[0], classes).input_shape)
+        base, _ = ensure_base(cfg, ws, classes, input_shape(ws.data(cfg), sources[0], classes))
         results = train_sources(cfg, ws, sources, domains, classes, base, runner)
         assert [fresh for _, fresh in results] == [True] * len(sources)
         trained[runner] = {p.stem: file_sha256(p) for p in sorted(ws.sources.glob("*.safetensors"))}

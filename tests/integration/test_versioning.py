@@ -21,6 +21,7 @@ from flows.versioning import (
     ensure_repo,
     file_md5_in_dir,
     git_commit,
+    push_tracked,
     read_dvc_hash,
     track,
     verify,
@@ -60,6 +61,42 @@ def dvc(ws: Path, *args: str) -> subprocess.CompletedProcess:
 
 def is_git_ignored(ws: Path, rel: str) -> bool:
     return subprocess.run(["git", "check-ignore", "-q", rel], cwd=ws).returncode == 0
+
+
+def test_add_now_push_later_and_one_batch_for_a_new_repo(tmp_path, monkeypatch):
+    """The flow's split: `dvc add` (with init, config and remote in the same DVC process), then a push."""
+    import flows.versioning as versioning
+
+    ws = make_workspace(tmp_path / "ws")
+    batches: list[tuple] = []
+    real = versioning._dvc
+    monkeypatch.setattr(versioning, "_dvc", lambda w, *commands: (batches.append(commands), real(w, *commands)))
+    added = track(ws, "data", first=ensure_repo(ws, defer=True), push=False)
+    assert [[c[0] for c in b] for b in batches] == [["init", "config", "remote", "add"]]
+    objects = ws / ".dvc-remote" / "files" / "md5"
+    assert (ws / ".dvc" / "cache" / "files" / "md5" / added.md5[:2] / added.md5[2:]).is_file()
+    assert not (objects / added.md5[:2] / added.md5[2:]).exists()  # added, not pushed
+    assert track(ws, "data", push=False) == added and len(batches) == 1  # unchanged: no DVC process
+    assert push_tracked(ws, added) == added
+    assert [c[0] for c in batches[-1]] == ["push"] and (objects / added.md5[:2] / added.md5[2:]).is_file()
+    assert track(ws, "data") == added and push_tracked(ws, added) == added and len(batches) == 2
+
+    (ws / ".dvc" / "config").write_text((ws / ".dvc" / "config").read_text().replace("url = ", "url = s3://b/"))
+    stamp = ws / ".dvc" / "tmp" / "grasp-track" / "data.json"
+    recorded = json.loads(stamp.read_text())
+    stamp.write_text(json.dumps({**recorded, "remote": "s3://b/../.dvc-remote", "pushed": False}))
+    monkeypatch.setattr(versioning, "_dvc", lambda w, *commands: batches.append(commands))
+    push_tracked(ws, added)  # an object store cannot be checked cheaply: only the stamp says pushed or not
+    assert [c[0] for c in batches[-1]] == ["push"]
+
+
+def test_a_failed_batch_names_the_dvc_command(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    ensure_repo(ws)
+    with pytest.raises(VersioningError, match=r"`dvc add no-such-folder` failed"):
+        from flows.versioning import _dvc
+
+        _dvc(ws, ("config", "core.autostage", "false"), ("add", "no-such-folder"), ("push",))
 
 
 def test_track_pushes_rehashes_and_verifies_a_fresh_folder(tmp_path, monkeypatch):

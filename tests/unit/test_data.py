@@ -81,3 +81,18 @@ def test_core_never_imports_orchestration_tools():
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_input_shape_reads_one_image_and_matches_the_decoded_domain(drift_root, tmp_path):
+    from PIL import Image
+
+    from grasp_core.data import input_shape
+
+    classes = check_layout(drift_root)
+    assert input_shape(drift_root, "2020", classes) == load_domain(drift_root, "2020", classes).input_shape
+    rgb = tmp_path / "rgb" / "d" / "train" / "a"
+    rgb.mkdir(parents=True)
+    Image.new("RGB", (5, 3)).save(rgb / "x.png")
+    assert input_shape(tmp_path / "rgb", "d", ["a"]) == (3, 3, 5)
+    with pytest.raises(DataLayoutError, match="no images"):
+        input_shape(tmp_path / "rgb", "missing", ["a"])

@@ -1,0 +1,28 @@
+"""Run several DVC commands in one Python process: `python -m flows.dvc_batch '<json list of argv lists>'`.
+
+Each `python -m dvc` pays DVC's import (~0.9 s of CPU); a workspace's first run needs five commands
+(init, config, remote add, add, push). They run in order through DVC's own CLI entry point, so their
+behaviour and messages are DVC's; the first failure stops the batch and names itself on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+FAILED = "grasp-dvc-batch: failed command"
+
+
+def main(argv: list[str]) -> int:
+    from dvc.cli import main as dvc_main
+
+    for index, args in enumerate(json.loads(argv[0])):
+        code = dvc_main(args)
+        if code:
+            print(f"{FAILED} {index}", file=sys.stderr)
+            return int(code)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
