@@ -126,15 +126,19 @@ def _import_gx() -> None:
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
+def last_validation_passed(out_dir: Path) -> bool:
+    """The last validation written to `out_dir` passed (a cheap guess that the gate will be skipped)."""
+    try:
+        return json.loads((out_dir / RESULT_FILE).read_text()).get("success") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 @contextlib.contextmanager
 def prewarmed_gx(out_dir: Path) -> Iterator[GxWorker | None]:
     """A GxWorker for the gate, unless the last validation in `out_dir` passed: then the data most likely
     did not change and the gate costs a fingerprint only (a stale guess just validates in this process)."""
-    try:
-        needed = not json.loads((out_dir / RESULT_FILE).read_text()).get("success")
-    except (OSError, ValueError, AttributeError):
-        needed = True
-    worker = GxWorker() if needed else None
+    worker = None if last_validation_passed(out_dir) else GxWorker()
     try:
         yield worker
     finally:

@@ -247,21 +247,58 @@ def track(ws: Path, target: str, first: list[tuple[str, ...]] | None = None, pus
     dvcfile, stamp_file, stamp = _stamp(ws, target)
     if not first and _is_unchanged(ws, stamp_file, stamp, dvcfile, pushed_too=push):
         return _tracked(dvcfile)
-    _dvc(ws, *(first or []), ("add", target), *([("push", dvcfile.relative_to(ws).as_posix())] if push else []))
+    _dvc(ws, *(first or []), ("add", target))
+    if push and not link_push(ws, dvcfile):
+        _dvc(ws, ("push", dvcfile.relative_to(ws).as_posix()))
     tracked = _tracked(dvcfile)
     _write_stamp(ws, target, tracked, pushed=push)
     return tracked
 
 
 def push_tracked(ws: Path, tracked: TrackedOutput) -> TrackedOutput:
-    """`dvc push` an output that `track(..., push=False)` added (a no-op when it was unchanged and pushed)."""
+    """Push an output that `track(..., push=False)` added (a no-op when it was unchanged and pushed).
+
+    A local-folder remote on the cache's filesystem gets hard links to the cache's objects (`link_push`),
+    else `dvc push` copies them.
+    """
     ws = ws.resolve()
     target = (tracked.path.parent / _read_out(tracked.path)["path"]).resolve().relative_to(ws).as_posix()
     dvcfile, stamp_file, stamp = _stamp(ws, target)
     if not _is_unchanged(ws, stamp_file, stamp, dvcfile):
-        _dvc(ws, ("push", dvcfile.relative_to(ws).as_posix()))
+        if not link_push(ws, dvcfile):
+            _dvc(ws, ("push", dvcfile.relative_to(ws).as_posix()))
         _write_stamp(ws, target, tracked)
     return _tracked(dvcfile)
+
+
+def link_push(ws: Path, dvcfile: Path) -> bool:
+    """Push `dvcfile`'s output to a local-folder remote by hard-linking the cache's objects; False when it
+    cannot (an object-store remote, another filesystem, no hard links), so the caller runs `dvc push`.
+
+    Both ends are DVC's content-addressed `files/md5/xx/yyy` layout and DVC keeps cache objects read-only,
+    so a link is the same bytes DVC's copy would write, without 3 file creations per file (`dvc push` of
+    the ~8,000-image benchmark: ~15 s of CPU on 2 cores). The folder's `.dir` manifest is linked last, so
+    an interrupted push never looks complete. `dvc status --cloud` agrees (tests/integration/test_versioning).
+    """
+    url = _remote_url(ws)
+    if url is None or "://" in url:
+        return False
+    md5 = read_dvc_hash(dvcfile)
+    cache, remote = ws / ".dvc" / "cache", Path(url)
+    objects = [e["md5"] for e in json.loads(_object_path(cache, md5).read_text())] if md5.endswith(".dir") else []
+    try:
+        for obj in [*objects, md5]:
+            dst = _object_path(remote, obj)
+            if dst.exists():
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(_object_path(cache, obj), dst)
+            except FileExistsError:
+                pass
+    except (OSError, ValueError, KeyError, TypeError):  # EXDEV, EPERM, no such object: DVC knows better
+        return False
+    return True
 
 
 def _stamp(ws: Path, target: str) -> tuple[Path, Path, dict[str, str | None]]:

@@ -148,3 +148,23 @@ def test_unchanged_data_is_not_revalidated_but_any_edit_is(good_root, tmp_path):
         validate_dataset(root, out)
     with pytest.raises(DataValidationError):  # a failed result is never re-used as a pass
         validate_dataset(root, out)
+
+
+def test_prewarmed_worker_gives_the_same_pass_and_the_same_failure(good_root, tmp_path):
+    """GX in its own process (the flow's path): the report and the error come back as in process."""
+    from flows.validation import GxWorker
+
+    worker = GxWorker()
+    try:
+        here = validate_dataset(good_root, tmp_path / "here")
+        there = validate_dataset(good_root, tmp_path / "there", worker=worker)
+        assert (there.success, there.evaluated, there.summary_lines) == (here.success, here.evaluated,
+                                                                        here.summary_lines)
+        assert there.result_path == tmp_path / "there" / RESULT_FILE and there.result_path.is_file()
+        root = shutil.copytree(good_root, tmp_path / "data")
+        BREAKAGES["duplicated file"][0](root)
+        with pytest.raises(DataValidationError) as info:
+            validate_dataset(root, tmp_path / "broken", worker=worker)
+        assert "2021/test/b/copy.png" in str(info.value)
+    finally:
+        worker.close()
