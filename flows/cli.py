@@ -296,25 +296,6 @@ def _run_flow(args: argparse.Namespace) -> int:
         return _run_flow_locked(args)
 
 
-def _preload_tracking(workdir: Path) -> None:
-    """Import MLflow in a background thread while the API server boots and the flow starts, when the data
-    gate will most likely be skipped (its last validation passed). Otherwise the flow imports MLflow while
-    it waits for the GX process, and an import here would only slow the data generation."""
-    import threading
-
-    from flows.pipeline import VALIDATION_DIR
-    from flows.validation import last_validation_passed
-
-    def load() -> None:
-        try:
-            import mlflow.pyfunc  # noqa: F401
-        except Exception:  # noqa: BLE001 - the flow's own import reports any real problem
-            pass
-
-    if last_validation_passed(workdir / VALIDATION_DIR):
-        threading.Thread(target=load, name="preload-mlflow", daemon=True).start()
-
-
 def _run_flow_locked(args: argparse.Namespace) -> int:
     from flows.api_server import start_local_api
     from flows.orphans import reap_orphans
@@ -331,7 +312,6 @@ def _run_flow_locked(args: argparse.Namespace) -> int:
     from flows.runners import parse_runner
 
     parse_runner(args.runner)  # a bad --runner fails before any work
-    _preload_tracking(args.workdir)
     if server is not None:
         server.wait_ready()
     if args.all_targets:

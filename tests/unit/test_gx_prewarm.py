@@ -1,4 +1,4 @@
-"""The GX process is started only when the gate will most likely run; MLflow preloads only otherwise."""
+"""The GX process is started only when the gate will most likely run."""
 
 from __future__ import annotations
 
@@ -47,18 +47,3 @@ def test_worker_closes_when_the_gate_fails(tmp_path, monkeypatch):
     except RuntimeError:
         pass
     assert FakeWorker.closed == before + 1
-
-
-def test_mlflow_preload_follows_the_same_guess(tmp_path, monkeypatch):
-    import threading
-
-    from flows import cli
-
-    started: list[str] = []
-    monkeypatch.setattr(threading.Thread, "start", lambda self: started.append(self.name))
-    cli._preload_tracking(tmp_path)
-    assert started == []
-    (tmp_path / "reports" / "validation").mkdir(parents=True)
-    (tmp_path / "reports" / "validation" / RESULT_FILE).write_text(json.dumps({"success": True}))
-    cli._preload_tracking(tmp_path)
-    assert started == ["preload-mlflow"]
