@@ -218,9 +218,9 @@ def _is_unchanged(ws: Path, stamp_file: Path, stamp: dict[str, str | None], dvcf
         return False
     md5, url = read_dvc_hash(dvcfile), stamp["remote"]
     recorded = json.loads(stamp_file.read_text())
-    pushed = not pushed_too or (recorded.pop("pushed", True) is True and (
-        url is None or "://" in url or _object_path(Path(url), md5).exists()))
-    recorded.pop("pushed", None)
+    was_pushed = recorded.pop("pushed", True) is True  # stamps before add/push were split: written after a push
+    on_remote = url is None or "://" in url or _object_path(Path(url), md5).exists()
+    pushed = not pushed_too or (was_pushed and on_remote)
     cached = _object_path(ws / ".dvc" / "cache", md5).exists()
     return recorded == {**stamp, "md5": md5} and pushed and cached
 
@@ -251,7 +251,8 @@ def track(ws: Path, target: str, first: list[tuple[str, ...]] | None = None, pus
     if push and not link_push(ws, dvcfile):
         _dvc(ws, ("push", dvcfile.relative_to(ws).as_posix()))
     tracked = _tracked(dvcfile)
-    _write_stamp(ws, target, tracked, pushed=push)
+    _, _, stamp = _stamp(ws, target)  # after `dvc add`, which may relink files; `first` may set the remote
+    _write_stamp(stamp_file, stamp, tracked, pushed=push)
     return tracked
 
 
@@ -267,7 +268,7 @@ def push_tracked(ws: Path, tracked: TrackedOutput) -> TrackedOutput:
     if not _is_unchanged(ws, stamp_file, stamp, dvcfile):
         if not link_push(ws, dvcfile):
             _dvc(ws, ("push", dvcfile.relative_to(ws).as_posix()))
-        _write_stamp(ws, target, tracked)
+        _write_stamp(stamp_file, stamp, tracked)
     return _tracked(dvcfile)
 
 
@@ -309,8 +310,8 @@ def _stamp(ws: Path, target: str) -> tuple[Path, Path, dict[str, str | None]]:
                                  "fingerprint": fingerprint(ws / target)}
 
 
-def _write_stamp(ws: Path, target: str, tracked: TrackedOutput, pushed: bool = True) -> None:
-    _, stamp_file, stamp = _stamp(ws, target)  # after `dvc add`, which may relink files; `first` may set the remote
+def _write_stamp(stamp_file: Path, stamp: dict[str, str | None], tracked: TrackedOutput,
+                 pushed: bool = True) -> None:
     stamp_file.parent.mkdir(parents=True, exist_ok=True)
     stamp_file.write_text(json.dumps({**stamp, "md5": tracked.md5, "pushed": pushed}))
 
