@@ -10,7 +10,7 @@ from pathlib import Path
 from grasp_core.errors import GraspError
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
     return int(text)
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"],
                      help="where to compute (default: $GRASP_DEVICE, else auto: CUDA, then MPS, then CPU)")
     run.add_argument("--amp", action="store_true", help="bfloat16 mixed precision, CUDA only (or $GRASP_AMP=1)")
-    run.add_argument("--threads", type=_positive_int, metavar="N",
+    run.add_argument("--threads", type=positive_int, metavar="N",
                      help="torch CPU threads for training and merging (default: $GRASP_THREADS, else "
                      "$OMP_NUM_THREADS, else the cores less one, left to DVC, MLflow and GX)")
     run.set_defaults(handler=cmd_run)
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(GRASP only), each cold (fresh folder) and warm (second run), as separate "
                                 "processes, and print both wall times and their ratio.")
     over.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to copy in")
-    over.add_argument("--repeat", type=int, default=1, metavar="N",
+    over.add_argument("--repeat", type=positive_int, default=1, metavar="N",
                       help="rounds (core and flow alternate); prints medians and ranges (default 1)")
     over.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
     over.set_defaults(handler=cmd_bench_overhead)

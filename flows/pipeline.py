@@ -243,7 +243,7 @@ def merge_targets(preps: list[_Prepared], runner: str) -> dict[str, list[StepArt
     process) would otherwise count another target's models. Registration stays in the flow's process
     (_finish), one target after another.
     """
-    from flows.runners import api_url_exported, parse_runner, task_runner
+    from flows.runners import fanout_environment, parse_runner, task_runner
 
     jobs = [{"cfg": p.cfg, "ws": p.ws, "target": p.summary.target, "classes": p.classes,
              "sources": [(s.domain, s.checkpoint) for s in p.plan.to_merge],
@@ -257,7 +257,7 @@ def merge_targets(preps: list[_Prepared], runner: str) -> dict[str, list[StepArt
 
         chains = merge_targets_flow.with_options(task_runner=Threads(max_workers=1))(jobs)
     else:  # a chain per worker process: each measures only its own models
-        with api_url_exported():
+        with fanout_environment(spec):
             chains = merge_targets_flow.with_options(task_runner=task_runner(spec))(jobs)
     return {job["target"]: chain for job, chain in zip(jobs, chains, strict=True)}
 
@@ -277,12 +277,12 @@ def train_sources(cfg, ws: Workspace, names: list[str], domains: list[str], clas
     Returns [(SavedCheckpoint, trained_now)] in `names` order. A source's seed is fixed by its domain's
     place among all `domains` (flows.workspace.source_seed), as in the core run.
     """
-    from flows.runners import api_url_exported, parse_runner, task_runner
+    from flows.runners import fanout_environment, parse_runner, task_runner
     from flows.workspace import source_seed
 
     spec = parse_runner(runner)
     seeds = [source_seed(cfg, domains, name) for name in names]
-    with api_url_exported():
+    with fanout_environment(spec):
         return train_sources_flow.with_options(task_runner=task_runner(spec))(cfg, ws, names, classes, base, seeds)
 
 

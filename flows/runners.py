@@ -24,6 +24,14 @@ from grasp_core.errors import ConfigError
 ENV = "GRASP_RUNNER"
 LOCAL_WORKERS = 2  # sources trained at once on threads (2 cores: more only contend)
 DASK_LOCAL_CLUSTER = {"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+# Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536 (distributed.nanny.pre-spawn-environ). Any value
+# of it turns off glibc's dynamic mmap threshold: every tensor over 128 KiB is then mmap'd and unmapped again on
+# free, and source training ran 2-3x slower in a worker than in a plain process (`grasp bench dask`). Workers of
+# the clusters this tool starts keep glibc's defaults, as the sequential runner has; None unsets the variable
+# (and keeps the nanny from setting it in this process too). Their statistical profiler (a stack walk of every
+# thread each 10 ms, holding the GIL, for a dashboard these clusters do not serve) is off as well.
+LOCAL_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                       "distributed.worker.profile.enabled": False}
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,41 @@ def api_url_exported() -> Iterator[None]:
             os.environ["PREFECT_API_URL"] = before
 
 
+@contextmanager
+def fanout_environment(spec: RunnerSpec) -> Iterator[None]:
+    """Around a fan-out on `spec`: this run's Prefect API exported to worker processes and, for a Dask cluster
+    started here, workers with glibc's allocator defaults (LOCAL_WORKER_CONFIG)."""
+    with api_url_exported():
+        if spec.kind == "local" or spec.address:
+            yield
+            return
+        import dask
+        import distributed  # noqa: F401  (loads Dask's distributed defaults, which the block overrides)
+
+        with dask.config.set(LOCAL_WORKER_CONFIG):
+            yield
+
+
+def allocator_warning() -> str | None:
+    """A line for the log when this process runs with MALLOC_TRIM_THRESHOLD_ set and no MALLOC_MMAP_THRESHOLD_:
+    the default of workers of an existing Dask cluster, which slows training 2-3x (LOCAL_WORKER_CONFIG)."""
+    value = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    if value is None or os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        return None
+    return (f"this worker runs with MALLOC_TRIM_THRESHOLD_={value} (Dask's default for its workers), which turns "
+            "off glibc's dynamic mmap threshold: training runs 2-3x slower. Start the workers with the Dask setting "
+            "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_ set to null (README: Dask)")
+
+
+def warn_on_slow_allocator() -> None:
+    """Log allocator_warning() as a warning of the running task, if there is one."""
+    line = allocator_warning()
+    if line:
+        from prefect import get_run_logger
+
+        get_run_logger().warning(line)
+
+
 def expose_api_url() -> None:
     """Worker processes must report task runs to this run's Prefect API: export its URL to them."""
     if os.environ.get("PREFECT_API_URL"):
@@ -85,7 +128,7 @@ def expose_api_url() -> None:
 
 
 def task_runner(spec: RunnerSpec) -> Any:
-    """A Prefect task runner for the fan-outs; run a Dask one inside `api_url_exported()`."""
+    """A Prefect task runner for the fan-outs; run it inside `fanout_environment(spec)`."""
     if spec.kind == "local":
         from prefect.task_runners import ThreadPoolTaskRunner
 

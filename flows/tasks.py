@@ -117,6 +117,9 @@ def source_task(cfg: Config, ws: Workspace, name: str, classes: list[str], base:
     interleave their lines. Runs in the `train-sources` subflow, whose task runner bounds the parallelism.
     Module-level state must stay out of this function: Dask pickles it by value.
     """
+    from flows.runners import warn_on_slow_allocator
+
+    warn_on_slow_allocator()
     return ensure_source(cfg, ws, name, classes, base, seed, None)
 
 
@@ -138,6 +141,9 @@ def merge_chain_task(cfg: Config, ws: Workspace, target: str, classes: list[str]
                      parent: StepArtifact | None) -> list[StepArtifact]:
     """Every stage of one target's merge, in order, saved under checkpoints/targets/<target>/ (compute only:
     registration stays in the flow's process). Independent targets run as parallel tasks (threads or Dask)."""
+    from flows.runners import warn_on_slow_allocator
+
+    warn_on_slow_allocator()
     data = cached_target(ws.data(cfg), target, tuple(classes), cfg.data.target_train_frac, cfg.seed)
     tests = cached_tests(ws.data(cfg), tuple(classes))
     steps: list[StepArtifact] = []

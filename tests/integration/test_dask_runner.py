@@ -51,3 +51,28 @@ def test_dask_local_cluster_trains_the_same_checkpoints_as_local_threads(tmp_pat
         trained[runner] = {p.stem: file_sha256(p) for p in sorted(ws.sources.glob("*.safetensors"))}
     assert len(trained["local"]) == 2
     assert trained["dask"] == trained["local"]
+
+
+def test_workers_of_our_local_cluster_keep_glibc_allocator_defaults():
+    """Dask's own LocalCluster gives workers MALLOC_TRIM_THRESHOLD_ (training 2-3x slower, `grasp bench dask`);
+    the cluster the runner starts does not, and the warning fires only on the former."""
+    import os
+
+    from distributed import LocalCluster
+
+    from flows.runners import DASK_LOCAL_CLUSTER, RunnerSpec, allocator_warning, fanout_environment
+
+    def worker_env() -> tuple[str | None, str | None]:
+        return os.environ.get("MALLOC_TRIM_THRESHOLD_"), allocator_warning()
+
+    before = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    with LocalCluster(**DASK_LOCAL_CLUSTER) as cluster, cluster.get_client() as client:  # Dask's defaults
+        plain = client.submit(worker_env, pure=False).result()
+    assert plain[0] == "65536" and plain[1] is not None and "MALLOC_TRIM_THRESHOLD_" in plain[1]
+    if before is None:
+        os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)  # Dask's nanny set it in this process too
+    with fanout_environment(RunnerSpec("dask")), LocalCluster(**DASK_LOCAL_CLUSTER) as cluster, \
+            cluster.get_client() as client:
+        ours = client.submit(worker_env, pure=False).result()
+        assert os.environ.get("MALLOC_TRIM_THRESHOLD_") is None  # nor poisoned in this process
+    assert ours == (None, None)
