@@ -8,7 +8,9 @@ on a fresh PREFECT_HOME it first migrates an empty database. `grasp run` instead
 2. spawns the server as its first act, so its boot (~6 s) overlaps the CLI's own imports on the other core;
 3. records it for the next run to stop should this one be killed (flows/orphans.py);
 4. exports PREFECT_API_URL to it, for this process and the processes it starts (Dask workers report there),
-   and stops it at exit.
+   and stops it at exit;
+5. serves Prefect's app inside `flows.prefect_app.RetryBusy`, which retries SQLite write conflicts in the
+   server within milliseconds instead of the client's 2 s back-off.
 
 A configured PREFECT_API_URL (a real server) or database URL is left alone: nothing is started or seeded.
 """
@@ -67,8 +69,8 @@ class LocalApiServer:
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                "PREFECT__SERVER_FINAL": "1"}
         env.pop("PREFECT_API_URL", None)
-        self.proc = subprocess.Popen(  # the command Prefect's own ephemeral mode runs
-            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+        self.proc = subprocess.Popen(  # Prefect's own ephemeral command, with our app factory (point 5)
+            [sys.executable, "-m", "uvicorn", "--factory", "flows.prefect_app:create_app",
              "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
             env=env, stdin=subprocess.DEVNULL)
         self._record = record_server(self.workdir, self.proc.pid, self.port)
