@@ -24,9 +24,9 @@ from typing import Any
 
 
 def dask_bench(params: Path, say: Any, repeat: int = 1, server: Any = None) -> dict[str, Any]:
-    """Wall times and checkpoint hashes of the three runners; see the module docstring.
+    """Wall times and checkpoint hashes of every runner; see the module docstring.
 
-    With `repeat` > 1 each round runs all three in turn (a fresh Dask cluster per round, started before its
+    With `repeat` > 1 each round runs them all in turn (a fresh Dask cluster per round, started before its
     timing) and every figure is the median, with its range: one run varies by +-20 % on a small shared box.
     `server`: the local API server started before Prefect was imported (flows.api_server.start_local_api).
     """
@@ -56,7 +56,7 @@ def dask_bench(params: Path, say: Any, repeat: int = 1, server: Any = None) -> d
         _, sources = resolve_roles(cfg, domains)
         shape = input_shape(ws.data(cfg), sources[0], classes)
         base, _ = ensure_base(cfg, ws, classes, shape)
-        say(f"data and base ready; training {len(sources)} sources three ways, {repeat} round(s)")
+        say(f"data and base ready; training {len(sources)} sources on each runner, {repeat} round(s)")
 
         walls: dict[str, list[float]] = {"sequential": [], "threads": [], "dask_train": [], "dask_bare": [],
                                          "dask_start": []}
@@ -170,7 +170,7 @@ def register(bench_sub: Any) -> None:
                                description=__doc__)
     cmd.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to run")
     cmd.add_argument("--repeat", type=positive_int, default=1, metavar="N",
-                     help="rounds of all three runners; figures are medians (default 1)")
+                     help="rounds of every runner; figures are medians (default 1)")
     cmd.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     cmd.add_argument("--quiet", action="store_true", help="no progress lines")
     cmd.set_defaults(handler=cmd_bench_dask)
