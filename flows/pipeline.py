@@ -244,6 +244,7 @@ def merge_targets(preps: list[_Prepared], runner: str) -> dict[str, list[StepArt
     (_finish), one target after another.
     """
     from flows.runners import fanout_environment, parse_runner, task_runner
+    from flows.settings import without_heartbeats
 
     jobs = [{"cfg": p.cfg, "ws": p.ws, "target": p.summary.target, "classes": p.classes,
              "sources": [(s.domain, s.checkpoint) for s in p.plan.to_merge],
@@ -255,9 +256,10 @@ def merge_targets(preps: list[_Prepared], runner: str) -> dict[str, list[StepArt
     if spec.kind == "local":  # one process: a second chain's models would count in this one's memory figures
         from prefect.task_runners import ThreadPoolTaskRunner as Threads
 
-        chains = merge_targets_flow.with_options(task_runner=Threads(max_workers=1))(jobs)
+        with without_heartbeats():
+            chains = merge_targets_flow.with_options(task_runner=Threads(max_workers=1))(jobs)
     else:  # a chain per worker process: each measures only its own models
-        with fanout_environment(spec):
+        with fanout_environment(spec), without_heartbeats():
             chains = merge_targets_flow.with_options(task_runner=task_runner(spec))(jobs)
     return {job["target"]: chain for job, chain in zip(jobs, chains, strict=True)}
 
@@ -278,11 +280,12 @@ def train_sources(cfg, ws: Workspace, names: list[str], domains: list[str], clas
     place among all `domains` (flows.workspace.source_seed), as in the core run.
     """
     from flows.runners import fanout_environment, parse_runner, task_runner
+    from flows.settings import without_heartbeats
     from flows.workspace import source_seed
 
     spec = parse_runner(runner)
     seeds = [source_seed(cfg, domains, name) for name in names]
-    with fanout_environment(spec):
+    with fanout_environment(spec), without_heartbeats():  # as in `grasp run`, when called on its own
         return train_sources_flow.with_options(task_runner=task_runner(spec))(cfg, ws, names, classes, base, seeds)
 
 
@@ -371,14 +374,11 @@ def run_pipeline(params: Path, workdir: Path, baselines: bool = False, tracking_
     (default: $GRASP_RUNNER, else local threads)."""
     import os
 
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    from flows.settings import quiet_run_logs
+    from flows.settings import quiet_run_logs, without_heartbeats
 
     quiet_run_logs(verbose)
 
-    # A synchronous flow otherwise waits up to 1 s for its heartbeat thread to join.
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    with without_heartbeats():
         return grasp_run_flow(params_path=str(params), workdir=str(workdir), tracking_uri=tracking_uri,
                               dvc_remote=dvc_remote, baselines=baselines, full=full,
                               auto_promote=auto_promote, quiet=quiet, verbose=verbose,
@@ -391,13 +391,11 @@ def run_all_targets(params: Path, workdir: Path, baselines: bool = False, tracki
     """`grasp run --all-targets`: the leave-one-domain-out sweep (see grasp_all_targets_flow)."""
     import os
 
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    from flows.settings import quiet_run_logs
+    from flows.settings import quiet_run_logs, without_heartbeats
 
     quiet_run_logs(verbose)
 
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    with without_heartbeats():
         return grasp_all_targets_flow(params_path=str(params), workdir=str(workdir), tracking_uri=tracking_uri,
                                       dvc_remote=dvc_remote, baselines=baselines, full=full, quiet=quiet,
                                       verbose=verbose, runner=runner or os.environ.get("GRASP_RUNNER", "") or "local")
