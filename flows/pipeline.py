@@ -199,12 +199,11 @@ def _finish(prep: _Prepared, baselines: bool, computed: list[StepArtifact] | Non
         return summary
     cfg, ws, tracker, run_tags, progress = prep.cfg, prep.ws, prep.tracker, prep.run_tags, prep.progress
     try:
-        _finish_merge(prep, computed)
+        report = _finish_merge(prep, computed)
     except BaseException:
         wait([prep.data_push])  # no DVC subprocess left behind a failed run
         raise
-    summary.report = tasks.report_task(ws, tracker.tracking_uri, summary.model_name,
-                                       summary.versions[-1])
+    summary.report = report.result()
     if baselines:
         _run_baselines(cfg, ws, summary, prep.classes, tracker, run_tags, progress)
     summary.report_html = tasks.run_report_task(summary, ws, tracker.tracking_uri,
@@ -212,20 +211,36 @@ def _finish(prep: _Prepared, baselines: bool, computed: list[StepArtifact] | Non
     return summary
 
 
-def _finish_merge(prep: _Prepared, computed: list[StepArtifact] | None) -> None:
-    """Merge and register under the parent run; aliases move once the data is on the DVC remote."""
+def _finish_merge(prep: _Prepared, computed: list[StepArtifact] | None):  # type: ignore[no-untyped-def]
+    """Merge and register under the parent run; aliases move once the data is on the DVC remote.
+
+    Returns the future of the lineage plot (report_task): it needs only the registered versions, so it
+    draws while the data's push finishes and the aliases move.
+    """
     summary, cfg, ws, tracker, run_tags = prep.summary, prep.cfg, prep.ws, prep.tracker, prep.run_tags
     with tracker.parent_run(f"grasp-{summary.target}", flatten(cfg), run_tags,
                             params_file=Path(prep.params_path)) as parent_id:
         summary.parent_run_id = parent_id
         _merge_all(cfg, ws, summary, prep.classes, prep.plan, (prep.data_v, prep.src_v), tracker, run_tags,
                    prep.progress, computed)
-        prep.data_push.result()
-        summary.data_md5 = prep.data_v.result().md5
-        run_tags.update(dataset_dvc_md5=summary.data_md5, sources_dvc_md5=prep.src_v.result().md5)
-        summary.aliases_version = _final_version(cfg, summary)
-        summary.aliases = tasks.alias_task(tracker, summary.model_name, summary.aliases_version)
-        _log_final(tracker, summary, run_tags)
+        report = tasks.report_task.submit(ws, tracker.tracking_uri, summary.model_name, summary.versions[-1])
+        try:
+            _move_aliases(prep)
+        except BaseException:
+            wait([report])  # no plot still drawing behind a failed run
+            raise
+    return report
+
+
+def _move_aliases(prep: _Prepared) -> None:
+    """Once the data is on the DVC remote: the final tags and metrics of the parent run, and the aliases."""
+    summary, cfg, tracker, run_tags = prep.summary, prep.cfg, prep.tracker, prep.run_tags
+    prep.data_push.result()
+    summary.data_md5 = prep.data_v.result().md5
+    run_tags.update(dataset_dvc_md5=summary.data_md5, sources_dvc_md5=prep.src_v.result().md5)
+    summary.aliases_version = _final_version(cfg, summary)
+    summary.aliases = tasks.alias_task(tracker, summary.model_name, summary.aliases_version)
+    _log_final(tracker, summary, run_tags)
 
 
 @flow(name="merge-targets", log_prints=False)

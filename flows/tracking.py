@@ -478,24 +478,8 @@ def alignment_csv(result: StepResult, path: Path) -> Path:
 
 
 def confusion_png(result: StepResult, classes: tuple[str, ...] | list[str], path: Path) -> Path:
-    """Plot the stage's test confusion matrix (rows true, columns predicted) as a PNG."""
-    from matplotlib.figure import Figure  # a bare Figure renders with Agg: no pyplot, no global backend
+    """Plot the stage's test confusion matrix (rows true, columns predicted) as a PNG (flows/confusion_plot.py)."""
+    from flows.confusion_plot import render_confusion
 
-    counts = result.confusion
-    size = max(3.0, 0.45 * len(classes) + 1.5)
-    fig = Figure(figsize=(size, size), dpi=100)
-    ax = fig.subplots()
-    ax.imshow(counts, cmap="Blues")
-    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true",
-           title=f"stage {result.stage} ({result.source_name}): test {result.test_accuracy:.1%}")
-    ax.set_xticklabels(classes, rotation=90 if len(classes) > 10 else 0)
-    ax.set_yticklabels(classes)
-    if len(classes) <= 20:
-        top = max(max(row) for row in counts) or 1
-        for i, row in enumerate(counts):
-            for j, n in enumerate(row):
-                ax.text(j, i, str(n), ha="center", va="center", fontsize=8, color="white" if n > top / 2 else "black")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    title = f"stage {result.stage} ({result.source_name}): test {result.test_accuracy:.1%}"
+    return render_confusion(result.confusion, classes, title, path)

@@ -139,7 +139,8 @@ def test_unwritable_artifact_folder_recovers_or_fails_clearly_with_no_version(do
         artifacts.unlink()
         backup.rename(artifacts)
 
-    args = (tracker, summary.parent_run_id, summary.model_name, step, ["0", "1", "2"], {"stage": "x"},
+    classes = [str(i) for i in range(len(step.result.confusion))]  # one name per row of its confusion matrix
+    args = (tracker, summary.parent_run_id, summary.model_name, step, classes, {"stage": "x"},
             ws / "reports" / "fault")
     failed_before = _failed_runs(tracker)
     block()
