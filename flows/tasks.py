@@ -60,12 +60,13 @@ def dvc_push_task(ws: Workspace, tracked):  # type: ignore[no-untyped-def]
 
 @task(name="open-tracking", **TASK, **TOOL_RETRIES)
 def open_tracking_task(ws: Workspace, tracking_uri: str | None):  # type: ignore[no-untyped-def]
-    """Open the MLflow store (created and migrated on first use) while the sources train."""
+    """Open the MLflow store (created and migrated on first use) while the sources train; registration's
+    one-off imports go on in a thread of their own (Tracker.start_warm_up)."""
     from flows.tracking import Tracker
 
     with transient_faults(f"MLflow store {tracking_uri or 'sqlite:///' + str(ws.root / 'mlflow.db')}"):
         tracker = Tracker(ws.root, tracking_uri=tracking_uri)
-    tracker.warm_up()
+    tracker.start_warm_up()
     return tracker
 
 

@@ -17,6 +17,7 @@ import shutil
 import sqlite3
 import statistics
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -203,11 +204,19 @@ class Tracker:
                 raise
             return self.client.get_experiment_by_name(name).experiment_id
 
+    def start_warm_up(self) -> threading.Thread:
+        """`warm_up` in a thread of its own; returns it (started). The flow calls this once the store is
+        open: the merge plan and the first stage need the store, not the warm-up (~1.3 s measured, more on a
+        busy machine), and a registration that comes first simply pays the rest under Python's import lock.
+        Not a daemon: a run that fails early waits for it at exit instead of ending inside an import."""
+        thread = threading.Thread(target=self.warm_up, name="grasp-mlflow-warm-up")
+        thread.start()
+        return thread
+
     def warm_up(self) -> None:
         """Pay `register`'s one-off costs now (mlflow.pyfunc import, the installed-distributions scan).
 
-        The flow calls this in a background task while sources train, so the first registration does not
-        stall the sequential merge. Best effort: a failure here only means the first `register` pays.
+        Best effort: a failure here only means the first `register` pays.
         """
         try:
             _mlflow()

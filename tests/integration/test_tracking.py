@@ -224,3 +224,20 @@ def test_importing_tracking_loads_neither_mlflow_nor_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parents[2])
     assert out.stdout.strip() == "[]"
+
+
+def test_start_warm_up_imports_pyfunc_in_a_non_daemon_thread(tmp_path: Path) -> None:
+    """In a fresh process: opening the store leaves registration's imports to the warm-up thread."""
+    script = f"""
+import sys
+from pathlib import Path
+from flows.tracking import Tracker
+tracker = Tracker(Path({str(tmp_path)!r}), tracking_uri="sqlite:///{tmp_path}/mlflow.db")
+before = "mlflow.pyfunc" in sys.modules
+thread = tracker.start_warm_up()
+print(before, thread.daemon, thread.name)
+thread.join(120)
+print(thread.is_alive(), "mlflow.pyfunc" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "grasp-mlflow-warm-up", "False", "True"], out.stderr[-2000:]
