@@ -1,7 +1,8 @@
 """`grasp run`: the Prefect flow. The DAG and nothing else; every box is a task in flows/tasks.py.
 
 materialise data -> DVC-track data -> validate (GX) -> base -> train sources (fan-out) ->
-DVC-track sources -> per source: align/transfer/fine-tune/evaluate -> MLflow run + version -> aliases
+DVC-track sources -> per source: align/transfer/fine-tune/evaluate -> MLflow run + version ->
+lineage plot, beside the data's DVC push -> aliases -> run report
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ def _prepare(params_path: str, workdir: str, tracking_uri: str | None, dvc_remot
                      f"merged); {len(plan.to_merge)} to go")
     if not plan.to_merge:
         summary.data_md5 = data_v.result().md5
-        data_push.result()  # raises if the sources' or the data's versioning failed
+        _raise_failed_dvc(src_v, data_push)  # raises if the sources' or the data's versioning failed
         prep.done = True
         if plan.resumed:  # it registered every stage but died before the aliases
             summary.aliases = tasks.alias_task(tracker, summary.model_name, plan.parent_version)
@@ -235,6 +236,7 @@ def _finish_merge(prep: _Prepared, computed: list[StepArtifact] | None):  # type
 def _move_aliases(prep: _Prepared) -> None:
     """Once the data is on the DVC remote: the final tags and metrics of the parent run, and the aliases."""
     summary, cfg, tracker, run_tags = prep.summary, prep.cfg, prep.tracker, prep.run_tags
+    _raise_failed_dvc(prep.data_v, prep.src_v)
     prep.data_push.result()
     summary.data_md5 = prep.data_v.result().md5
     run_tags.update(dataset_dvc_md5=summary.data_md5, sources_dvc_md5=prep.src_v.result().md5)
@@ -315,7 +317,17 @@ def _merge_all(cfg, ws, summary, classes, plan, dvc_outputs, tracker, run_tags, 
     except BaseException:
         wait(registrations)  # the stages before the failure stay registered, as in a sequential run
         raise
+    wait(registrations)
+    _raise_failed_dvc(data_v, src_v)  # else a registration that never ran reports only "PENDING"
     summary.versions.extend(f.result() for f in registrations)  # raises the first failed registration
+
+
+def _raise_failed_dvc(*outputs) -> None:  # type: ignore[no-untyped-def]
+    """Raise the error of a failed DVC future. The tasks that take a DVC output never run when it failed:
+    Prefect leaves them Pending ("NotReady"), and their `.result()` would raise UnfinishedRun instead."""
+    for output in outputs:
+        if output is not None:
+            output.result()
 
 
 def _stages(cfg, ws, summary, classes, plan, data_v, src_v, tracker, run_tags, progress, registrations,  # type: ignore[no-untyped-def]

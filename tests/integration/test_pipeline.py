@@ -170,3 +170,23 @@ def test_operations_through_the_cli(first_run):
     assert "candidate v" in decision.stdout and "champion v" in decision.stdout
     bad = grasp("lineage", "@nope")
     assert bad.returncode == 2 and bad.stderr.startswith("grasp: error: ")
+
+
+def test_an_unusable_dvc_remote_fails_the_run_with_no_version_and_no_alias(tmp_path, prefect_harness):
+    """The remote is checked only when something is pushed, after the data and sources were added."""
+    import mlflow
+
+    from flows.versioning import VersioningError
+    from tests.conftest import TINY_PARAMS
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    remote = tmp_path / "remote-is-a-file"
+    remote.write_text("not a folder")
+    with pytest.raises(VersioningError, match=r"dvc push"):
+        _run(ws, dvc_remote=str(remote))
+    assert (ws / "data.dvc").is_file()  # the data was added before the push failed
+    client = mlflow.MlflowClient(f"sqlite:///{ws}/mlflow.db")
+    assert client.search_model_versions() == []  # every registration waits for the sources' push
+    assert all(not m.aliases for m in client.search_registered_models())
