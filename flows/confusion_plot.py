@@ -30,8 +30,8 @@ def blues(t: float) -> tuple[int, int, int]:
             round(low[2] + (high[2] - low[2]) * f))
 
 
-def _text_box(draw: Any, text: str, font: Any) -> tuple[int, int]:
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+def _text_box(text: str, font: Any) -> tuple[int, int]:
+    left, top, right, bottom = font.getbbox(text)
     return right - left, bottom - top
 
 
@@ -39,8 +39,7 @@ def _paste_vertical(image: Any, text: str, font: Any, centre: tuple[int, int]) -
     """Draw `text` rotated 90 degrees (reading bottom to top), centred on `centre`."""
     from PIL import Image, ImageDraw
 
-    probe = ImageDraw.Draw(image)
-    left, top, right, bottom = probe.textbbox((0, 0), text, font=font)
+    left, top, right, bottom = font.getbbox(text)
     mask = Image.new("L", (right - left + 2, bottom - top + 2), 0)
     ImageDraw.Draw(mask).text((1 - left, 1 - top), text, font=font, fill=255)
     mask = mask.rotate(90, expand=True)
@@ -58,11 +57,10 @@ def render_confusion(counts: Sequence[Sequence[int]], classes: Sequence[str], ti
     cell = max(14, min(44, 480 // n))
     font, title_font = ImageFont.load_default(size=13), ImageFont.load_default(size=15)
     cell_font = ImageFont.load_default(size=max(8, min(12, cell // 3)))
-    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     rotate_x = n > 10
-    label_w = max(_text_box(draw, str(c), font)[0] for c in classes)
-    line_h = _text_box(draw, "Ag0", font)[1]
-    title_w, title_h = _text_box(draw, title, title_font)
+    label_w = max(_text_box(str(c), font)[0] for c in classes)
+    line_h = _text_box("Ag0", font)[1]
+    title_w, title_h = _text_box(title, title_font)
     x_ticks_h = label_w if rotate_x else line_h
     left = _PAD + line_h + _PAD + label_w + 6  # "true", the row labels, a gap
     top = _PAD + title_h + _PAD

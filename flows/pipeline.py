@@ -270,14 +270,14 @@ def merge_targets(preps: list[_Prepared], runner: str) -> dict[str, list[StepArt
     if not jobs:
         return {}
     spec = parse_runner(runner)
-    if spec.kind == "local":  # one process: a second chain's models would count in this one's memory figures
-        from prefect.task_runners import ThreadPoolTaskRunner as Threads
+    with without_heartbeats():
+        if spec.kind == "local":  # one process: a second chain's models would count in this one's memory figures
+            from prefect.task_runners import ThreadPoolTaskRunner as Threads
 
-        with without_heartbeats():
             chains = merge_targets_flow.with_options(task_runner=Threads(max_workers=1))(jobs)
-    else:  # a chain per worker process: each measures only its own models
-        with fanout_environment(spec), without_heartbeats():
-            chains = merge_targets_flow.with_options(task_runner=task_runner(spec))(jobs)
+        else:  # a chain per worker process: each measures only its own models
+            with fanout_environment(spec):
+                chains = merge_targets_flow.with_options(task_runner=task_runner(spec))(jobs)
     return {job["target"]: chain for job, chain in zip(jobs, chains, strict=True)}
 
 
