@@ -10,7 +10,12 @@ on a fresh PREFECT_HOME it first migrates an empty database. `grasp run` instead
 4. exports PREFECT_API_URL to it, for this process and the processes it starts (Dask workers report there),
    and stops it at exit;
 5. serves Prefect's app inside `flows.prefect_app.RetryBusy`, which retries SQLite write conflicts in the
-   server within milliseconds instead of the client's 2 s back-off.
+   server within milliseconds instead of the client's 2 s back-off, and builds the API's routes once the
+   server is up instead of on the flow's first requests;
+6. skips the server's start-up setup when the database already holds it (`local_stores.holds_template_setup`:
+   the template's schema revision and every block schema): the migration check (~0.6 s) and the block
+   auto-registration, whose memo check alone imports every Prefect collection (prefect-dask: dask.distributed,
+   ~1.7 s); and runs without automations (their two services), which a run's own short-lived server never has.
 
 A configured PREFECT_API_URL (a real server) or database URL is left alone: nothing is started or seeded.
 """
@@ -32,6 +37,11 @@ from flows.orphans import forget_server, record_server
 
 _DB_SETTINGS = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
 _PORT_IN_USE = 3  # uvicorn's exit status when it cannot bind
+# What the server's start-up setup leaves in its database: the schema revision and the block schemas.
+SETUP_COLUMNS = (("alembic_version", "version_num"), ("block_schema", "checksum"))
+SKIP_SETUP = {"PREFECT_API_DATABASE_MIGRATE_ON_START": "false", "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+              "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false"}
+LOCAL_ONLY = {"PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false"}  # no automations on a run's own server
 
 
 def _free_port() -> int:
@@ -48,6 +58,7 @@ class LocalApiServer:
         self.db = Path(os.environ["PREFECT_HOME"]) / "prefect.db"
         self.own_db = not any(os.environ.get(key) for key in _DB_SETTINGS)
         self.fresh_db = False
+        self.setup_skipped = False  # the database already held the start-up setup (point 6)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self._record: Path | None = None
@@ -69,6 +80,9 @@ class LocalApiServer:
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                "PREFECT__SERVER_FINAL": "1"}
         env.pop("PREFECT_API_URL", None)
+        self.setup_skipped = self.own_db and local_stores.holds_template_setup(self.db, "prefect", SETUP_COLUMNS)
+        for key, value in {**LOCAL_ONLY, **(SKIP_SETUP if self.setup_skipped else {})}.items():
+            env.setdefault(key, value)  # the user's own setting wins
         self.proc = subprocess.Popen(  # Prefect's own ephemeral command, with our app factory (point 5)
             [sys.executable, "-m", "uvicorn", "--factory", "flows.prefect_app:create_app",
              "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],

@@ -313,6 +313,9 @@ def _run_flow_locked(args: argparse.Namespace) -> int:
 
     parse_runner(args.runner)  # a bad --runner fails before any work
     if server is not None:
+        from flows.prewarm import flow_start_modules, import_in_background
+
+        import_in_background(flow_start_modules(args.params, args.workdir))  # while the server boots
         server.wait_ready()
     if args.all_targets:
         return _run_all_targets(args)

@@ -5,7 +5,8 @@ database and ~2.5 s for MLflow's on these 2 cores, paid by every new workspace. 
 on the tool's version, so the first store a user creates is copied (schema and built-in rows only, before
 any run is written) to `$GRASP_CACHE` (default `~/.cache/grasp`) as `<tool>-<version>.db`; a workspace
 whose database does not exist yet starts from that copy, and the tool's own migration check then finds
-nothing to do. Delete the folder to go back to fresh migrations.
+nothing to do. Delete the folder to go back to fresh migrations. `holds_template_setup` tells a caller that a
+database already holds all of that (so the local Prefect server can skip its start-up setup).
 """
 
 from __future__ import annotations
@@ -48,6 +49,27 @@ def seed(db: Path, tool: str) -> bool:
         _log.debug("could not seed %s from %s: %s", db, template, err)
         if tmp:
             Path(tmp).unlink(missing_ok=True)
+        return False
+    return True
+
+
+def holds_template_setup(db: Path, tool: str, columns: tuple[tuple[str, str], ...]) -> bool:
+    """True when `db` holds everything its tool's setup put in the template: for each (table, column), every
+    value of the template's column is also in `db`'s (a schema revision, the built-in rows). Read-only;
+    False when either database is missing or unreadable, so a caller falls back to the tool's own setup."""
+    template = template_path(tool)
+    if not db.is_file() or not template.is_file():
+        return False
+    try:
+        with closing(sqlite3.connect(f"file:{template}?mode=ro", uri=True)) as tpl, \
+                closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            for table, column in columns:
+                query = f'SELECT DISTINCT "{column}" FROM "{table}"'  # names: the caller's constants
+                wanted = {row[0] for row in tpl.execute(query)}
+                if not wanted or not wanted <= {row[0] for row in con.execute(query)}:
+                    return False
+    except sqlite3.Error as err:
+        _log.debug("could not compare %s with the %s template: %s", db, tool, err)
         return False
     return True
 

@@ -11,6 +11,12 @@ creation got a 503 in 3 of 5 rounds and started its tasks 2 s late.
 503 goes back to the client (whose own retries then apply as before). A failed request rolled its transaction
 back, so running it again is what the client's retry would do, only sooner. Only a response that starts with
 503 is retried; any other response streams through untouched, and websockets and lifespan pass by.
+
+`RetryBusy` also warms the routes up. FastAPI builds a router's routes (dependencies, body models) the first
+time a request is matched against it: ~0.7 s for Prefect's API, paid by the flow's first calls (its API
+version check took 0.6-0.9 s) while the flow waits. As soon as the lifespan has started, one request to a
+path that no route serves (`WARM_UP_PATH`, answered 404 to nobody) walks, and so builds, every router; the
+server is usually idle then, waiting for the CLI to finish its own imports.
 """
 
 from __future__ import annotations
@@ -26,16 +32,21 @@ App = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 
 RETRY_DELAYS_S = (0.01, 0.02, 0.05, 0.1, 0.2)
 UNAVAILABLE = 503
+WARM_UP_PATH = "/api/_grasp_warm_up"  # no route: matching it walks every router of the API
 
 
 class RetryBusy:
     """ASGI middleware: an HTTP request whose response starts with 503 runs again after each delay."""
 
-    def __init__(self, app: App, delays: tuple[float, ...] = RETRY_DELAYS_S) -> None:
-        self.app, self.delays = app, delays
+    def __init__(self, app: App, delays: tuple[float, ...] = RETRY_DELAYS_S, warm_up: str | None = None) -> None:
+        self.app, self.delays, self.warm_up_path = app, delays, warm_up
         self.retried = 0  # requests run again (all attempts), for tests and diagnostics
+        self.warmed: asyncio.Task[int | None] | None = None  # the warm-up request; its result: the status
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" and self.warm_up_path:
+            await self.app(scope, receive, self._start_warm_up(scope, send))
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -51,6 +62,39 @@ class RetryBusy:
                 return
             self.retried += 1
             await asyncio.sleep(delay or 0.0)
+
+
+    def _start_warm_up(self, lifespan: MutableMapping[str, Any], send: Send) -> Send:
+        """`send` for the lifespan: once the startup is complete, the warm-up request goes off in a task."""
+
+        async def watched(message: Message) -> None:
+            await send(message)
+            if message["type"] == "lifespan.startup.complete" and self.warmed is None:
+                self.warmed = asyncio.get_running_loop().create_task(self._warm_up(lifespan))
+
+        return watched
+
+    async def _warm_up(self, lifespan: MutableMapping[str, Any]) -> int | None:
+        """One GET of `warm_up_path` through the app; returns its status. Never raises: it only saves time."""
+        assert self.warm_up_path is not None
+        status: list[int] = []
+        scope = {"type": "http", "asgi": lifespan.get("asgi", {"version": "3.0"}), "http_version": "1.1",
+                 "method": "GET", "scheme": "http", "path": self.warm_up_path, "raw_path": self.warm_up_path.encode(),
+                 "root_path": "", "query_string": b"", "headers": [(b"host", b"localhost")],
+                 "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0), "state": dict(lifespan.get("state", {}))}
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        try:
+            await self.app(scope, receive, send)
+        except Exception:  # the routes are then built by the first real request, as without the warm-up
+            return None
+        return status[0] if status else None
 
 
 class _Attempt:
@@ -86,7 +130,8 @@ async def _read_body(receive: Receive) -> bytes:
 
 
 def create_app() -> App:
-    """uvicorn's factory for the local server (flows/api_server.py): Prefect's app inside RetryBusy."""
+    """uvicorn's factory for the local server (flows/api_server.py): Prefect's app inside RetryBusy, which
+    warms its routes up once started."""
     from prefect.server.api.server import create_app as prefect_app
 
-    return RetryBusy(prefect_app())
+    return RetryBusy(prefect_app(), warm_up=WARM_UP_PATH)

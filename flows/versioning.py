@@ -287,15 +287,15 @@ def link_push(ws: Path, dvcfile: Path) -> bool:
     md5 = read_dvc_hash(dvcfile)
     cache, remote = ws / ".dvc" / "cache", Path(url)
     objects = [e["md5"] for e in json.loads(_object_path(cache, md5).read_text())] if md5.endswith(".dir") else []
+    src_root, dst_root = os.fspath(cache / "files" / "md5"), os.fspath(remote / "files" / "md5")  # as _object_path
     try:
-        for obj in [*objects, md5]:
-            dst = _object_path(remote, obj)
-            if dst.exists():
-                continue
-            dst.parent.mkdir(parents=True, exist_ok=True)
+        for prefix in sorted({obj[:2] for obj in [*objects, md5]}):
+            os.makedirs(os.path.join(dst_root, prefix), exist_ok=True)
+        for obj in [*objects, md5]:  # plain os calls: pathlib cost ~1 s per ~8,000 objects here
+            rel = os.path.join(obj[:2], obj[2:])
             try:
-                os.link(_object_path(cache, obj), dst)
-            except FileExistsError:
+                os.link(os.path.join(src_root, rel), os.path.join(dst_root, rel))
+            except FileExistsError:  # pushed before (same content: the name is its hash)
                 pass
     except (OSError, ValueError, KeyError, TypeError):  # EXDEV, EPERM, no such object: DVC knows better
         return False

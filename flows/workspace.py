@@ -60,6 +60,22 @@ def _sha(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _recipe(cfg: Config) -> dict[str, object]:
+    """What generated data depends on (the marker's content)."""
+    recipe = {"generator": cfg.data.generator, "seed": cfg.seed, "data": asdict(cfg.data), "base": cfg.base.mode}
+    for key in ("target", "target_train_frac", "augment", "root"):
+        recipe["data"].pop(key)
+    return recipe
+
+
+def data_is_current(cfg: Config, ws: Workspace) -> bool:
+    """The data folder holds user data (no marker) or data generated from this config's recipe: `materialise_data`
+    leaves it as it is."""
+    root = ws.data(cfg)
+    marker = root / GENERATOR_MARKER
+    return root.exists() and (not marker.exists() or json.loads(marker.read_text()) == _recipe(cfg))
+
+
 def materialise_data(cfg: Config, ws: Workspace) -> tuple[list[str], bool]:
     """Generate the embedded benchmark unless the data folder holds it (or user data) already.
 
@@ -68,11 +84,7 @@ def materialise_data(cfg: Config, ws: Workspace) -> tuple[list[str], bool]:
     is `_import.json`) is user data and is never touched.
     """
     root = ws.data(cfg)
-    recipe = {"generator": cfg.data.generator, "seed": cfg.seed, "data": asdict(cfg.data), "base": cfg.base.mode}
-    for key in ("target", "target_train_frac", "augment", "root"):
-        recipe["data"].pop(key)
-    marker = root / GENERATOR_MARKER
-    if root.exists() and (not marker.exists() or json.loads(marker.read_text()) == recipe):
+    if data_is_current(cfg, ws):
         return list_domains(root), False
     if cfg.data.generator in ("", "none"):
         raise DataLayoutError(f"{root}: no data and 'data.generator' is '{cfg.data.generator}'; "
@@ -83,7 +95,7 @@ def materialise_data(cfg: Config, ws: Workspace) -> tuple[list[str], bool]:
     tmp = root.with_name(f".{root.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     names = write_digits_drift(tmp, cfg.data, cfg.base, cfg.seed)
-    (tmp / GENERATOR_MARKER).write_text(json.dumps(recipe, sort_keys=True, indent=1))
+    (tmp / GENERATOR_MARKER).write_text(json.dumps(_recipe(cfg), sort_keys=True, indent=1))
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
     return names, True

@@ -42,7 +42,7 @@ def test_server_boots_records_seeds_and_stops(tmp_path: Path, cache: Path, monke
         assert os.environ["PREFECT_API_URL"] == first.api_url
         record = json.loads(next((tmp_path / "a" / ".grasp" / "servers").glob("*.json")).read_text())
         assert record["server_pid"] == first.proc.pid  # recorded before it is ready: a kill now is reaped later
-        assert first.fresh_db
+        assert first.fresh_db and not first.setup_skipped  # no template yet: Prefect's own start-up setup runs
         first.wait_ready()
         with urllib.request.urlopen(f"{first.api_url}/health", timeout=5) as reply:
             assert reply.status == 200
@@ -58,7 +58,12 @@ def test_server_boots_records_seeds_and_stops(tmp_path: Path, cache: Path, monke
     second = _boot(tmp_path / "b", monkeypatch)
     try:
         assert not second.fresh_db  # the database was there, copied from the template, before the server ran
+        assert second.setup_skipped  # it holds the template's migrations and block schemas: no setup again
         second.wait_ready()
+        request = urllib.request.Request(f"{second.api_url}/block_types/filter", data=b"{}", method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as reply:  # the built-in block types, from the template
+            assert len(json.loads(reply.read())) > 0
         code = ("from prefect import flow\n"
                 "@flow(name='seeded-db-check')\n"
                 "def hello():\n    return 7\n"

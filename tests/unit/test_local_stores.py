@@ -69,3 +69,19 @@ def test_unwritable_cache_is_not_an_error(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("GRASP_CACHE", str(blocker / "cache"))
     local_stores.save_template(_db(tmp_path / "1.db", ["x"]), "mlflow")  # best effort: no exception
     assert local_stores.seed(tmp_path / "new.db", "mlflow") is False
+
+
+SETUP = (("t", "v"),)
+
+
+def test_holds_template_setup_needs_every_template_value(tmp_path: Path) -> None:
+    local_stores.save_template(_db(tmp_path / "made.db", ["rev-1", "block-a"]), "prefect")
+    assert local_stores.holds_template_setup(_db(tmp_path / "same.db", ["rev-1", "block-a"]), "prefect", SETUP)
+    assert local_stores.holds_template_setup(_db(tmp_path / "more.db", ["rev-1", "block-a", "run"]), "prefect", SETUP)
+    assert not local_stores.holds_template_setup(_db(tmp_path / "old.db", ["rev-0", "block-a"]), "prefect", SETUP)
+    assert not local_stores.holds_template_setup(tmp_path / "missing.db", "prefect", SETUP)
+    assert not local_stores.holds_template_setup(_db(tmp_path / "other.db", ["x"]), "prefect", (("absent", "v"),))
+
+
+def test_holds_template_setup_false_without_a_template(tmp_path: Path) -> None:
+    assert not local_stores.holds_template_setup(_db(tmp_path / "db.db", ["rev-1"]), "prefect", SETUP)

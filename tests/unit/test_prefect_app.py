@@ -90,3 +90,57 @@ def test_non_http_scopes_pass_by():
 
     asyncio.run(RetryBusy(lifespan_app, FAST)({"type": "lifespan"}, None, None))
     assert seen == ["lifespan"]
+
+
+def _lifespan(app):
+    """Run a lifespan startup through `app`; returns what the server got and the wrapper's warm-up status."""
+    got = []
+
+    async def receive():
+        return {"type": "lifespan.startup"}
+
+    async def send(message):
+        got.append(message["type"])
+
+    async def run():
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+        return await app.warmed if app.warmed is not None else None
+
+    return got, asyncio.run(run())
+
+
+def _server_app(calls):
+    """A fake app: answers the lifespan startup, and 404 to any request (as for a path no route serves)."""
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+            return
+        calls.append((scope["method"], scope["path"]))
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b"not found"})
+
+    return app
+
+
+def test_once_started_the_server_sends_itself_one_request_to_build_its_routes():
+    calls = []
+    got, status = _lifespan(RetryBusy(_server_app(calls), FAST, warm_up="/api/_warm"))
+    assert got == ["lifespan.startup.complete"]  # the warm-up's response reached nobody
+    assert calls == [("GET", "/api/_warm")] and status == 404
+
+
+def test_no_warm_up_unless_asked_and_a_failing_one_is_harmless():
+    calls = []
+    got, status = _lifespan(RetryBusy(_server_app(calls), FAST))
+    assert got == ["lifespan.startup.complete"] and calls == [] and status is None
+
+    async def broken(scope, receive, send):
+        if scope["type"] == "lifespan":
+            await send({"type": "lifespan.startup.complete"})
+            return
+        raise RuntimeError("route build failed")
+
+    got, status = _lifespan(RetryBusy(broken, FAST, warm_up="/api/_warm"))
+    assert got == ["lifespan.startup.complete"] and status is None  # swallowed: the real requests build the routes

@@ -1,0 +1,47 @@
+"""flows.prewarm: what `grasp run` imports while its local API server boots, and that it never fails the run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import flows.workspace as workspace
+from flows.prewarm import DATA_GENERATOR, FLOW_START, flow_start_modules
+from grasp_core.config import load_config
+
+
+def test_the_generator_is_imported_ahead_only_when_the_run_will_write_the_data(tmp_params):
+    params = tmp_params({"data.domains": 2, "data.image_size": 8})
+    root = params.parent
+    assert flow_start_modules(params, root) == FLOW_START + DATA_GENERATOR  # no data yet
+    workspace.materialise_data(load_config(params), workspace.Workspace(root))
+    assert flow_start_modules(params, root) == FLOW_START  # current: the first task writes nothing
+    changed = tmp_params({"data.domains": 2, "data.image_size": 8, "data.noise_step": 0.1}, name="other.yaml")
+    assert flow_start_modules(changed, root) == FLOW_START + DATA_GENERATOR  # another recipe: regenerated
+
+
+def test_a_config_that_does_not_load_adds_nothing(tmp_path: Path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("sources: {epochs: -1}\n")
+    assert flow_start_modules(bad, tmp_path) == FLOW_START
+    assert flow_start_modules(tmp_path / "missing.yaml", tmp_path) == FLOW_START
+
+
+def test_imports_in_a_thread_and_skips_a_module_that_fails():
+    code = ("import sys\n"
+            "from flows.prewarm import import_in_background\n"
+            "t = import_in_background(['no_such_module_grasp', 'colorsys'])\n"
+            "t.join()\n"
+            "assert t.name == 'grasp-prewarm-imports' and not t.daemon\n"
+            "assert 'colorsys' in sys.modules and 'no_such_module_grasp' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
+
+
+def test_the_default_arch_never_imports_torchvision():
+    code = ("import sys\n"
+            "from grasp_core.models import build_model\n"
+            "from grasp_core.models.adapter import InputSpec\n"
+            "build_model('small_cnn', 3, (1, 8, 8), InputSpec())\n"
+            "assert 'torchvision' not in sys.modules and 'torch._dynamo' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
