@@ -305,17 +305,17 @@ def _run_flow_locked(args: argparse.Namespace) -> int:
     reap_orphans(args.workdir)  # what a killed run left behind (its local Prefect server)
     server = start_local_api(args.workdir)  # boots on the other core while this process imports torch & co.
     from flows import execution
-
-    execution.check()  # a bad --device/--amp fails before any work
-    from flows.pipeline import run_pipeline
-    from flows.report import COLUMNS, format_rows, stage_row, write_json
     from flows.runners import parse_runner
 
+    execution.check()  # a bad --device/--amp fails before any work
     parse_runner(args.runner)  # a bad --runner fails before any work
-    if server is not None:
-        from flows.prewarm import flow_start_modules, import_in_background
+    from flows.pipeline import run_pipeline
+    from flows.report import COLUMNS, format_rows, stage_row, write_json
 
-        import_in_background(flow_start_modules(args.params, args.workdir))  # while the server boots
+    if server is not None:
+        from flows import prewarm
+
+        prewarm.import_modules(prewarm.flow_start_modules(args.params, args.workdir))  # while the server boots
         server.wait_ready()
     if args.all_targets:
         return _run_all_targets(args)

@@ -1,19 +1,18 @@
-"""Imports that the flow's first steps need, done while `grasp run` waits for its local API server.
+"""Imports that `grasp run` does while its local API server boots, because the flow's first steps need them.
 
-After its own imports (~4 s) the CLI waits for the server it started (~6 s of Prefect's imports on the other
-core): up to 2 s in which this process's core is idle. Then the flow's start imports Prefect's flow and task
-engines and FastAPI's encoder (~1 s, for the flow's parameters), and the first task, which writes the
-embedded benchmark, imports scikit-learn (~1.5 s). Both come before any other work can begin, so
-`import_in_background` runs those imports in a thread during the wait. A module still being imported when the
-flow needs it is simply waited for (Python's import lock); one that fails to import is left for the flow
-to import and report itself.
+The server takes ~6 s to answer (Prefect's imports, on the other core) and the CLI's own imports ~4 s. What
+comes first once the server answers is on the critical path: the flow's start imports Prefect's flow and task
+engines and FastAPI's encoder (~1 s, for the flow's parameters), and its first task imports scikit-learn
+(~1.5 s) when it writes the embedded benchmark. `import_modules(flow_start_modules(...))` does those imports in
+the CLI's idle time instead. A module that is needed anyway right after costs nothing extra when the server
+happens to be ready first. (Writing the data itself during the wait was tried: on 2 cores it only slowed the
+CLI's imports and the server's boot, and the flow started later.)
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,9 +23,8 @@ DATA_GENERATOR = ("sklearn.datasets",)  # grasp_core.data.drift imports it when 
 
 
 def flow_start_modules(params: Path, workdir: Path) -> tuple[str, ...]:
-    """The modules to import ahead: the flow's start, and the benchmark's generator when the run will write
-    the data (missing, or generated from another recipe). A config that does not load adds nothing: the flow
-    reports it."""
+    """The flow's start, and the benchmark's generator when the run will write the data (missing, or generated
+    from another recipe). A config that does not load adds nothing: the flow reports it."""
     from flows.workspace import Workspace, data_is_current
     from grasp_core.config import load_config
     from grasp_core.errors import GraspError
@@ -38,17 +36,10 @@ def flow_start_modules(params: Path, workdir: Path) -> tuple[str, ...]:
     return FLOW_START + (DATA_GENERATOR if generate else ())
 
 
-def import_in_background(modules: Sequence[str]) -> threading.Thread:
-    """Import `modules` in order in a thread of its own; returns it (started). Not a daemon, so the process
-    never exits in the middle of an import."""
-
-    def run() -> None:
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except Exception as err:  # the flow imports it again and fails with its own error
-                log.debug("prewarm import of %s failed: %s", name, err)
-
-    thread = threading.Thread(target=run, name="grasp-prewarm-imports")
-    thread.start()
-    return thread
+def import_modules(modules: Sequence[str]) -> None:
+    """Import `modules` in order; one that fails is left for the flow to import and report."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as err:
+            log.debug("prewarm import of %s failed: %s", name, err)

@@ -62,10 +62,10 @@ def _sha(obj: object) -> str:
 
 def _recipe(cfg: Config) -> dict[str, object]:
     """What generated data depends on (the marker's content)."""
-    recipe = {"generator": cfg.data.generator, "seed": cfg.seed, "data": asdict(cfg.data), "base": cfg.base.mode}
+    data = asdict(cfg.data)
     for key in ("target", "target_train_frac", "augment", "root"):
-        recipe["data"].pop(key)
-    return recipe
+        data.pop(key)
+    return {"generator": cfg.data.generator, "seed": cfg.seed, "data": data, "base": cfg.base.mode}
 
 
 def data_is_current(cfg: Config, ws: Workspace) -> bool:

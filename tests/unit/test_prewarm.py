@@ -10,15 +10,17 @@ import flows.workspace as workspace
 from flows.prewarm import DATA_GENERATOR, FLOW_START, flow_start_modules
 from grasp_core.config import load_config
 
+SMALL = {"data.domains": 2, "data.image_size": 8}
+
 
 def test_the_generator_is_imported_ahead_only_when_the_run_will_write_the_data(tmp_params):
-    params = tmp_params({"data.domains": 2, "data.image_size": 8})
+    params = tmp_params(SMALL)
     root = params.parent
     assert flow_start_modules(params, root) == FLOW_START + DATA_GENERATOR  # no data yet
     workspace.materialise_data(load_config(params), workspace.Workspace(root))
     assert flow_start_modules(params, root) == FLOW_START  # current: the first task writes nothing
-    changed = tmp_params({"data.domains": 2, "data.image_size": 8, "data.noise_step": 0.1}, name="other.yaml")
-    assert flow_start_modules(changed, root) == FLOW_START + DATA_GENERATOR  # another recipe: regenerated
+    changed = tmp_params({**SMALL, "data.noise_step": 0.1}, name="other.yaml")
+    assert flow_start_modules(changed, root) == FLOW_START + DATA_GENERATOR  # another recipe: written again
 
 
 def test_a_config_that_does_not_load_adds_nothing(tmp_path: Path):
@@ -28,14 +30,13 @@ def test_a_config_that_does_not_load_adds_nothing(tmp_path: Path):
     assert flow_start_modules(tmp_path / "missing.yaml", tmp_path) == FLOW_START
 
 
-def test_imports_in_a_thread_and_skips_a_module_that_fails():
+def test_imports_in_order_and_leaves_a_failing_module_to_the_flow():
     code = ("import sys\n"
-            "from flows.prewarm import import_in_background\n"
-            "t = import_in_background(['no_such_module_grasp', 'colorsys'])\n"
-            "t.join()\n"
-            "assert t.name == 'grasp-prewarm-imports' and not t.daemon\n"
-            "assert 'colorsys' in sys.modules and 'no_such_module_grasp' not in sys.modules\n")
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
+            "from flows.prewarm import FLOW_START, import_modules\n"
+            "assert 'prefect.flow_engine' not in sys.modules\n"
+            "import_modules(['no_such_module_grasp', *FLOW_START])\n"
+            "assert all(m in sys.modules for m in FLOW_START) and 'no_such_module_grasp' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
 
 
 def test_the_default_arch_never_imports_torchvision():
