@@ -30,19 +30,23 @@ def test_a_config_that_does_not_load_adds_nothing(tmp_path: Path):
     assert flow_start_modules(tmp_path / "missing.yaml", tmp_path) == FLOW_START
 
 
+def _in_a_fresh_process(*lines: str) -> None:
+    """Run `lines` as a script in a new interpreter (a clean sys.modules); its asserts fail the test."""
+    subprocess.run([sys.executable, "-c", "\n".join(("import sys", *lines))], check=True, capture_output=True,
+                   timeout=300)
+
+
 def test_imports_in_order_and_leaves_a_failing_module_to_the_flow():
-    code = ("import sys\n"
-            "from flows.prewarm import FLOW_START, import_modules\n"
-            "assert 'prefect.flow_engine' not in sys.modules\n"
-            "import_modules(['no_such_module_grasp', *FLOW_START])\n"
-            "assert all(m in sys.modules for m in FLOW_START) and 'no_such_module_grasp' not in sys.modules\n")
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
+    _in_a_fresh_process(
+        "from flows.prewarm import FLOW_START, import_modules",
+        "assert 'prefect.flow_engine' not in sys.modules",
+        "import_modules(['no_such_module_grasp', *FLOW_START])",
+        "assert all(m in sys.modules for m in FLOW_START) and 'no_such_module_grasp' not in sys.modules")
 
 
 def test_the_default_arch_never_imports_torchvision():
-    code = ("import sys\n"
-            "from grasp_core.models import build_model\n"
-            "from grasp_core.models.adapter import InputSpec\n"
-            "build_model('small_cnn', 3, (1, 8, 8), InputSpec())\n"
-            "assert 'torchvision' not in sys.modules and 'torch._dynamo' not in sys.modules\n")
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
+    _in_a_fresh_process(
+        "from grasp_core.models import build_model",
+        "from grasp_core.models.adapter import InputSpec",
+        "build_model('small_cnn', 3, (1, 8, 8), InputSpec())",
+        "assert 'torchvision' not in sys.modules and 'torch._dynamo' not in sys.modules")
