@@ -236,8 +236,7 @@ def _finish_merge(prep: _Prepared, computed: list[StepArtifact] | None):  # type
 def _move_aliases(prep: _Prepared) -> None:
     """Once the data is on the DVC remote: the final tags and metrics of the parent run, and the aliases."""
     summary, cfg, tracker, run_tags = prep.summary, prep.cfg, prep.tracker, prep.run_tags
-    _raise_failed_dvc(prep.data_v, prep.src_v)
-    prep.data_push.result()
+    _raise_failed_dvc(prep.data_v, prep.src_v, prep.data_push)
     summary.data_md5 = prep.data_v.result().md5
     run_tags.update(dataset_dvc_md5=summary.data_md5, sources_dvc_md5=prep.src_v.result().md5)
     summary.aliases_version = _final_version(cfg, summary)

@@ -63,7 +63,6 @@ class RetryBusy:
             self.retried += 1
             await asyncio.sleep(delay or 0.0)
 
-
     def _start_warm_up(self, lifespan: MutableMapping[str, Any], send: Send) -> Send:
         """`send` for the lifespan: once the startup is complete, the warm-up request goes off in a task."""
 

@@ -287,11 +287,12 @@ def link_push(ws: Path, dvcfile: Path) -> bool:
     md5 = read_dvc_hash(dvcfile)
     cache, remote = ws / ".dvc" / "cache", Path(url)
     objects = [e["md5"] for e in json.loads(_object_path(cache, md5).read_text())] if md5.endswith(".dir") else []
+    names = [*objects, md5]  # the manifest last
     src_root, dst_root = os.fspath(cache / "files" / "md5"), os.fspath(remote / "files" / "md5")  # as _object_path
     try:
-        for prefix in sorted({obj[:2] for obj in [*objects, md5]}):
+        for prefix in sorted({obj[:2] for obj in names}):
             os.makedirs(os.path.join(dst_root, prefix), exist_ok=True)
-        for obj in [*objects, md5]:  # plain os calls: pathlib cost ~1 s per ~8,000 objects here
+        for obj in names:  # plain os calls: pathlib cost ~1 s per ~8,000 objects here
             rel = os.path.join(obj[:2], obj[2:])
             try:
                 os.link(os.path.join(src_root, rel), os.path.join(dst_root, rel))
