@@ -10,6 +10,15 @@ from pathlib import Path
 from grasp_core.errors import GraspError
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("grasp")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
@@ -36,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grasp", description="GRASP: merge K source models into one target "
                                      "model with the memory of two (arXiv 2606.14900).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    parser.add_argument("--version", action="version", version=f"grasp {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="train missing sources, run GRASP and the baselines, print a table",
