@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "CLEAR bins) or DIR/<domain>/<class>/ (split stratified and seeded with data.val_frac and "
                           "data.test_frac), order the domains by data_import.order_by or data_import.order, write "
                           "one size and channel mode as PNG, pass the Great Expectations gate, swap the result into "
-                          "data/ and DVC-track it. See README 'Bring your own data'.")
+                          "data/ and DVC-track it. See docs/data.md.")
     data.add_argument("action", nargs="?", choices=["import"], help="import: bring your own images from DIR")
     data.add_argument("source", nargs="?", type=Path, metavar="DIR", help="the folder to import")
     data.add_argument("--replace", action="store_true", help="import: replace an existing data folder")

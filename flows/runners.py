@@ -99,7 +99,7 @@ def allocator_warning() -> str | None:
         return None
     return (f"this worker runs with MALLOC_TRIM_THRESHOLD_={value} (Dask's default for its workers), which turns "
             "off glibc's dynamic mmap threshold: training runs 2-3x slower. Start the workers with the Dask setting "
-            "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_ set to null (README: Dask)")
+            "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_ set to null (docs/scale-out.md)")
 
 
 def warn_on_slow_allocator() -> None:

@@ -301,7 +301,7 @@ def _serve(server: ServerHandle, name: str, cron: str | None, interval_s: int | 
 
 def deployment_snippet(deployment_name: str = "grasp-nightly", pool: str = "grasp-pool",
                        cron: str = "0 3 * * *") -> str:
-    """README text: the same schedule on a long-lived Prefect server with a process work pool and a worker."""
+    """docs/operations.md: the same schedule on a long-lived Prefect server with a process work pool and a worker."""
     return f"""\
 ### Scheduled runs on your own Prefect server
 

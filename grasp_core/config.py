@@ -137,7 +137,7 @@ ORDERS = ("given", "nearest", "aligned")
 
 @dataclass(frozen=True)
 class TransferConfig:
-    """The transfer rule. Defaults are the winner of `grasp bench ablation` (README); the official rule,
+    """The transfer rule. Defaults are the winner of `grasp bench ablation` (docs/results.md); the official rule,
     bit for bit, is policy paper, threshold 0.3, granularity tensor, order given, bn_recalibrate,
     rollback and keep_global_best false (with align.batches 1, align.eval_mode false,
     align.criterion gradient)."""
