@@ -33,9 +33,4 @@ def input_spec(image_size: int, mean: list[float], std: list[float]) -> InputSpe
     return InputSpec(image_size=image_size, mean=tuple(mean), std=tuple(std))
 
 
-def param_bytes(model: nn.Module) -> int:
-    """Bytes of the model's parameters (buffers excluded)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
 from grasp_core.models import small_cnn, timm_nets, torchvision_nets  # noqa: E402,F401  (fill the registry)
