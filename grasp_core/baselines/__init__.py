@@ -1,24 +1,24 @@
 """Methods compared on one target budget: GRASP and its controls, registered in METHODS."""
 
 from grasp_core.baselines import (  # noqa: F401,E402
+    averaging,
     best_single,
     ensemble,
-    fusion,
     grasp_method,
     target_only,
     task_arithmetic,
     ties,
-    weight_averaging,
 )
 from grasp_core.baselines.common import (
     METHODS,
     MethodContext,
     MethodResult,
     get_method,
+    register_merge,
     register_method,
     run_method,
     stage_epochs,
 )
 
-__all__ = ["METHODS", "MethodContext", "MethodResult", "get_method", "register_method", "run_method",
+__all__ = ["METHODS", "MethodContext", "MethodResult", "get_method", "register_merge", "register_method", "run_method",
            "stage_epochs"]

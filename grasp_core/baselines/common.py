@@ -48,10 +48,31 @@ class MethodResult:
 
 
 Method = Callable[[MethodContext, MemoryTracker], tuple[nn.Module, float, int, dict[str, str]]]
+Merge = Callable[[MethodContext, MemoryTracker], nn.Module]  # a streaming merge of the sources
 METHODS: dict[str, Method] = {}
 
 
 register_method = registrar(METHODS, "method")
+
+
+def register_merge(name: str, detail: Callable[[Config], dict[str, str]] | None = None) -> Callable[[Merge], Merge]:
+    """Register a streaming merge as the method `name`: merge the sources, then spend the target budget.
+
+    Args:
+        detail: the merge's own knobs, recorded with its result (e.g. its scale).
+    """
+
+    def decorate(merge: Merge) -> Merge:
+        def method(ctx: MethodContext, tracker: MemoryTracker) -> tuple[nn.Module, float, int, dict[str, str]]:
+            model = merge(ctx, tracker)
+            val_acc, steps = finetune_budget(model, ctx, tracker)
+            return model, val_acc, steps, detail(ctx.cfg) if detail else {}
+
+        method.__doc__ = merge.__doc__
+        register_method(name)(method)
+        return merge
+
+    return decorate
 
 
 def get_method(name: str) -> Method:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from grasp_core.baselines.common import MethodContext, finetune_budget, register_method
+from grasp_core.baselines.common import MethodContext, register_merge
 from grasp_core.memory import MemoryTracker
 
 TaskVector = dict[str, torch.Tensor]  # param_name -> theta_source - theta_base
@@ -38,6 +38,7 @@ def add_scaled(base: nn.Module, vector: TaskVector, scale: float) -> nn.Module:
     return base
 
 
+@register_merge("task_arithmetic", lambda cfg: {"scale": str(cfg.baselines.task_arithmetic_scale)})
 @torch.no_grad()
 def continual_task_arithmetic(ctx: MethodContext, tracker: MemoryTracker) -> nn.Module:
     base = ctx.open_base()
@@ -47,9 +48,3 @@ def continual_task_arithmetic(ctx: MethodContext, tracker: MemoryTracker) -> nn.
             total[name].add_(value)
     return add_scaled(base, total, ctx.cfg.baselines.task_arithmetic_scale)
 
-
-@register_method("task_arithmetic")
-def task_arithmetic(ctx: MethodContext, tracker: MemoryTracker) -> tuple[nn.Module, float, int, dict[str, str]]:
-    model = continual_task_arithmetic(ctx, tracker)
-    val_acc, steps = finetune_budget(model, ctx, tracker)
-    return model, val_acc, steps, {"scale": str(ctx.cfg.baselines.task_arithmetic_scale)}

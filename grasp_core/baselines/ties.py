@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from grasp_core.baselines.common import MethodContext, finetune_budget, register_method
+from grasp_core.baselines.common import MethodContext, register_merge
 from grasp_core.baselines.task_arithmetic import add_scaled, task_vectors
 from grasp_core.memory import MemoryTracker
 
@@ -43,6 +43,8 @@ def ties_merge(vectors: torch.Tensor, keep_frac: float) -> torch.Tensor:
     return (trimmed * agree).sum(dim=0)
 
 
+@register_merge("ties", lambda cfg: {"scale": str(cfg.baselines.ties_scale),
+                                   "keep_frac": str(cfg.baselines.ties_keep_frac)})
 @torch.no_grad()
 def continual_ties(ctx: MethodContext, tracker: MemoryTracker) -> nn.Module:
     base = ctx.open_base()
@@ -68,10 +70,3 @@ def unflatten(flat: torch.Tensor, like: nn.Module) -> dict[str, torch.Tensor]:
         i += p.numel()
     return out
 
-
-@register_method("ties")
-def ties(ctx: MethodContext, tracker: MemoryTracker) -> tuple[nn.Module, float, int, dict[str, str]]:
-    model = continual_ties(ctx, tracker)
-    val_acc, steps = finetune_budget(model, ctx, tracker)
-    return model, val_acc, steps, {"scale": str(ctx.cfg.baselines.ties_scale),
-                                   "keep_frac": str(ctx.cfg.baselines.ties_keep_frac)}

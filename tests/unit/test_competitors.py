@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from grasp_core.baselines import MethodContext
+from grasp_core.baselines.averaging import continual_weight_average
 from grasp_core.baselines.task_arithmetic import continual_task_arithmetic
 from grasp_core.baselines.ties import continual_ties, ties_merge, trim_top
-from grasp_core.baselines.weight_averaging import continual_weight_average
 from grasp_core.config import Config, config_from_dict
 from grasp_core.memory import MemoryTracker
 
