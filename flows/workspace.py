@@ -21,7 +21,8 @@ from grasp_core.checkpoints import (
 )
 from grasp_core.config import Config
 from grasp_core.data import DomainData, check_layout, list_domains, load_domain, read_split
-from grasp_core.data.drift import BASE_DIR, write_digits_drift
+from grasp_core.data.drift import BASE_DIR
+from grasp_core.data.generators import GENERATORS, get_generator
 from grasp_core.data.layout import natural_key
 from grasp_core.errors import ConfigError, DataLayoutError
 from grasp_core.finetune import EpochCallback
@@ -89,12 +90,12 @@ def materialise_data(cfg: Config, ws: Workspace) -> tuple[list[str], bool]:
     if cfg.data.generator in ("", "none"):
         raise DataLayoutError(f"{root}: no data and 'data.generator' is '{cfg.data.generator}'; "
                               "import your images with `grasp data import DIR` or set 'data.generator: digits_drift'")
-    if cfg.data.generator != "digits_drift":
-        raise ConfigError(f"'data.generator' = '{cfg.data.generator}' is unknown; choose: digits_drift, "
-                          "or none (data comes from `grasp data import`)")
+    if cfg.data.generator not in GENERATORS:
+        raise ConfigError(f"'data.generator' = '{cfg.data.generator}' is unknown; choose: "
+                          f"{', '.join(GENERATORS)}, or none (data comes from `grasp data import`)")
     tmp = root.with_name(f".{root.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    names = write_digits_drift(tmp, cfg.data, cfg.base, cfg.seed)
+    names = get_generator(cfg.data.generator)(tmp, cfg.data, cfg.base, cfg.seed)
     (tmp / GENERATOR_MARKER).write_text(json.dumps(_recipe(cfg), sort_keys=True, indent=1))
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)

@@ -184,12 +184,14 @@ class BaselinesConfig:
     task_arithmetic_scale: float = 0.3  # lambda of continual task arithmetic (FusionBench's default, 0.3)
     ties_scale: float = 0.5  # lambda of continual TIES-merging (FusionBench's default, 0.5)
     ties_keep_frac: float = 0.2  # share of each task vector kept by magnitude (FusionBench's threshold 20 %)
+    opcm_alpha: float = 0.5  # OPCM: share of the merged update's singular-value sum whose subspace new updates avoid
 
     def __post_init__(self) -> None:
         _check(self.task_arithmetic_scale > 0,
                f"'baselines.task_arithmetic_scale' = {self.task_arithmetic_scale} must be > 0")
         _check(self.ties_scale > 0, f"'baselines.ties_scale' = {self.ties_scale} must be > 0")
         _check(0 < self.ties_keep_frac <= 1, f"'baselines.ties_keep_frac' = {self.ties_keep_frac} is outside (0, 1]")
+        _check(0 < self.opcm_alpha <= 1, f"'baselines.opcm_alpha' = {self.opcm_alpha} is outside (0, 1]")
 
 
 @dataclass(frozen=True)

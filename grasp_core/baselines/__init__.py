@@ -5,6 +5,7 @@ from grasp_core.baselines import (  # noqa: F401,E402
     best_single,
     ensemble,
     grasp_method,
+    opcm,
     target_only,
     task_arithmetic,
     ties,

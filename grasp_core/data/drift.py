@@ -29,7 +29,7 @@ def domain_names(cfg: DataConfig) -> list[str]:
     return [str(cfg.first_year + t) for t in range(cfg.domains)]
 
 
-def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+def load_digits_images() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits  # lazy: only the generator needs scikit-learn
 
     digits = load_digits()
@@ -37,8 +37,8 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     return images, digits.target.astype(np.int64)
 
 
-def _pools(labels: np.ndarray, cfg: DataConfig, base: BaseConfig,
-           rng: np.random.Generator) -> dict[str, np.ndarray]:
+def split_pools(labels: np.ndarray, cfg: DataConfig, base: BaseConfig,
+                rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Stratified index pools; the base pool only exists when the base is pretrained."""
     base_frac = base.frac if base.mode == "pretrain" else 0.0
     cuts = np.cumsum([cfg.test_frac, cfg.val_frac, base_frac])
@@ -61,8 +61,8 @@ def _render(image: np.ndarray, size: int, angle_deg: float, noise_std: float,
     return (out.clip(0.0, 1.0) * 255.0).round().astype(np.uint8)  # (H, W)
 
 
-def _write(folder: Path, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, size: int,
-           angle_deg: float, jitter_deg: float, noise_std: float, rng: np.random.Generator) -> None:
+def write_images(folder: Path, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, size: int,
+                 angle_deg: float, jitter_deg: float, noise_std: float, rng: np.random.Generator) -> None:
     for i in indices:
         angle = angle_deg + rng.uniform(-jitter_deg, jitter_deg)
         pixels = _render(images[i], size, angle, noise_std, rng)
@@ -76,15 +76,15 @@ def write_digits_drift(root: Path, cfg: DataConfig, base: BaseConfig, seed: int)
 
     Deterministic: the same config and seed write byte-identical PNGs.
     """
-    images, labels = _load_digits()
+    images, labels = load_digits_images()
     rng = np.random.default_rng(seed)
-    pools = _pools(labels, cfg, base, rng)
+    pools = split_pools(labels, cfg, base, rng)
     if len(pools["_base"]):
-        _write(root / BASE_DIR / "train", images, labels, pools["_base"], cfg.image_size, 0.0, 0.0, 0.0, rng)
+        write_images(root / BASE_DIR / "train", images, labels, pools["_base"], cfg.image_size, 0.0, 0.0, 0.0, rng)
     names = domain_names(cfg)
     for t, name in enumerate(names):
         angle, jitter = t * cfg.rotation_step_deg, cfg.rotation_step_deg / 3
         for split in ("train", "val", "test"):
-            _write(root / name / split, images, labels, pools[split], cfg.image_size, angle, jitter,
-                   t * cfg.noise_step, rng)
+            write_images(root / name / split, images, labels, pools[split], cfg.image_size, angle, jitter,
+                         t * cfg.noise_step, rng)
     return names
