@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from grasp_core.baselines.common import MethodContext, finetune_budget, register_method
+from grasp_core.baselines.common import MethodContext, register_merge
 from grasp_core.baselines.task_arithmetic import TaskVector, task_vectors
 from grasp_core.memory import MemoryTracker
 
@@ -80,6 +80,7 @@ class OrthogonalMerge:
         return base
 
 
+@register_merge("opcm", lambda cfg: {"alpha": str(cfg.baselines.opcm_alpha)})
 @torch.no_grad()
 def continual_opcm(ctx: MethodContext, tracker: MemoryTracker) -> nn.Module:
     base = ctx.open_base()
@@ -90,9 +91,3 @@ def continual_opcm(ctx: MethodContext, tracker: MemoryTracker) -> nn.Module:
     assert state.count > 0, "OPCM needs at least one source"
     return state.apply(base)
 
-
-@register_method("opcm")
-def opcm(ctx: MethodContext, tracker: MemoryTracker) -> tuple[nn.Module, float, int, dict[str, str]]:
-    model = continual_opcm(ctx, tracker)
-    val_acc, steps = finetune_budget(model, ctx, tracker)
-    return model, val_acc, steps, {"alpha": str(ctx.cfg.baselines.opcm_alpha)}
