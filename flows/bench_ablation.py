@@ -1,12 +1,13 @@
-"""`grasp bench ablation`: every transfer-policy option against the paper's rule and the O(1) controls.
+"""`grasp bench ablation`: transfer-policy variants chosen on validation, confirmed on fresh seeds against controls.
 
-Each domain is the target in turn, for several seeds, on one target budget. A *variant* is GRASP with the
-paper's exact settings plus the options its name lists, joined by `+` (`nearest+rollback`); `off:<variant>`
-runs the transfer-off control with those options; `default` is params.yaml as it stands. Controls are the
-methods of `grasp bench accuracy` (run with params.yaml). Sources, base and data are built once per seed in
-`<workdir>/seed-<s>/` and re-used by every variant and target. Outputs under --out: ablation.csv and
-ablation.md (mean ± std, paired differences against `paper` and `off:default` per target, and the targets
-where `default` does not win).
+Each domain is the target in turn, on one target budget. A *variant* is GRASP with the paper's exact settings
+plus the options its name lists, joined by `+` (`nearest+rollback`); `off:<variant>` runs the transfer-off
+control with those options; `default` is params.yaml as it stands. The protocol (flows/bench_protocol.py):
+every variant runs on the selection seeds and the one with the best mean VALIDATION accuracy is chosen; on
+the confirmation seeds (disjoint) the chosen variant, `default` and the controls (methods of `grasp bench
+accuracy`, run with params.yaml) run again, and their test accuracy is reported with paired differences.
+Sources, base and data are built once per seed in `<workdir>/seed-<s>/` and re-used by every variant and
+target. Outputs under --out: ablation.csv (confirmation rows), ablation-selection.csv and ablation.md.
 
 Imports here are stdlib only, like flows/bench_accuracy.py.
 """
@@ -17,6 +18,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,15 +28,14 @@ from flows.bench_accuracy import (
     accuracies,
     bench_target,
     check_choices,
-    format_mean_std,
     markdown_table,
-    paired_differences,
     parse_list,
     prepare_seed,
     seed_workspace,
     summary_table,
     write_csv,
 )
+from flows.bench_protocol import check_seed_split, choose_on_val, confirmation_section, selection_section
 from grasp_core.errors import GraspError
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ OPTIONS: dict[str, dict[str, Any]] = {  # one atom per option of issue 8; varian
 }
 DEFAULT_VARIANTS = ("default", "paper", "batches4+eval", "channel", "soft", "bn", "nearest", "aligned", "rollback",
                     "best")
-DEFAULT_CONTROLS = ("transfer_off", "fusion", "weight_averaging", "task_arithmetic", "ties", "best_single",
+DEFAULT_CONTROLS = ("transfer_off", "fusion", "weight_averaging", "task_arithmetic", "ties", "opcm", "best_single",
                     "target_only", "ensemble")
 CONTROL_NAMES = frozenset((*DEFAULT_CONTROLS, "grasp"))
 
@@ -113,24 +114,6 @@ def run_ablation(params: Path, workdir: Path, seeds: list[int], targets: list[st
         torch.set_num_threads(previous)
 
 
-def paired_vs(rows: list[Row], reference: str = "paper") -> list[str]:
-    """Per variant: its accuracy minus `reference`'s, per target and over targets (points, paired by seed)."""
-    methods = _ordered(rows, "method")
-    if reference not in methods:
-        return []
-    lines = []
-    for method in methods:
-        if method == reference:
-            continue
-        parts = []
-        for target in [*_ordered(rows, "target"), None]:
-            diffs = paired_differences(rows, method, reference, target)
-            parts.append(f"{target or 'mean'} {format_mean_std(diffs, signed=True)} "
-                         f"({sum(d > 0 for d in diffs)}/{len(diffs)})")
-        lines.append(f"- **{method}** − {reference}: " + "; ".join(parts))
-    return lines
-
-
 def losses_of(rows: list[Row], method: str = "default") -> list[str]:
     """Plain statements of every (target, competitor) where `method`'s mean accuracy is not the higher."""
     if method not in _ordered(rows, "method"):
@@ -148,49 +131,67 @@ def losses_of(rows: list[Row], method: str = "default") -> list[str]:
     return lines
 
 
-def format_markdown(rows: list[Row], overrides: dict[str, str], wall_s: float | None = None) -> str:
+@dataclass(frozen=True)
+class Protocol:
+    """What the selection phase ran and chose (see flows/bench_protocol.py)."""
+
+    select_rows: list[Row]
+    candidates: list[str]
+    chosen: str
+    controls: list[str]
+
+
+def format_markdown(rows: list[Row], overrides: dict[str, str], protocol: Protocol,
+                    wall_s: float | None = None) -> str:
+    """The confirmation table (test), the selection table (val), paired differences and where the choice loses."""
     seeds = _ordered(rows, "seed")
     steps = sorted({r["target_steps"] for r in rows if r["target_steps"]})
-    out = [f"Test accuracy (%), mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}), every domain "
+    compared = [m for m in dict.fromkeys([protocol.chosen, "default"]) if m in _ordered(rows, "method")]
+    out = [f"Test accuracy (%) on the confirmation seeds ({', '.join(map(str, seeds))}), mean ± std, every domain "
            f"as target; every training run spends the same target budget ({'/'.join(map(str, steps))} optimizer "
-           "steps). `mean`: per seed over targets, then mean ± std over seeds.", "",
+           f"steps). `mean`: per seed over targets, then mean ± std over seeds. `{protocol.chosen}` was chosen on "
+           "validation accuracy over the selection seeds below.", "",
            markdown_table(summary_table(rows)), "",
            "Variants: GRASP with the paper's settings plus the listed options (`off:` = transfer switched off); "
-           "`default` = params.yaml: " + ", ".join(f"{k}={v}" for k, v in overrides.items())]
-    for reference in ("paper", "off:default"):  # the official rule; the same schedule with transfer off
-        if lines := paired_vs(rows, reference):
-            out += ["", f"Each variant minus `{reference}`, points, mean ± std over seeds (seeds better):", "", *lines]
-    losses = losses_of(rows)
-    if "default" in _ordered(rows, "method"):
-        out += ["", "Where `default` does not win (its mean ≤ the other's):", "",
-                *(losses or ["- nowhere: `default` has the highest mean on every target"])]
+           "`default` = params.yaml: " + ", ".join(f"{k}={v}" for k, v in overrides.items()), "",
+           *selection_section(protocol.select_rows, protocol.candidates, protocol.chosen), "",
+           *confirmation_section(rows, compared, _ordered(rows, "method"))]
+    for method in compared:
+        losses = losses_of(rows, method)
+        out += ["", f"Where `{method}` does not win on the confirmation seeds (its mean test ≤ the other's):", "",
+                *(losses or [f"- nowhere: `{method}` has the highest mean on every target"])]
     if wall_s is not None:
-        out += ["", f"Wall time: {wall_s:.0f} s for {len(rows)} runs."]
+        out += ["", f"Wall time: {wall_s:.0f} s for {len(rows) + len(protocol.select_rows)} runs."]
     return "\n".join(out) + "\n"
 
 
-def write_outputs(rows: list[Row], out: Path, params: Path, wall_s: float | None = None) -> dict[str, Path]:
-    """`ablation.csv` and `ablation.md` under `out`."""
+def write_outputs(rows: list[Row], out: Path, params: Path, protocol: Protocol,
+                  wall_s: float | None = None) -> dict[str, Path]:
+    """`ablation.csv` (confirmation rows), `ablation-selection.csv` and `ablation.md` under `out`."""
     from grasp_core.config import flatten, load_config
 
     flat = flatten(load_config(params))
     overrides = {k: str(flat[k]) for k in PAPER}
     md = out / "ablation.md"
     md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text(format_markdown(rows, overrides, wall_s))
-    return {"csv": write_csv(rows, out / "ablation.csv"), "md": md}
+    md.write_text(format_markdown(rows, overrides, protocol, wall_s))
+    return {"csv": write_csv(rows, out / "ablation.csv"),
+            "selection_csv": write_csv(protocol.select_rows, out / "ablation-selection.csv"), "md": md}
 
 
 def register(bench_sub: argparse._SubParsersAction) -> None:
     """Add `grasp bench ablation` to the `grasp bench` subparsers."""
-    p = bench_sub.add_parser("ablation", help="transfer-policy options vs the paper rule and O(1) controls",
-                             description="Every domain as target x seeds: GRASP variants (paper settings plus "
-                             f"options: {', '.join(OPTIONS)}; join with +; prefix off: for transfer off; "
-                             "'default' = params.yaml) and controls, on one target budget. Writes ablation.csv/.md.")
+    p = bench_sub.add_parser("ablation", help="transfer-policy variants chosen on validation, confirmed on fresh seeds",
+                             description="Every domain as target: GRASP variants (paper settings plus options: "
+                             f"{', '.join(OPTIONS)}; join with +; prefix off: for transfer off; 'default' = "
+                             "params.yaml) run on the selection seeds; the best on validation accuracy, 'default' "
+                             "and the controls run on the confirmation seeds. Writes ablation.csv/.md.")
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to copy per seed")
     p.add_argument("--workdir", type=Path, default=Path(".cache/bench-ablation"),
                    help="where seed-<s>/ workspaces keep data and checkpoints (re-used across runs)")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
+    p.add_argument("--select-seeds", default="0,1,2",
+                   help="seeds every variant runs on, to choose on validation (default: 0,1,2)")
+    p.add_argument("--seeds", default="3,4,5", help="confirmation seeds, disjoint from --select-seeds (default: 3,4,5)")
     p.add_argument("--targets", help="comma-separated target domains (default: every domain)")
     p.add_argument("--variants", help=f"comma-separated variants (default: {','.join(DEFAULT_VARIANTS)})")
     p.add_argument("--controls", help=f"comma-separated control methods (default: {','.join(DEFAULT_CONTROLS)}; "
@@ -204,12 +205,19 @@ def cmd_bench_ablation(args: argparse.Namespace) -> int:
     from flows.progress import Progress
 
     controls = parse_list(args.controls, "--controls") or list(DEFAULT_CONTROLS)
+    controls = [] if controls == ["none"] else controls
+    variants = parse_list(args.variants, "--variants") or list(DEFAULT_VARIANTS)
+    select, confirm = parse_list(args.select_seeds, "--select-seeds", int) or [], parse_list(args.seeds, "--seeds", int)
+    check_seed_split(select, confirm or [])
+    targets, progress = parse_list(args.targets, "--targets"), Progress(args.quiet)
     t0 = time.perf_counter()
-    rows = run_ablation(args.params, args.workdir, parse_list(args.seeds, "--seeds", int) or [],
-                        parse_list(args.targets, "--targets"),
-                        parse_list(args.variants, "--variants") or list(DEFAULT_VARIANTS),
-                        [] if controls == ["none"] else controls, Progress(args.quiet))
-    files = write_outputs(rows, args.out, args.params, time.perf_counter() - t0)
+    select_rows = run_ablation(args.params, args.workdir, select, targets, variants, [], progress)
+    chosen = choose_on_val(select_rows, variants)
+    progress.say(f"chosen on validation: {chosen}")
+    rows = run_ablation(args.params, args.workdir, confirm or [], targets, list(dict.fromkeys([chosen, "default"])),
+                        controls, progress)
+    files = write_outputs(rows, args.out, args.params, Protocol(select_rows, variants, chosen, controls),
+                          time.perf_counter() - t0)
     print(files["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in files.values()))
     return 0

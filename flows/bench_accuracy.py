@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from grasp_core.config import Config
 
 DEFAULT_METHODS = ("grasp", "transfer_off", "target_only", "best_single", "fusion", "weight_averaging",
-                   "task_arithmetic", "ties", "ensemble")
+                   "task_arithmetic", "ties", "opcm", "ensemble")
 ROW_KEYS = ("method", "target", "seed", "test_accuracy", "val_accuracy", "target_steps", "peak_models_alive",
             "peak_rss_mb", "wall_s")
 Row = dict[str, Any]
@@ -199,22 +199,6 @@ def summary_table(rows: list[Row]) -> list[dict[str, str]]:
     return table
 
 
-def paired_lines(rows: list[Row], method: str = "grasp") -> list[str]:
-    """Per target (and over all targets): `method` minus each control in points, mean ± std over seeds, wins."""
-    controls = [m for m in _ordered(rows, "method") if m != method]
-    if method not in _ordered(rows, "method") or not controls:
-        return []
-    lines = []
-    for target in [*_ordered(rows, "target"), None]:
-        parts = []
-        for control in controls:
-            diffs = paired_differences(rows, method, control, target)
-            wins = sum(d > 0 for d in diffs)
-            parts.append(f"{control} {format_mean_std(diffs, signed=True)} ({wins}/{len(diffs)} seeds better)")
-        lines.append(f"- **{target or 'mean over targets'}**: " + "; ".join(parts))
-    return lines
-
-
 def markdown_table(table: list[dict[str, str]]) -> str:
     """A GitHub markdown table of `summary_table` rows."""
     columns = list(table[0])
@@ -223,8 +207,12 @@ def markdown_table(table: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def format_markdown(rows: list[Row], wall_s: float | None = None) -> str:
-    """The report: the accuracy table, the paired GRASP-minus-control lines and what the numbers are."""
+def format_markdown(rows: list[Row], wall_s: float | None = None, select_rows: list[Row] | None = None,
+                    chosen: str = "") -> str:
+    """The report: the accuracy table; the selection (when `select_rows` chose `chosen` on validation); `chosen`
+    and GRASP minus each control, paired by seed (flows/bench_protocol.py)."""
+    from flows.bench_protocol import confirmation_section, selection_section
+
     seeds = _ordered(rows, "seed")
     head = [f"Test accuracy (%), mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); every "
             "training method has GRASP's target budget (steps below). `mean`: per seed over targets, then "
@@ -232,10 +220,11 @@ def format_markdown(rows: list[Row], wall_s: float | None = None) -> str:
     steps = {m: sorted({r["target_steps"] for r in rows if r["method"] == m}) for m in _ordered(rows, "method")}
     body = ["", markdown_table(summary_table(rows)), "",
             "Target optimizer steps per run: " + ", ".join(f"{m} {'/'.join(map(str, s))}" for m, s in steps.items())]
-    paired = paired_lines(rows)
-    if paired:
-        body += ["", "GRASP minus each control, percentage points, mean ± std over seeds (paired by seed):", "",
-                 *paired]
+    methods = _ordered(rows, "method")
+    if select_rows:
+        body += ["", *selection_section(select_rows, _ordered(select_rows, "method"), chosen)]
+    if compared := [m for m in dict.fromkeys([chosen, "grasp"]) if m in methods]:
+        body += ["", *confirmation_section(rows, compared, methods)]
     if wall_s is not None:
         body += ["", f"Wall time: {wall_s:.0f} s for {len(rows)} method runs, building each seed's data, base "
                  "and sources included."]
@@ -267,22 +256,28 @@ def accuracy_plot(rows: list[Row], path: Path) -> Path:
         xs = [g + (i - (len(methods) - 1) / 2) * width for g in range(len(groups))]
         ax.bar(xs, [100 * m for m, _ in stats], width, yerr=[100 * s for _, s in stats], capsize=2, label=method)
     ax.set_xticks(range(len(groups)), [str(t) if t else "mean" for t in groups])
-    ax.set(xlabel="target domain", ylabel="test accuracy (%)", ylim=(0, 115), yticks=range(0, 101, 20),
+    headroom = 15 * math.ceil(len(methods) / 5)  # above 100 %: the legend, five methods a row
+    ax.set(xlabel="target domain", ylabel="test accuracy (%)", ylim=(0, 100 + headroom), yticks=range(0, 101, 20),
            title=f"accuracy per target, mean ± std over {len(_ordered(rows, 'seed'))} seed(s)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncol=len(methods), loc="upper center")  # in the headroom above 100 %
+    ax.legend(fontsize=8, ncol=min(len(methods), 5), loc="upper center")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
 
 
-def write_outputs(rows: list[Row], out: Path, wall_s: float | None = None) -> dict[str, Path]:
-    """`accuracy.csv`, `accuracy.md`, `accuracy.png` under `out`; returns them by kind."""
+def write_outputs(rows: list[Row], out: Path, wall_s: float | None = None, select_rows: list[Row] | None = None,
+                  chosen: str = "") -> dict[str, Path]:
+    """`accuracy.csv`, `accuracy.md`, `accuracy.png` under `out` (and `accuracy-selection.csv` with `select_rows`,
+    the rows `chosen` was picked from on validation); returns them by kind."""
     md = out / "accuracy.md"
     md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text(format_markdown(rows, wall_s))
-    return {"csv": write_csv(rows, out / "accuracy.csv"), "md": md, "png": accuracy_plot(rows, out / "accuracy.png")}
+    md.write_text(format_markdown(rows, wall_s, select_rows, chosen))
+    files = {"csv": write_csv(rows, out / "accuracy.csv"), "md": md, "png": accuracy_plot(rows, out / "accuracy.png")}
+    if select_rows:
+        files["selection_csv"] = write_csv(select_rows, out / "accuracy-selection.csv")
+    return files
 
 
 def summary_metrics(rows: list[Row]) -> dict[str, float]:
@@ -299,13 +294,14 @@ def summary_metrics(rows: list[Row]) -> dict[str, float]:
 
 
 def log_bench(rows: list[Row], files: dict[str, Path], params: Path, tracking_uri: str | None, wall_s: float,
-              project: Path = Path(".")) -> str:
+              project: Path = Path("."), extra: dict[str, str] | None = None) -> str:
     """One MLflow run in experiment `grasp-bench` with the files as artifacts and the summary metrics.
 
     Args:
         tracking_uri: default: $MLFLOW_TRACKING_URI, else `sqlite:///<project>/mlflow.db`.
         project: the folder whose `mlflow.db` and `mlartifacts/` `grasp run` uses (artifacts of a new
             experiment on a local store go to `<project>/mlartifacts`).
+        extra: more run params (the selection seeds and the method chosen on them).
     """
     from flows.settings import code_commit
     from flows.tracking import Tracker
@@ -315,7 +311,7 @@ def log_bench(rows: list[Row], files: dict[str, Path], params: Path, tracking_ur
     config = {key: value for key, value in flatten(load_config(params)).items() if key != "seed"}  # bench.seeds
     bench = {**config, "bench.seeds": ",".join(map(str, _ordered(rows, "seed"))),
              "bench.targets": ",".join(map(str, _ordered(rows, "target"))),
-             "bench.methods": ",".join(_ordered(rows, "method"))}
+             "bench.methods": ",".join(_ordered(rows, "method")), **(extra or {})}
     with tracker.parent_run("bench-accuracy", bench, {"bench": "accuracy", "code_commit": code_commit()},
                             params_file=params) as run_id:
         tracker.log_metrics(run_id, {**summary_metrics(rows), "bench/wall_s": wall_s, "bench/runs": len(rows)})
@@ -335,7 +331,10 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to copy per seed")
     p.add_argument("--workdir", type=Path, default=Path(".cache/bench-accuracy"),
                    help="where seed-<s>/ workspaces keep data and checkpoints (re-used across runs)")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
+    p.add_argument("--select-seeds", default="0,1,2", help="seeds every method runs on first; the method with the "
+                   "best validation accuracy there is reported as chosen ('none': no selection; default: 0,1,2)")
+    p.add_argument("--seeds", default="3,4,5", help="confirmation seeds, disjoint from --select-seeds: the table "
+                   "and the paired differences (default: 3,4,5)")
     p.add_argument("--targets", help="comma-separated target domains (default: every domain)")
     p.add_argument("--methods", help=f"comma-separated methods (default: {','.join(DEFAULT_METHODS)})")
     p.add_argument("--out", type=Path, default=Path("results/accuracy"), help="folder for csv, md and png")
@@ -363,16 +362,23 @@ def cmd_bench_accuracy(args: argparse.Namespace) -> int:
     from flows.settings import apply_defaults
 
     apply_defaults(Path.cwd())
+    from flows.bench_protocol import check_seed_split, choose_on_val
     from flows.progress import Progress
     from flows.report import write_json
 
+    select = [] if args.select_seeds == "none" else parse_list(args.select_seeds, "--select-seeds", int) or []
+    confirm = parse_list(args.seeds, "--seeds", int) or []
+    check_seed_split(select, confirm)
+    targets, methods, progress = parse_list(args.targets, "--targets"), parse_list(args.methods, "--methods"), \
+        Progress(args.quiet)
     t0 = time.perf_counter()
-    rows = run_accuracy_bench(args.params, args.workdir, parse_list(args.seeds, "--seeds", int) or [],
-                              parse_list(args.targets, "--targets"), parse_list(args.methods, "--methods"),
-                              Progress(args.quiet))
+    select_rows = run_accuracy_bench(args.params, args.workdir, select, targets, methods, progress) if select else []
+    chosen = choose_on_val(select_rows, _ordered(select_rows, "method")) if select_rows else ""
+    rows = run_accuracy_bench(args.params, args.workdir, confirm, targets, methods, progress)
     wall_s = time.perf_counter() - t0
-    files = write_outputs(rows, args.out, wall_s)
-    run_id = log_bench(rows, files, args.params, args.tracking_uri, wall_s)
+    files = write_outputs(rows, args.out, wall_s, select_rows, chosen)
+    run_id = log_bench(rows, files, args.params, args.tracking_uri, wall_s,
+                       extra={"bench.select_seeds": ",".join(map(str, select)), "bench.chosen": chosen or "none"})
     print(files["md"].read_text())
     if args.json:
         write_json(rows, args.json)

@@ -54,17 +54,13 @@ def test_paired_differences_per_target_and_over_targets():
     assert ba.paired_differences(BENCH, "grasp", "missing", "x") == []
 
 
-def test_summary_table_markdown_and_paired_lines():
+def test_summary_table_and_markdown():
     table = ba.summary_table(BENCH)
     assert table == [{"method": "grasp", "x": "85.0 ± 7.1", "y": "65.0 ± 7.1", "mean": "75.0 ± 7.1"},
                      {"method": "fusion", "x": "70.0 ± 0.0", "y": "70.0 ± 7.1", "mean": "70.0 ± 3.5"}]
     md = ba.markdown_table(table).splitlines()
     assert md[0] == "| method | x | y | mean |" and md[1] == "|---|---:|---:|---:|"
     assert md[2] == "| grasp | 85.0 ± 7.1 | 65.0 ± 7.1 | 75.0 ± 7.1 |"
-    lines = ba.paired_lines(BENCH)
-    assert lines[0] == "- **x**: fusion +15.0 ± 7.1 (2/2 seeds better)"
-    assert lines[1] == "- **y**: fusion -5.0 ± 0.0 (0/2 seeds better)"
-    assert lines[2] == "- **mean over targets**: fusion +5.0 ± 3.5 (2/2 seeds better)"
 
 
 def test_summary_metrics_keys_and_values():
@@ -90,7 +86,8 @@ def test_parsers_register_with_defaults():
     ba.register(sub)
     am.register(sub)
     args = parser.parse_args(["accuracy"])
-    assert (args.seeds, args.out, args.workdir) == ("0,1,2", Path("results/accuracy"), Path(".cache/bench-accuracy"))
+    assert (args.select_seeds, args.seeds, args.out, args.workdir) == (
+        "0,1,2", "3,4,5", Path("results/accuracy"), Path(".cache/bench-accuracy"))
     assert args.handler is ba.cmd_bench_accuracy and args.targets is None and args.methods is None
     args = parser.parse_args(["matrix", "3", "--model", "grasp-2024"])
     assert (args.ref, args.model, args.handler) == ("3", "grasp-2024", am.cmd_bench_matrix)
