@@ -26,6 +26,7 @@ from flows.bench_accuracy import (
     Row,
     _ordered,
     accuracies,
+    add_source_order,
     bench_target,
     check_choices,
     markdown_table,
@@ -54,6 +55,7 @@ OPTIONS: dict[str, dict[str, Any]] = {  # one atom per option of issue 8; varian
     "bn": {"transfer.bn_recalibrate": True},
     "nearest": {"transfer.order": "nearest"},
     "aligned": {"transfer.order": "aligned"},
+    "scored": {"transfer.order": "scored"},  # best zero-shot target-val source first, then descending
     "rollback": {"transfer.rollback": True},
     "best": {"transfer.keep_global_best": True},
     "thr0": {"transfer.threshold": 0.0},  # transfer whatever is positively aligned (soft: weight = cos)
@@ -82,8 +84,11 @@ def variant_overrides(spec: str) -> tuple[str, dict[str, Any] | None]:
 
 
 def run_ablation(params: Path, workdir: Path, seeds: list[int], targets: list[str] | None, variants: Sequence[str],
-                 controls: Sequence[str], progress: Progress, *, threads: int = 1) -> list[Row]:
-    """Every seed x target x (variant | control); one row each, `method` = the variant spec or control name."""
+                 controls: Sequence[str], progress: Progress, *, threads: int = 1,
+                 source_order: str = "given") -> list[Row]:
+    """Every seed x target x (variant | control); one row each, `method` = the variant spec or control name.
+
+    `source_order`: "given" or "reversed" (see `flows.bench_accuracy.bench_target`)."""
     import torch
 
     from flows.workspace import Workspace
@@ -106,9 +111,9 @@ def run_ablation(params: Path, workdir: Path, seeds: list[int], targets: list[st
                 for spec, (method, overrides) in plans.items():
                     cfg_v = cfg if overrides is None else replace(cfg, **{k.replace(".", "__"): v
                                                                          for k, v in overrides.items()})
-                    for row in bench_target(cfg_v, ws, target, domains, classes, [method], progress):
+                    for row in bench_target(cfg_v, ws, target, domains, classes, [method], progress, source_order):
                         rows.append({**row, "method": spec})
-                rows += bench_target(cfg, ws, target, domains, classes, list(controls), progress)
+                rows += bench_target(cfg, ws, target, domains, classes, list(controls), progress, source_order)
         return rows
     finally:
         torch.set_num_threads(previous)
@@ -196,6 +201,7 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variants", help=f"comma-separated variants (default: {','.join(DEFAULT_VARIANTS)})")
     p.add_argument("--controls", help=f"comma-separated control methods (default: {','.join(DEFAULT_CONTROLS)}; "
                    "'none' for no control)")
+    add_source_order(p)
     p.add_argument("--out", type=Path, default=Path("results/ablation"), help="folder for ablation.csv and .md")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=cmd_bench_ablation)
@@ -211,11 +217,12 @@ def cmd_bench_ablation(args: argparse.Namespace) -> int:
     check_seed_split(select, confirm or [])
     targets, progress = parse_list(args.targets, "--targets"), Progress(args.quiet)
     t0 = time.perf_counter()
-    select_rows = run_ablation(args.params, args.workdir, select, targets, variants, [], progress)
+    select_rows = run_ablation(args.params, args.workdir, select, targets, variants, [], progress,
+                               source_order=args.source_order)
     chosen = choose_on_val(select_rows, variants)
     progress.say(f"chosen on validation: {chosen}")
     rows = run_ablation(args.params, args.workdir, confirm or [], targets, list(dict.fromkeys([chosen, "default"])),
-                        controls, progress)
+                        controls, progress, source_order=args.source_order)
     files = write_outputs(rows, args.out, args.params, Protocol(select_rows, variants, chosen, controls),
                           time.perf_counter() - t0)
     print(files["md"].read_text())

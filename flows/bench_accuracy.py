@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import math
 import statistics
 import time
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 DEFAULT_METHODS = ("grasp", "transfer_off", "target_only", "best_single", "fusion", "weight_averaging",
                    "task_arithmetic", "ties", "opcm", "ensemble")
 ROW_KEYS = ("method", "target", "seed", "test_accuracy", "val_accuracy", "target_steps", "peak_models_alive",
-            "peak_rss_mb", "wall_s")
+            "peak_rss_mb", "wall_s", "source_order")
 Row = dict[str, Any]
 
 
@@ -83,9 +84,16 @@ def prepare_seed(cfg: Config, ws: Workspace, progress: Progress,
     return domains, classes, targets
 
 
+SOURCE_ORDERS = ("given", "reversed")
+
+
 def bench_target(cfg: Config, ws: Workspace, target: str, domains: list[str], classes: list[str],
-                 methods: Sequence[str], progress: Progress) -> list[Row]:
-    """Every method on one target (all other domains as sources, oldest first), one row each."""
+                 methods: Sequence[str], progress: Progress, source_order: str = "given") -> list[Row]:
+    """Every method on one target (all other domains as sources, oldest first), one row each.
+
+    `source_order` "reversed": the domains' time order is reversed, in the listing of the sources and in the
+    domain list the methods read time from, as if the domains had been named the other way round in time.
+    """
     from flows.progress import Progress
     from flows.report import result_row
     from flows.runner import method_context
@@ -96,10 +104,13 @@ def bench_target(cfg: Config, ws: Workspace, target: str, domains: list[str], cl
     cfg_t = replace(cfg, data__target=target)
     sources = [d for d in domains if d != target]
     ctx = method_context(cfg_t, ws, target, sources, classes, Progress(quiet=True))
+    if source_order == "reversed":
+        ctx = dataclasses.replace(ctx, source_names=ctx.source_names[::-1], domains=ctx.domains[::-1])
     settle()  # no model alive: later live-tensor scans only look at what each method creates
     rows = []
     for method in methods:
         full = {**result_row(run_method(method, ctx), target), "seed": cfg.seed}
+        full["source_order"] = source_order
         rows.append({key: full[key] for key in ROW_KEYS})
         progress.say(f"seed {cfg.seed} target {target} {method:<12} test {full['test_accuracy']:.4f} "
                      f"({full['wall_s']:.1f}s)")
@@ -116,10 +127,12 @@ def check_choices(given: Iterable[str], known: Sequence[str], flag: str) -> list
 
 
 def run_accuracy_bench(params: Path, workdir: Path, seeds: list[int], targets: list[str] | None,
-                       methods: list[str] | None, progress: Progress, *, threads: int = 1) -> list[Row]:
+                       methods: list[str] | None, progress: Progress, *, threads: int = 1,
+                       source_order: str = "given") -> list[Row]:
     """Every target x method x seed on GRASP's target budget; one row per run (keys: ROW_KEYS).
 
     Args:
+        source_order: "given" (oldest first) or "reversed" (see `bench_target`).
         targets: default: every domain of the data.
         methods: default: DEFAULT_METHODS (keys of grasp_core.baselines.METHODS).
         threads: torch intra-op threads while it runs (restored after). 1 is the default because these
@@ -145,7 +158,7 @@ def run_accuracy_bench(params: Path, workdir: Path, seeds: list[int], targets: l
             ws = Workspace(root)
             domains, classes, chosen = prepare_seed(cfg, ws, progress, targets)
             for target in chosen:
-                rows += bench_target(cfg, ws, target, domains, classes, methods, progress)
+                rows += bench_target(cfg, ws, target, domains, classes, methods, progress, source_order)
         return rows
     finally:
         torch.set_num_threads(previous)
@@ -337,12 +350,19 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
                    "and the paired differences (default: 3,4,5)")
     p.add_argument("--targets", help="comma-separated target domains (default: every domain)")
     p.add_argument("--methods", help=f"comma-separated methods (default: {','.join(DEFAULT_METHODS)})")
+    add_source_order(p)
     p.add_argument("--out", type=Path, default=Path("results/accuracy"), help="folder for csv, md and png")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                    "sqlite:///<current directory>/mlflow.db)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=cmd_bench_accuracy)
+
+
+def add_source_order(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source-order", choices=SOURCE_ORDERS, default="given",
+                   help="given: domains in their time order; reversed: the time order reversed (sources listed "
+                   "and dated the other way round: does a method depend on how domains are named?)")
 
 
 def parse_list(text: str | None, flag: str, kind: type = str) -> list[Any] | None:
@@ -372,9 +392,11 @@ def cmd_bench_accuracy(args: argparse.Namespace) -> int:
     targets, methods, progress = parse_list(args.targets, "--targets"), parse_list(args.methods, "--methods"), \
         Progress(args.quiet)
     t0 = time.perf_counter()
-    select_rows = run_accuracy_bench(args.params, args.workdir, select, targets, methods, progress) if select else []
+    select_rows = run_accuracy_bench(args.params, args.workdir, select, targets, methods, progress,
+                                     source_order=args.source_order) if select else []
     chosen = choose_on_val(select_rows, _ordered(select_rows, "method")) if select_rows else ""
-    rows = run_accuracy_bench(args.params, args.workdir, confirm, targets, methods, progress)
+    rows = run_accuracy_bench(args.params, args.workdir, confirm, targets, methods, progress,
+                              source_order=args.source_order)
     wall_s = time.perf_counter() - t0
     files = write_outputs(rows, args.out, wall_s, select_rows, chosen)
     run_id = log_bench(rows, files, args.params, args.tracking_uri, wall_s,

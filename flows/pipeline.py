@@ -353,20 +353,23 @@ def _stages(cfg, ws, summary, classes, plan, data_v, src_v, tracker, run_tags, p
 
 
 def _in_merge_order(cfg, ws: Workspace, target: str, classes: list[str], to_merge: list, progress: Progress) -> list:  # type: ignore[no-untyped-def]
-    """The sources of this run in `transfer.order` (given, nearest in time first, or most aligned first)."""
-    names = [s.domain for s in to_merge]
+    """The sources of this run in `transfer.order` (given = the data's time order, nearest in time first, most
+    aligned first, or best scored first); time is the data's domain list (`_domains.txt`)."""
+    from grasp_core.data import list_domains
+    from grasp_core.order import in_time_order, order_sources
+
+    timeline = list_domains(ws.data(cfg))
+    by_name = {s.domain: s for s in to_merge}
+    names = in_time_order(list(by_name), timeline)
     if cfg.transfer.order == "given" or len(names) < 2:
-        return to_merge
-    if cfg.transfer.order == "aligned":  # a streaming pre-pass over the sources: two models at most
+        return [by_name[name] for name in names]
+    if cfg.transfer.order in ("aligned", "scored"):  # a streaming pre-pass over the sources: two models at most
         from flows.runner import method_context
         from grasp_core.baselines.grasp_method import merge_order
 
         ordered = merge_order(method_context(cfg, ws, target, names, classes, progress))
     else:
-        from grasp_core.order import order_sources
-
-        ordered = order_sources(names, target, cfg.transfer.order)
-    by_name = {s.domain: s for s in to_merge}
+        ordered = order_sources(names, target, cfg.transfer.order, timeline=timeline)
     progress.say(f"merge order ({cfg.transfer.order}): {', '.join(ordered)}")
     return [by_name[name] for name in ordered]
 

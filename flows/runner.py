@@ -24,7 +24,7 @@ from flows.workspace import (
 from grasp_core.baselines import MethodContext, MethodResult, run_method
 from grasp_core.checkpoints import load_checkpoint, read_header
 from grasp_core.config import Config
-from grasp_core.data import input_shape
+from grasp_core.data import input_shape, list_domains
 from grasp_core.grasp import target_loaders
 from grasp_core.memory import model_param_bytes, param_shapes_of, settle
 
@@ -70,7 +70,8 @@ def method_context(cfg: Config, ws: Workspace, target: str, sources: list[str], 
                          open_base=lambda: load_checkpoint(ws.base, like=header, device=execution.device())[0],
                          model_param_bytes=base_bytes,
                          param_shapes=shapes,
-                         on_epoch=progress.epoch, on_step=progress.step, target_name=target)
+                         on_epoch=progress.epoch, on_step=progress.step, target_name=target,
+                         domains=tuple(list_domains(ws.data(cfg))))  # the data's time order (`_domains.txt`)
 
 
 def core_run(cfg: Config, ws: Workspace, progress: Progress, methods: list[str] | None = None) -> RunSummary:

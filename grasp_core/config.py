@@ -132,7 +132,7 @@ class AlignConfig:
 
 
 GRANULARITIES = ("tensor", "channel")
-ORDERS = ("given", "nearest", "aligned")
+ORDERS = ("given", "nearest", "aligned", "scored")
 
 
 @dataclass(frozen=True)
@@ -146,9 +146,13 @@ class TransferConfig:
     threshold: float = 0.0  # copy a tensor when its alignment (a cosine) exceeds this (strict >); paper: 0.3
     granularity: str = "tensor"  # "tensor" (paper): one cosine per tensor; "channel": one per output row of
     #                              every tensor of >= 2 dims (conv filter / linear row); 1-D tensors stay whole
-    order: str = "nearest"  # merge order: "given" (paper: as listed), "nearest" (time nearest the target first),
-    #                       "aligned" (streaming pre-pass: cos(task vector, -target gradient at the base), high first)
-    bn_recalibrate: bool = True  # after a transfer, recompute BatchNorm running statistics on target train images
+    order: str = "nearest"  # merge order: "given" (paper: as listed), "nearest" (time nearest the target first,
+    #                       time = the data's domain list), "aligned" (streaming pre-pass: cos(task vector, -target
+    #                       gradient at the base), high first), "scored" (streaming pre-pass: zero-shot target-val
+    #                       accuracy, best first: the source best_single picks starts; ties: lower val loss, then
+    #                       the smaller weights hash, never the names or their listing)
+    bn_recalibrate: bool = True  # after every merge step (whatever was transferred, also with policy none),
+    #                              recompute BatchNorm running statistics on target train images
     rollback: bool = True  # reject a source whose merge + fine-tune lowers val accuracy: restore the weights
     #                         from before the merge and mark the stage `rejected` (one extra weight copy)
     keep_global_best: bool = False  # end on the best-val stage's weights across stages (one extra copy)

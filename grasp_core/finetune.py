@@ -11,6 +11,7 @@ from torch import nn
 
 from grasp_core.data import Batches, Split
 from grasp_core.memory import MemoryTracker
+from grasp_core.stash import WeightStash
 
 EpochCallback = Callable[[int, int, float], None]  # (epoch, epochs, val accuracy)
 
@@ -57,34 +58,45 @@ def evaluate(model: nn.Module, split: Split, num_classes: int) -> EvalResult:
 def train_epochs(model: nn.Module, train: Batches, val: Split, epochs: int, lr: float, weight_decay: float,
                  tracker: MemoryTracker | None = None, on_epoch: EpochCallback | None = None) -> StageResult:
     """One stage as the official code runs it: a new AdamW, cosine lr stepped per epoch, and the
-    weights of the best-validation epoch restored at the end (a held copy: the "+1" model)."""
+    weights of the best-validation epoch restored at the end. The official code holds that best copy in
+    memory (the "+1" model); here it is parked on disk (`WeightStash`) and read back only when an earlier
+    epoch won, so the peak stays at weights, grads and two AdamW moments."""
     if epochs == 0:
         return StageResult(best_val_accuracy=_accuracy(model, val), best_epoch=0, steps=0, val_history=())
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    best_acc, best_epoch, best_state, steps, history = -1.0, 0, None, 0, []
-    for epoch in range(1, epochs + 1):
-        model.train()
-        for x, y in train:
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-            steps += 1
-        schedule.step()
-        acc = _accuracy(model, val)
-        history.append(acc)
-        if acc > best_acc:
-            best_acc, best_epoch = acc, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if tracker is not None:
-            tracker.sample()  # weights, grads, two AdamW moments and the best copy are all alive here
-        if on_epoch is not None:
-            on_epoch(epoch, epochs, acc)
-    model.zero_grad(set_to_none=True)
-    del optimizer
-    assert best_state is not None
-    model.load_state_dict(best_state)
+    best_acc, best_epoch, steps, history = -1.0, 0, 0, []
+    with WeightStash(prefix="grasp-best-val-") as best:
+        for epoch in range(1, epochs + 1):
+            steps += _train_one_epoch(model, train, optimizer)
+            schedule.step()
+            acc = _accuracy(model, val)
+            history.append(acc)
+            if acc > best_acc:
+                best_acc, best_epoch = acc, epoch
+                if epoch < epochs:  # the last epoch's weights are the live ones: nothing to park
+                    best.put(model)
+            if tracker is not None:
+                tracker.sample()  # weights, grads and two AdamW moments are alive here; the best copy is on disk
+            if on_epoch is not None:
+                on_epoch(epoch, epochs, acc)
+        model.zero_grad(set_to_none=True)
+        del optimizer
+        if best_epoch < epochs:
+            best.restore(model)
     return StageResult(best_val_accuracy=best_acc, best_epoch=best_epoch, steps=steps, val_history=tuple(history))
+
+
+def _train_one_epoch(model: nn.Module, train: Batches, optimizer: torch.optim.Optimizer) -> int:
+    """One pass over `train`; returns the optimizer steps taken."""
+    model.train()
+    steps = 0
+    for x, y in train:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        steps += 1
+    return steps
 
 
 def _accuracy(model: nn.Module, split: Split) -> float:

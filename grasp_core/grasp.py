@@ -3,7 +3,8 @@
 Step 1: the first source, fine-tuned on the target, becomes the target model.
 Step 2, per next source: alignment scores on target batches -> transfer policy -> fine-tune.
 `run_grasp` consumes an *iterator* of sources and drops each before pulling the next, so at most
-two models (plus the best-validation copy inside fine-tuning) are alive for any number of sources.
+two models are alive for any number of sources; the rollback snapshot and the best-validation copy are
+parked on disk (`grasp_core.stash`), so fine-tuning peaks at weights, grads and two AdamW moments.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-import torch
 from torch import nn
 
 from grasp_core.align import ALIGNMENTS, Score
@@ -22,10 +22,10 @@ from grasp_core.data import Batch, Batches, DomainData, Split
 from grasp_core.errors import ConfigError
 from grasp_core.finetune import EpochCallback, evaluate, train_epochs
 from grasp_core.memory import MemorySample, MemoryTracker
+from grasp_core.stash import WeightStash
 from grasp_core.transfer import get_policy, moved_elements, recalibrate_batchnorm
 
 SourceStream = Iterator[tuple[str, nn.Module]]  # (source name, model), loaded lazily one at a time
-StateDict = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ def merge_source(target: nn.Module, source: nn.Module, loaders: TargetLoaders, c
     moved = None
     if per_row or tr.policy not in ("paper", "none"):
         moved = moved_elements(applied, tr, {n: p.numel() for n, p in target.named_parameters()})
-    if tr.bn_recalibrate and transferred:
+    if tr.bn_recalibrate:  # every merge step, transferred or not: transfer_off gets the same ingredient
         recalibrate_batchnorm(target, loaders.train.split.x)
     return Merge(scores, transferred, {"align": t1 - t0, "transfer": time.perf_counter() - t1}, moved)
 
@@ -217,16 +217,17 @@ def run_grasp(sources: SourceStream, loaders: TargetLoaders, cfg: Config, tracke
     tracker = tracker or MemoryTracker.for_model(target)
     for name, source in stream:  # not enumerate(): its cached result tuple would keep the source alive
         position_batches(loaders, cfg, stage)
-        guard = _snapshot(target) if cfg.transfer.rollback else None  # before alignment moves BN statistics
+        guard = _park(target) if cfg.transfer.rollback else None  # before alignment moves BN statistics
         parent_val = evaluate(target, loaders.val, loaders.num_classes).accuracy if guard is not None else 0.0
         merge = merge_source(target, source, loaders, cfg, tracker)
-        del source  # dropped before fine-tuning: weights, grads, 2 AdamW moments and the best copy remain
+        del source  # dropped before fine-tuning: weights, grads and 2 AdamW moments remain (copies are on disk)
         result = _finish(stage, name, target, loaders, cfg.finetune.epochs, cfg, tracker, on_epoch, merge.scores,
                          merge.transferred, merge.timings_s, merge.moved_params)
         result = replace(result, candidate_val_accuracy=result.val_accuracy)
-        if guard is not None and result.val_accuracy < parent_val:
-            result = _reject(result, target, guard, parent_val, loaders)
-        del guard
+        if guard is not None:
+            if result.val_accuracy < parent_val:
+                result = _reject(result, target, guard, parent_val, loaders)
+            guard.close()
         if best is not None:
             best.offer(result)
         yield result
@@ -235,35 +236,37 @@ def run_grasp(sources: SourceStream, loaders: TargetLoaders, cfg: Config, tracke
         best.restore(target)
 
 
-def _snapshot(model: nn.Module) -> StateDict:
-    """A detached copy of every weight and buffer (the one extra copy a guard holds)."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+def _park(model: nn.Module) -> WeightStash:
+    """The rollback snapshot: every weight and buffer, parked on disk (not a fifth copy in memory)."""
+    stash = WeightStash(prefix="grasp-rollback-")
+    stash.put(model)
+    return stash
 
 
-def _reject(result: StepResult, target: nn.Module, previous: StateDict, parent_val: float,
+def _reject(result: StepResult, target: nn.Module, previous: WeightStash, parent_val: float,
             loaders: TargetLoaders) -> StepResult:
     """`transfer.rollback`: put the pre-merge weights back and describe the model that was kept."""
-    target.load_state_dict(previous)
+    previous.restore(target)
     test = evaluate(target, loaders.test, loaders.num_classes)
     return replace(result, rejected=True, val_accuracy=parent_val, test_accuracy=test.accuracy,
                    per_class_accuracy=test.per_class_accuracy, confusion=test.confusion)
 
 
 class GlobalBest:
-    """`transfer.keep_global_best`: a copy of the best-val stage's weights, restored when the stream ends."""
+    """`transfer.keep_global_best`: the best-val stage's weights (parked on disk), restored when the stream ends."""
 
     def __init__(self) -> None:
-        self.state: StateDict | None = None
+        self.stash = WeightStash(prefix="grasp-global-best-")
         self.val_accuracy, self.stage, self.last_stage = -1.0, -1, -1
 
     def offer(self, result: StepResult) -> None:
         assert result.target is not None
         self.last_stage = result.stage
         if result.val_accuracy > self.val_accuracy:
-            self.state = None  # free the old copy before taking the new one: never two copies alive
-            self.state, self.val_accuracy, self.stage = _snapshot(result.target), result.val_accuracy, result.stage
+            self.stash.put(result.target)
+            self.val_accuracy, self.stage = result.val_accuracy, result.stage
 
     def restore(self, target: nn.Module) -> None:
-        if self.state is not None and self.stage != self.last_stage:
-            target.load_state_dict(self.state)
-        self.state = None
+        if self.stash.full and self.stage != self.last_stage:
+            self.stash.restore(target)
+        self.stash.close()

@@ -29,6 +29,7 @@ class MethodContext:
     on_epoch: EpochCallback | None = None
     on_step: Callable[[StepResult], None] | None = None  # called after every GRASP stage
     target_name: str = ""  # the target domain ("" = `data.target`); `transfer.order: nearest` measures from it
+    domains: tuple[str, ...] = ()  # every domain of the data, oldest first (its domain list): the time "nearest" reads
 
     def sources(self) -> Iterator[tuple[str, nn.Module]]:
         """Lazy stream: a source is loaded only when the consumer asks for it."""

@@ -4,27 +4,41 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from typing import Any
 
 from torch import nn
 
 from grasp_core.baselines.common import MethodContext, register_method
+from grasp_core.config import Config
 from grasp_core.grasp import run_grasp
 from grasp_core.memory import MemoryTracker, peak_of
-from grasp_core.order import alignment_prepass, order_sources
+from grasp_core.order import alignment_prepass, order_sources, score_sources
 
 
 def merge_order(ctx: MethodContext) -> list[str]:
-    """The sources in `transfer.order` (the "aligned" pre-pass streams them once, two models at most)."""
+    """The sources in `transfer.order`; the "aligned" and "scored" pre-passes stream the sources once
+    (two models alive at most) and keep only one number per source."""
     order = ctx.cfg.transfer.order
     if order == "given":
         return list(ctx.source_names)
     batches = list(itertools.islice(iter(ctx.loaders.align), ctx.cfg.align.batches)) if order == "aligned" else []
     ctx.loaders.align.reset()  # the pre-pass must not shift the batches GRASP sees
 
-    def prepass() -> dict[str, float]:
-        return alignment_prepass(ctx.source_names, ctx.open_source, ctx.open_base, batches)
+    def prepass() -> dict[str, Any]:
+        if order == "scored":
+            scores = score_sources(ctx.source_names, ctx.open_source, ctx.loaders.val, ctx.loaders.num_classes)
+            return {s.name: s.rank_key for s in scores}
+        aligned = alignment_prepass(ctx.source_names, ctx.open_source, ctx.open_base, batches)
+        return {name: -cos for name, cos in aligned.items()}  # most aligned first
 
-    return order_sources(ctx.source_names, ctx.target_name or ctx.cfg.data.target, order, prepass)
+    return order_sources(ctx.source_names, ctx.target_name or ctx.cfg.data.target, order, prepass, ctx.domains)
+
+
+def ingredients(cfg: Config) -> dict[str, str]:
+    """What a GRASP-schedule method gets besides its transfer policy: the same for GRASP and transfer_off."""
+    tr = cfg.transfer
+    return {"order": tr.order, "guard": "rollback" if tr.rollback else "none",
+            "bn_recalibrate": str(tr.bn_recalibrate).lower(), "keep_global_best": str(tr.keep_global_best).lower()}
 
 
 def _run(ctx: MethodContext, tracker: MemoryTracker) -> tuple[nn.Module, float, int, dict[str, str]]:
@@ -41,8 +55,8 @@ def _run(ctx: MethodContext, tracker: MemoryTracker) -> tuple[nn.Module, float, 
         tracker.peak = peak_of(tracker.peak, last.memory)
     assert last is not None and last.target is not None
     val = best_val if ctx.cfg.transfer.keep_global_best else last.val_accuracy  # the restored stage's
-    return last.target, val, steps, {"policy": ctx.cfg.transfer.policy, "order": ",".join(names),
-                                     "rejected": ",".join(rejected)}
+    return last.target, val, steps, {"policy": ctx.cfg.transfer.policy, **ingredients(ctx.cfg),
+                                     "order": ",".join(names), "rejected": ",".join(rejected)}
 
 
 @register_method("grasp")
@@ -53,6 +67,7 @@ def grasp(ctx: MethodContext, tracker: MemoryTracker) -> tuple[nn.Module, float,
 
 @register_method("transfer_off")
 def transfer_off(ctx: MethodContext, tracker: MemoryTracker) -> tuple[nn.Module, float, int, dict[str, str]]:
-    """GRASP's exact schedule with the `none` policy: sequential fine-tuning, nothing copied."""
+    """GRASP's exact schedule and ingredients (`ingredients`: order, guard, BN recalibration) with the
+    `none` policy: sequential fine-tuning, nothing copied. Only the policy differs from GRASP's run."""
     cfg = dataclasses.replace(ctx.cfg, transfer=dataclasses.replace(ctx.cfg.transfer, policy="none"))
     return _run(dataclasses.replace(ctx, cfg=cfg), tracker)

@@ -57,6 +57,27 @@ def test_memory_bench_cli_counts_models_per_k(tiny_params: Path, tmp_path: Path)
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_memory_bench_default_invocation_runs_on_its_default_arch(tmp_path: Path, monkeypatch) -> None:
+    """`grasp bench memory` as a user types it (default arch bench_mlp, default params.yaml, default methods'
+    code path), with one documented size override: `--ks 2,3 --methods grasp` instead of 2..32 x 3 methods,
+    which take minutes. The default K list and methods are checked to be what the parser hands on."""
+    from flows.bench_memory import BENCH_ARCH, DEFAULT_KS, DEFAULT_METHODS, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="bench"))
+    defaults = parser.parse_args(["memory"])
+    assert (defaults.arch, defaults.ks, defaults.methods) == (BENCH_ARCH, DEFAULT_KS, ",".join(DEFAULT_METHODS))
+    shutil.copy(Path(__file__).parents[2] / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)  # the default --params (./params.yaml) and --plot (./reports/...) resolve here
+    args = parser.parse_args(["memory", "--ks", "2,3", "--methods", "grasp", "--json", "rows.json", "--quiet"])
+    assert args.handler(args) == 0
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [(r["method"], r["k"], r["arch"]) for r in rows] == [("grasp", 2, BENCH_ARCH), ("grasp", 3, BENCH_ARCH)]
+    assert rows[0]["peak_model_bytes"] == rows[1]["peak_model_bytes"]  # O(1) in K
+    assert max(r["param_sized_multiple"] for r in rows) <= 4.0  # weights, grads, two AdamW moments; no BN here
+    assert (tmp_path / "reports/bench-memory.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_cost_bench_splits_add_up_to_the_step(cost) -> None:
     from flows.bench_cost import SPLITS
 
