@@ -157,6 +157,9 @@ def format_markdown(rows: list[Row], overrides: dict[str, str], protocol: Protoc
            f"steps). `mean`: per seed over targets, then mean ± std over seeds. `{protocol.chosen}` was chosen on "
            "validation accuracy over the selection seeds below.", "",
            markdown_table(summary_table(rows)), "",
+           f"Validation accuracy (%), the same runs (source order: {', '.join(_ordered(rows, 'source_order'))}); "
+           "choose on this table, never on the test table above:", "",
+           markdown_table(summary_table(rows, "val_accuracy")), "",
            "Variants: GRASP with the paper's settings plus the listed options (`off:` = transfer switched off); "
            "`default` = params.yaml: " + ", ".join(f"{k}={v}" for k, v in overrides.items()), "",
            *selection_section(protocol.select_rows, protocol.candidates, protocol.chosen), "",

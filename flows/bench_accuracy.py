@@ -185,14 +185,14 @@ def _ordered(rows: list[Row], key: str) -> list[Any]:
     return list(dict.fromkeys(r[key] for r in rows))
 
 
-def accuracies(rows: list[Row], method: str, target: str | None = None) -> dict[int, float]:
-    """seed -> test accuracy of `method` on `target`; with target None, seed -> its mean over targets."""
+def accuracies(rows: list[Row], method: str, target: str | None = None, key: str = "test_accuracy") -> dict[int, float]:
+    """seed -> `key` (test accuracy) of `method` on `target`; with target None, seed -> its mean over targets."""
     if target is not None:
-        return {r["seed"]: r["test_accuracy"] for r in rows if r["method"] == method and r["target"] == target}
+        return {r["seed"]: r[key] for r in rows if r["method"] == method and r["target"] == target}
     per_seed: dict[int, list[float]] = {}
     for r in rows:
         if r["method"] == method:
-            per_seed.setdefault(r["seed"], []).append(r["test_accuracy"])
+            per_seed.setdefault(r["seed"], []).append(r[key])
     return {seed: statistics.fmean(values) for seed, values in per_seed.items()}
 
 
@@ -202,13 +202,14 @@ def paired_differences(rows: list[Row], method: str, control: str, target: str |
     return [ours[s] - theirs[s] for s in sorted(ours) if s in theirs]
 
 
-def summary_table(rows: list[Row]) -> list[dict[str, str]]:
+def summary_table(rows: list[Row], key: str = "test_accuracy") -> list[dict[str, str]]:
     """One row per method: `mean ± std` over seeds per target, and `mean` (per seed over targets, then seeds)."""
     targets = _ordered(rows, "target")
     table = []
     for method in _ordered(rows, "method"):
-        cells = {t: format_mean_std(list(accuracies(rows, method, t).values())) for t in targets}
-        table.append({"method": method, **cells, "mean": format_mean_std(list(accuracies(rows, method).values()))})
+        cells = {t: format_mean_std(list(accuracies(rows, method, t, key).values())) for t in targets}
+        table.append({"method": method, **cells,
+                      "mean": format_mean_std(list(accuracies(rows, method, key=key).values()))})
     return table
 
 
