@@ -84,7 +84,7 @@ def prepare_seed(cfg: Config, ws: Workspace, progress: Progress,
     return domains, classes, targets
 
 
-SOURCE_ORDERS = ("given", "reversed")
+SOURCE_ORDERS = ("given", "reversed", "permuted")
 
 
 def bench_target(cfg: Config, ws: Workspace, target: str, domains: list[str], classes: list[str],
@@ -92,7 +92,9 @@ def bench_target(cfg: Config, ws: Workspace, target: str, domains: list[str], cl
     """Every method on one target (all other domains as sources, oldest first), one row each.
 
     `source_order` "reversed": the domains' time order is reversed, in the listing of the sources and in the
-    domain list the methods read time from, as if the domains had been named the other way round in time.
+    domain list the methods read time from, as if the domains had been named the other way round in time
+    (distances in time stay the same); "permuted": the same with a shuffle seeded by `cfg.seed`, as if the
+    domains had been named in an order unrelated to time.
     """
     from flows.progress import Progress
     from flows.report import result_row
@@ -104,8 +106,10 @@ def bench_target(cfg: Config, ws: Workspace, target: str, domains: list[str], cl
     cfg_t = replace(cfg, data__target=target)
     sources = [d for d in domains if d != target]
     ctx = method_context(cfg_t, ws, target, sources, classes, Progress(quiet=True))
-    if source_order == "reversed":
-        ctx = dataclasses.replace(ctx, source_names=ctx.source_names[::-1], domains=ctx.domains[::-1])
+    if source_order != "given":
+        timeline = permuted_domains(list(ctx.domains), source_order, cfg.seed)
+        ctx = dataclasses.replace(ctx, source_names=tuple(d for d in timeline if d in sources),
+                                  domains=tuple(timeline))
     settle()  # no model alive: later live-tensor scans only look at what each method creates
     rows = []
     for method in methods:
@@ -115,6 +119,17 @@ def bench_target(cfg: Config, ws: Workspace, target: str, domains: list[str], cl
         progress.say(f"seed {cfg.seed} target {target} {method:<12} test {full['test_accuracy']:.4f} "
                      f"({full['wall_s']:.1f}s)")
     return rows
+
+
+def permuted_domains(domains: list[str], source_order: str, seed: int) -> list[str]:
+    """The domain list as `--source-order` sees it: given, reversed, or shuffled by `seed`."""
+    import random
+
+    if source_order == "reversed":
+        return domains[::-1]
+    if source_order == "permuted":
+        return random.Random(seed).sample(domains, len(domains))
+    return domains
 
 
 def check_choices(given: Iterable[str], known: Sequence[str], flag: str) -> list[str]:
@@ -362,8 +377,9 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
 
 def add_source_order(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source-order", choices=SOURCE_ORDERS, default="given",
-                   help="given: domains in their time order; reversed: the time order reversed (sources listed "
-                   "and dated the other way round: does a method depend on how domains are named?)")
+                   help="given: domains in their time order; reversed: the time order reversed; permuted: "
+                   "shuffled by the seed (sources listed and dated so: does a method depend on how domains are "
+                   "named?)")
 
 
 def parse_list(text: str | None, flag: str, kind: type = str) -> list[Any] | None:

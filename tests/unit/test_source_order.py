@@ -125,3 +125,13 @@ def test_bn_recalibration_runs_with_policy_none_as_after_a_transfer(tiny_domain)
     untouched.features[0][1].running_mean.fill_(7.0)
     merge_source(untouched, source, target_loaders(tiny_domain, off), off, MemoryTracker.for_model(target))
     assert not torch.allclose(untouched.features[0][1].running_mean, bn.running_mean)
+
+
+def test_bench_source_orders_reorder_the_domain_list_only():
+    from flows.bench_accuracy import permuted_domains
+
+    years = ["2020", "2021", "2022", "2023", "2024"]
+    assert permuted_domains(years, "given", 0) == years
+    assert permuted_domains(years, "reversed", 0) == years[::-1]
+    shuffled = permuted_domains(years, "permuted", 1)
+    assert sorted(shuffled) == years and shuffled != years and shuffled == permuted_domains(years, "permuted", 1)
