@@ -88,7 +88,7 @@ def run_ablation(params: Path, workdir: Path, seeds: list[int], targets: list[st
                  source_order: str = "given") -> list[Row]:
     """Every seed x target x (variant | control); one row each, `method` = the variant spec or control name.
 
-    `source_order`: "given" or "reversed" (see `flows.bench_accuracy.bench_target`)."""
+    `source_order`: "given", "reversed" or "permuted" (see `flows.bench_accuracy.bench_target`)."""
     import torch
 
     from flows.workspace import Workspace
@@ -157,9 +157,6 @@ def format_markdown(rows: list[Row], overrides: dict[str, str], protocol: Protoc
            f"steps). `mean`: per seed over targets, then mean ± std over seeds. `{protocol.chosen}` was chosen on "
            "validation accuracy over the selection seeds below.", "",
            markdown_table(summary_table(rows)), "",
-           f"Validation accuracy (%), the same runs (source order: {', '.join(_ordered(rows, 'source_order'))}); "
-           "choose on this table, never on the test table above:", "",
-           markdown_table(summary_table(rows, "val_accuracy")), "",
            "Variants: GRASP with the paper's settings plus the listed options (`off:` = transfer switched off); "
            "`default` = params.yaml: " + ", ".join(f"{k}={v}" for k, v in overrides.items()), "",
            *selection_section(protocol.select_rows, protocol.candidates, protocol.chosen), "",

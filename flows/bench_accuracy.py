@@ -147,7 +147,7 @@ def run_accuracy_bench(params: Path, workdir: Path, seeds: list[int], targets: l
     """Every target x method x seed on GRASP's target budget; one row per run (keys: ROW_KEYS).
 
     Args:
-        source_order: "given" (oldest first) or "reversed" (see `bench_target`).
+        source_order: "given" (oldest first), "reversed" or "permuted" (see `bench_target`).
         targets: default: every domain of the data.
         methods: default: DEFAULT_METHODS (keys of grasp_core.baselines.METHODS).
         threads: torch intra-op threads while it runs (restored after). 1 is the default because these
