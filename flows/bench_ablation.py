@@ -36,7 +36,13 @@ from flows.bench_accuracy import (
     summary_table,
     write_csv,
 )
-from flows.bench_protocol import check_seed_split, choose_on_val, confirmation_section, selection_section
+from flows.bench_protocol import (
+    check_seed_split,
+    choose_on_val,
+    command_line,
+    confirmation_section,
+    selection_section,
+)
 from grasp_core.errors import GraspError
 
 if TYPE_CHECKING:
@@ -144,16 +150,20 @@ class Protocol:
     candidates: list[str]
     chosen: str
     controls: list[str]
+    command: str = ""  # the command line that ran it (flows.bench_protocol.command_line)
 
 
 def format_markdown(rows: list[Row], overrides: dict[str, str], protocol: Protocol,
                     wall_s: float | None = None) -> str:
-    """The confirmation table (test), the selection table (val), paired differences and where the choice loses."""
+    """The command, the confirmation table (test), the selection table (val), paired differences and where the
+    choice loses."""
     seeds = _ordered(rows, "seed")
     steps = sorted({r["target_steps"] for r in rows if r["target_steps"]})
     compared = [m for m in dict.fromkeys([protocol.chosen, "default"]) if m in _ordered(rows, "method")]
-    out = [f"Test accuracy (%) on the confirmation seeds ({', '.join(map(str, seeds))}), mean ± std, every domain "
-           f"as target; every training run spends the same target budget ({'/'.join(map(str, steps))} optimizer "
+    out = [*([f"Command: `{protocol.command}`", ""] if protocol.command else []),
+           f"Test accuracy (%) on the confirmation seeds ({', '.join(map(str, seeds))}), mean ± std, target(s) "
+           f"{', '.join(map(str, _ordered(rows, 'target')))}; every training run spends the same target budget "
+           f"({'/'.join(map(str, steps))} optimizer "
            f"steps). `mean`: per seed over targets, then mean ± std over seeds. `{protocol.chosen}` was chosen on "
            "validation accuracy over the selection seeds below.", "",
            markdown_table(summary_table(rows)), "",
@@ -223,7 +233,8 @@ def cmd_bench_ablation(args: argparse.Namespace) -> int:
     progress.say(f"chosen on validation: {chosen}")
     rows = run_ablation(args.params, args.workdir, confirm or [], targets, list(dict.fromkeys([chosen, "default"])),
                         controls, progress, source_order=args.source_order)
-    files = write_outputs(rows, args.out, args.params, Protocol(select_rows, variants, chosen, controls),
+    files = write_outputs(rows, args.out, args.params,
+                          Protocol(select_rows, variants, chosen, controls, command_line(args)),
                           time.perf_counter() - t0)
     print(files["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in files.values()))

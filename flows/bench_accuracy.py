@@ -237,13 +237,14 @@ def markdown_table(table: list[dict[str, str]]) -> str:
 
 
 def format_markdown(rows: list[Row], wall_s: float | None = None, select_rows: list[Row] | None = None,
-                    chosen: str = "") -> str:
-    """The report: the accuracy table; the selection (when `select_rows` chose `chosen` on validation); `chosen`
-    and GRASP minus each control, paired by seed (flows/bench_protocol.py)."""
+                    chosen: str = "", command: str = "") -> str:
+    """The report: the command that ran it, the accuracy table; the selection (when `select_rows` chose `chosen`
+    on validation); `chosen` and GRASP minus each control, paired by seed (flows/bench_protocol.py)."""
     from flows.bench_protocol import confirmation_section, selection_section
 
     seeds = _ordered(rows, "seed")
-    head = [f"Test accuracy (%), mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); every "
+    head = [*([f"Command: `{command}`", ""] if command else []),
+            f"Test accuracy (%), mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); every "
             "training method has GRASP's target budget (steps below). `mean`: per seed over targets, then "
             "mean ± std over seeds."]
     steps = {m: sorted({r["target_steps"] for r in rows if r["method"] == m}) for m in _ordered(rows, "method")}
@@ -297,12 +298,12 @@ def accuracy_plot(rows: list[Row], path: Path) -> Path:
 
 
 def write_outputs(rows: list[Row], out: Path, wall_s: float | None = None, select_rows: list[Row] | None = None,
-                  chosen: str = "") -> dict[str, Path]:
+                  chosen: str = "", command: str = "") -> dict[str, Path]:
     """`accuracy.csv`, `accuracy.md`, `accuracy.png` under `out` (and `accuracy-selection.csv` with `select_rows`,
     the rows `chosen` was picked from on validation); returns them by kind."""
     md = out / "accuracy.md"
     md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text(format_markdown(rows, wall_s, select_rows, chosen))
+    md.write_text(format_markdown(rows, wall_s, select_rows, chosen, command))
     files = {"csv": write_csv(rows, out / "accuracy.csv"), "md": md, "png": accuracy_plot(rows, out / "accuracy.png")}
     if select_rows:
         files["selection_csv"] = write_csv(select_rows, out / "accuracy-selection.csv")
@@ -399,7 +400,7 @@ def cmd_bench_accuracy(args: argparse.Namespace) -> int:
     from flows.settings import apply_defaults
 
     apply_defaults(Path.cwd())
-    from flows.bench_protocol import check_seed_split, choose_on_val
+    from flows.bench_protocol import check_seed_split, choose_on_val, command_line
     from flows.progress import Progress
     from flows.report import write_json
 
@@ -415,7 +416,7 @@ def cmd_bench_accuracy(args: argparse.Namespace) -> int:
     rows = run_accuracy_bench(args.params, args.workdir, confirm, targets, methods, progress,
                               source_order=args.source_order)
     wall_s = time.perf_counter() - t0
-    files = write_outputs(rows, args.out, wall_s, select_rows, chosen)
+    files = write_outputs(rows, args.out, wall_s, select_rows, chosen, command_line(args))
     run_id = log_bench(rows, files, args.params, args.tracking_uri, wall_s,
                        extra={"bench.select_seeds": ",".join(map(str, select)), "bench.chosen": chosen or "none"})
     print(files["md"].read_text())

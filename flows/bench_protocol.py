@@ -11,6 +11,8 @@ Stdlib only, like the benches that import it.
 
 from __future__ import annotations
 
+import argparse
+import shlex
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +20,18 @@ from typing import Any
 from grasp_core.errors import GraspError
 
 Row = dict[str, Any]
+
+
+NOT_IN_COMMAND = frozenset({"debug", "command", "bench", "handler", "quiet", "json", "tracking_uri"})
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The bench's command with every option spelled out (defaults included): the line that regenerates a table."""
+    words = ["grasp", "bench", args.bench]
+    for key, value in vars(args).items():
+        if key not in NOT_IN_COMMAND and value is not None:
+            words += [f"--{key.replace('_', '-')}", str(value)]
+    return shlex.join(words)
 
 
 def check_seed_split(select: Sequence[int], confirm: Sequence[int]) -> None:

@@ -65,6 +65,7 @@ def test_bench_accuracy_default_selects_on_0_1_2_and_reports_3_4_5(project):
     chosen = _best_val(selection, list(DEFAULT_METHODS))
     md = (out / "accuracy.md").read_text()
     assert f"Chosen: `{chosen}`" in md and "**Paired on seeds 3, 4, 5** (never used to select)" in md
+    assert md.startswith(f"Command: `grasp bench accuracy --params {project / 'params.yaml'} --workdir ")
     assert (out / "accuracy.png").stat().st_size > 0
 
 

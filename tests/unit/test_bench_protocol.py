@@ -57,3 +57,13 @@ def test_report_names_the_choice_its_validation_and_the_confirmation_seeds():
     assert "**Paired on seeds 3, 4, 5** (never used to select): test accuracy of `honest`" in md
     assert "| ctrl | +5.0 ± 8.7 [-5.0..+10.0] 2/3 |" in md
     assert "test accuracy of `grasp` minus each control" in md
+
+
+def test_command_line_spells_out_every_option_that_shapes_the_table():
+    from flows.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "ablation", "--seeds", "7", "--targets", "2024", "--quiet"])
+    assert bp.command_line(args) == ("grasp bench ablation --params params.yaml --workdir .cache/bench-ablation "
+                                     "--select-seeds 0,1,2 --seeds 7 --targets 2024 --out results/ablation")
+    args = build_parser().parse_args(["bench", "accuracy", "--out", "my dir", "--tracking-uri", "sqlite:///x.db"])
+    assert bp.command_line(args).endswith("--seeds 3,4,5 --out 'my dir'")  # quoted; where it logs is not shape
