@@ -64,6 +64,7 @@ def test_command_line_spells_out_every_option_that_shapes_the_table():
 
     args = build_parser().parse_args(["bench", "ablation", "--seeds", "7", "--targets", "2024", "--quiet"])
     assert bp.command_line(args) == ("grasp bench ablation --params params.yaml --workdir .cache/bench-ablation "
-                                     "--select-seeds 0,1,2 --seeds 7 --targets 2024 --out results/ablation")
+                                     "--select-seeds 0,1,2 --seeds 7 --targets 2024 --source-order given --out "
+                                     "results/ablation")
     args = build_parser().parse_args(["bench", "accuracy", "--out", "my dir", "--tracking-uri", "sqlite:///x.db"])
-    assert bp.command_line(args).endswith("--seeds 3,4,5 --out 'my dir'")  # quoted; where it logs is not shape
+    assert bp.command_line(args).endswith("--seeds 3,4,5 --source-order given --out 'my dir'")  # no tracking URI
