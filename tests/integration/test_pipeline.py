@@ -190,3 +190,29 @@ def test_an_unusable_dvc_remote_fails_the_run_with_no_version_and_no_alias(tmp_p
     client = mlflow.MlflowClient(f"sqlite:///{ws}/mlflow.db")
     assert client.search_model_versions() == []  # every registration waits for the sources' push
     assert all(not m.aliases for m in client.search_registered_models())
+
+
+# sha256 of the final stage's tensors (names sorted, raw bytes) of `first_run`: the default transfer rule on
+# TINY_PARAMS with 4 domains, one torch thread. Produced once by this test's own helper; it must only change
+# when the algorithm's defaults change on purpose (then update it and say so in the CHANGELOG). It guards
+# moves of the flow's code (issue 20): the same run must give the same weights before and after.
+PINNED_FINAL_WEIGHTS_SHA256 = "08a1267ee8d56b192b235739425f0d25a51ea3a87f705080df34abf5515c4e09"
+
+
+def _tensors_sha256(path: Path) -> str:
+    import hashlib
+
+    import torch
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_default_run_final_weights_match_the_pinned_hash(first_run):
+    ws, summary = first_run
+    assert _tensors_sha256(summary.steps[-1].checkpoint.path) == PINNED_FINAL_WEIGHTS_SHA256
