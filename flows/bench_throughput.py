@@ -26,19 +26,17 @@ COLUMNS = ("loader", "epoch", "images", "seconds", "images_per_s")
 
 def _png_dataset(root: Path, files: tuple[str, ...], labels: list[int], augment: bool) -> Any:
     """A map-style Dataset that decodes one PNG per `__getitem__` (the decode-every-epoch baseline)."""
-    import numpy as np
     import torch
     import torch.nn.functional as F
-    from PIL import Image
+
+    from grasp_core.data import decode_image, to_batch
 
     class PngDataset(torch.utils.data.Dataset):
         def __len__(self) -> int:
             return len(files)
 
         def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-            with Image.open(root / files[i]) as img:
-                pixels = np.asarray(img.convert("L") if img.mode in ("L", "1", "P", "I;16") else img.convert("RGB"))
-            x = torch.from_numpy(pixels.reshape(*pixels.shape[:2], -1).copy()).permute(2, 0, 1).float() / 255.0
+            x = to_batch([decode_image(root / files[i])])[0]  # the training preprocessing, one image at a time
             if augment:  # the same +-1 pixel shift as grasp_core.data.loaders, per image
                 dy, dx = torch.randint(0, 3, (2,)).tolist()
                 x = F.pad(x, (1, 1, 1, 1))[:, dy:dy + x.shape[1], dx:dx + x.shape[2]]

@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     _ops_args(status)
     status.set_defaults(handler=cmd_status)
+    from flows import deploy_cli
+
+    deploy_cli.register(sub, _ops_args)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures",
                            description="Benchmarks; each prints a table (and writes --json FILE if given).")
@@ -170,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         bench_accuracy,
         bench_cost,
         bench_dask,
+        bench_deploy,
         bench_memory,
         bench_throughput,
     )
@@ -181,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cost.register(bench_sub)
     bench_dask.register(bench_sub)
     bench_throughput.register(bench_sub)
+    bench_deploy.register(bench_sub)
     return parser
 
 

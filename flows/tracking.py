@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib.metadata
 import logging
 import os
 import re
@@ -39,10 +38,8 @@ if TYPE_CHECKING:
 
     from grasp_core.grasp import StepResult
 
-MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # the pyfunc model, logged as code
 _QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
               "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-_SERVING_REQUIREMENTS = ("torch", "torchvision", "safetensors", "numpy", "pyyaml", "pillow")  # grasp_core's imports
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
 _MLFLOW_NOISE = (  # warnings mlflow's own code triggers, harmless for us
     ".*noload.*",  # sqlalchemy 2.1 SADeprecationWarning on every SQL-store query (research/stack.md)
@@ -318,7 +315,7 @@ class Tracker:
     def _log_and_register(self, checkpoint: Path, header, model_name: str, run_id: str,  # type: ignore[no-untyped-def]
                           version_tags: dict[str, str], model_id: str):
         try:
-            self._log_pyfunc(checkpoint, header.input_shape, header.num_classes, model_id)
+            self._log_pyfunc(checkpoint, header, model_id)
             from mlflow.entities import LoggedModelOutput
 
             self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
@@ -335,21 +332,12 @@ class Tracker:
                                                    tags=version_tags, model_id=model_id)
         return version
 
-    def _log_pyfunc(self, checkpoint: Path, input_shape: tuple[int, int, int], num_classes: int,
-                    model_id: str) -> None:
-        import numpy as np
+    def _log_pyfunc(self, checkpoint: Path, header, model_id: str) -> None:  # type: ignore[no-untyped-def]
+        from flows.model_package import pyfunc_kwargs
 
-        mlflow = _mlflow()
-        from mlflow.models import ModelSignature
-        from mlflow.types import Schema, TensorSpec
-
-        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *input_shape))]),
-                                   outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes))]))
-        with warnings.catch_warnings():
-            # an input example would make MLflow run predict at log time; the tensor signature says enough
-            warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-            mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE), artifacts={"weights": str(checkpoint)},
-                                    pip_requirements=serving_requirements(), signature=signature, model_id=model_id)
+        with tempfile.TemporaryDirectory() as scratch:  # the self-contained model (flows/model_package.py)
+            kwargs = pyfunc_kwargs(checkpoint, header, Path(scratch))
+            _mlflow().pyfunc.log_model(name="model", model_id=model_id, **kwargs)
 
     def set_alias(self, model_name: str, alias: str, version: str) -> None:
         """Point `alias` (e.g. `champion`, `challenger`) at `version`, moving it if it pointed elsewhere."""
@@ -400,11 +388,6 @@ class Tracker:
         return [VersionRecord(version=str(v.version), run_id=v.run_id, tags=dict(v.tags),
                               aliases=sorted(by_version.get(str(v.version), [])))
                 for v in sorted(found, key=lambda v: int(v.version))]
-
-
-def serving_requirements() -> list[str]:
-    """Pinned pip requirements of the pyfunc model, read from the installed distributions (no inference)."""
-    return [f"{name}=={importlib.metadata.version(name)}" for name in ("mlflow", *_SERVING_REQUIREMENTS)]
 
 
 def load_model(model_uri: str, tracking_uri: str | None = None) -> nn.Module:

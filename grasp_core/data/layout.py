@@ -11,10 +11,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from grasp_core.data.preprocess import decode_image, to_batch
 from grasp_core.errors import DataLayoutError
 
 SPLITS = ("train", "val", "test")
@@ -88,14 +87,6 @@ def check_layout(root: Path) -> list[str]:
     return classes
 
 
-def _read_image(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("L") if img.mode in ("L", "1", "P", "I;16") else img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataLayoutError(f"{path}: unreadable image ({err}); remove or replace the file") from None
-
-
 def input_shape(root: Path, domain: str, classes: list[str]) -> tuple[int, int, int]:
     """(C, H, W) of a domain's images, from its first train image (read_split enforces one shape)."""
     for cls in classes:
@@ -103,7 +94,7 @@ def input_shape(root: Path, domain: str, classes: list[str]) -> tuple[int, int, 
         first = min((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), default=None) \
             if folder.is_dir() else None
         if first is not None:
-            image = _read_image(first)
+            image = decode_image(first)
             return (1, *image.shape) if image.ndim == 2 else (image.shape[2], image.shape[0], image.shape[1])
     raise DataLayoutError(f"{root / domain / 'train'}: no images; {EXPECTED}")
 
@@ -116,7 +107,7 @@ def read_split(root: Path, domain: str, split: str, classes: list[str]) -> Split
         if not folder.is_dir():
             raise DataLayoutError(f"{folder}: class folder missing; {EXPECTED}")
         for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            arrays.append(_read_image(path))
+            arrays.append(decode_image(path))
             labels.append(label)
             files.append(str(path.relative_to(root)))
     if not arrays:
@@ -125,8 +116,4 @@ def read_split(root: Path, domain: str, split: str, classes: list[str]) -> Split
     if len(shapes) > 1:
         raise DataLayoutError(f"{root / domain / split}: images of several shapes {sorted(shapes)}; "
                               "resize them to one shape (grasp data import does)")
-    stacked = np.stack(arrays)  # (N, H, W) or (N, H, W, C)
-    if stacked.ndim == 3:
-        stacked = stacked[..., None]
-    x = torch.from_numpy(stacked).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
-    return Split(x=x, y=torch.tensor(labels, dtype=torch.int64), files=tuple(files))
+    return Split(x=to_batch(arrays), y=torch.tensor(labels, dtype=torch.int64), files=tuple(files))
