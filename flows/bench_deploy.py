@@ -72,7 +72,8 @@ def deploy_bench(ws: Path, tracking_uri: str | None, cfg: Any, ref: str, model_n
             rows.append({"format": fmt, "file_bytes": files[fmt].stat().st_size,
                          "peak_rss_mb": round(probe["peak_rss_bytes"] / 2**20, 1), "load_s": round(probe["load_s"], 3),
                          **{key: round(probe[key], 4) for key in _LATENCIES},
-                         "max_abs_logit_diff": float(f"{check.max_abs_logit_diff:.3g}"), "agreement_frac": check.agreement_frac})
+                         "max_abs_logit_diff": float(f"{check.max_abs_logit_diff:.3g}"),
+                         "agreement_frac": check.agreement_frac})
     about = {"model": fetched.name, "version": fetched.version, "arch": fetched.header.arch,
              "input_shape": list(fetched.header.input_shape), "test_images": len(images), "iters": iters,
              "threads": threads}
