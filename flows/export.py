@@ -77,6 +77,10 @@ def write_export(model: nn.Module, input_shape: tuple[int, int, int], fmt: str, 
                                   output_names=["logits"], dynamic_axes=batch_axis)
             else:
                 torch.jit.trace(model, example).save(str(tmp))
+        if fmt == "onnx":
+            import onnx
+
+            onnx.checker.check_model(str(tmp))  # a malformed graph fails here, not in a deployment
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

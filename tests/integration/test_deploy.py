@@ -142,7 +142,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_ready(proc: subprocess.Popen, url: str, attempts: int = 300) -> None:
+def _wait_ready(proc: subprocess.Popen, url: str, log: Path, attempts: int = 300) -> None:
     """Poll /ping (bounded: `attempts` tries, each waiting up to 1 s for an answer or for the server to exit)."""
     for _ in range(attempts):
         try:
@@ -153,7 +153,7 @@ def _wait_ready(proc: subprocess.Popen, url: str, attempts: int = 300) -> None:
                 proc.wait(timeout=1)  # an early exit is a failure, not something to wait out
             except subprocess.TimeoutExpired:
                 continue
-            raise AssertionError(f"mlflow models serve exited with {proc.returncode}") from None
+            raise AssertionError(f"mlflow models serve exited with {proc.returncode}; see {log}") from None
     raise AssertionError(f"{url} did not answer after {attempts} tries")
 
 
@@ -168,13 +168,15 @@ def test_served_model_answers_like_grasp_predict(run, tmp_path):
     files = sorted(_target_test(ws, uri, name).rglob("*.png"))[:8]
     expected = json.loads(_cli(ws, uri, "predict", *map(str, files), "--json").stdout)["predictions"]
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    # as from an activated venv: the server execs `uvicorn` from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@champion",
                              "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1", "-w", "1"],
                             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_ready(proc, f"http://127.0.0.1:{port}/ping")
+        _wait_ready(proc, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log")
         shape = fetch_version(ws, uri, "@champion", None).header.input_shape
         body = json.dumps({"inputs": load_images(files, shape).numpy().tolist()}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
@@ -182,7 +184,8 @@ def test_served_model_answers_like_grasp_predict(run, tmp_path):
         with urllib.request.urlopen(request, timeout=60) as answer:
             logits = np.asarray(json.loads(answer.read())["predictions"], dtype=np.float32)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and the uvicorn worker it started, nothing else
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server and the uvicorn worker it started, nothing else
         proc.wait(timeout=60)
         log.close()
     probs = softmax(logits)
