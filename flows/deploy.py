@@ -32,7 +32,7 @@ class Fetched:
 
     name: str
     version: str
-    run_id: str
+    run_id: str  # "" for a version registered without a run
     target: str  # the target domain (version tag `target_domain`; "" when the version has none)
     model: nn.Module
     header: CheckpointHeader
@@ -53,7 +53,7 @@ def fetch_version(ws: Path, tracking_uri: str | None, ref: str, model_name: str 
         weights = download_weights(f"models:/{name}/{mv.version}", Path(weights_dir or tmp) / "weights.safetensors",
                                    tracker.tracking_uri)
         model, header = load_checkpoint(weights)
-    return Fetched(name=name, version=str(mv.version), run_id=mv.run_id, target=mv.tags.get("target_domain", ""),
+    return Fetched(name=name, version=str(mv.version), run_id=mv.run_id or "", target=mv.tags.get("target_domain", ""),
                    model=model.eval(), header=header, tracker=tracker)
 
 
@@ -82,6 +82,9 @@ def export_version(ws: Path, tracking_uri: str | None, cfg: Config, ref: str, fm
     from flows.export import write_export
 
     fetched = fetch_version(ws, tracking_uri, ref, model_name)
+    if not fetched.run_id:
+        raise ExportError(f"{fetched.name} v{fetched.version}: registered without an MLflow run, so there is no "
+                          "run to log the export on; export a version made by `grasp run`")
     images, _ = target_test_images(ws, cfg, fetched)
     staged = out.with_name(f".{out.name}.{os.getpid()}.staged")
     try:

@@ -12,13 +12,17 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from flows.export import Runner
 
 BATCHES = (1, 32)
 
 
-def _load(fmt: str, path: Path, threads: int):  # type: ignore[no-untyped-def]
+def _load(fmt: str, path: Path, threads: int) -> Runner:
     from flows.export import load_runner
 
     if fmt == "pytorch":  # the safetensors checkpoint through grasp_core's checked loader, as serving does
