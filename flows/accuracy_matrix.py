@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from grasp_core.errors import GraspError
+from grasp_core.names import path_inside
 
 if TYPE_CHECKING:
     from torch import nn
@@ -190,7 +191,7 @@ def matrix_for_lineage(ws: Path, tracking_uri: str | None, model_name: str | Non
         row["source_domain"] = r["source_domain"]
     base = _base_accuracy(ws, chain, splits)
     summaries = cl_summaries(rows, merged, domains, target, base)
-    folder = out or ws / "reports" / f"matrix-{name}-v{newest['version']}"
+    folder = out or path_inside(ws / "reports", name, "model name", "matrix-", f"-v{newest['version']}")
     csv_path = write_matrix_csv(rows, domains, folder / "accuracy_matrix.csv", base)
     png = matrix_heatmap(rows, domains, target, folder / "accuracy_matrix.png",
                          f"{name} v{newest['version']}: test accuracy after each merge")

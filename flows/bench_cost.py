@@ -107,7 +107,7 @@ def _stages(cfg: Config, ws: Any, target: str, sources: list[str], classes: list
 
     data = load_target(cfg, ws, target, classes)  # decoded once per process, as the pipeline's cached_target
     settle()  # as the pipeline does before its stages: live-tensor scans then skip Prefect's and MLflow's objects
-    out_dir, reports = ws.checkpoints / "targets" / target, ws.root / "reports" / parent_run_id
+    out_dir, reports = ws.targets(target), ws.root / "reports" / parent_run_id
     rows, steps, versions, parent = [], [], [], None
     for stage, name in enumerate(sources):
         t0 = time.perf_counter()

@@ -1,4 +1,9 @@
-"""The `grasp` console script. Heavy libraries are imported inside commands, so --help is instant."""
+"""The `grasp` console script. Heavy libraries are imported inside commands, so --help is instant.
+
+Exit codes (docs/operations.md): 0 done, 2 bad input (`grasp: error:` names the file, key or domain),
+3 promotion refused, 4 `lineage --verify` found a mismatch, 75 busy or transient (the workspace lock is
+held, a store stayed locked or full through its retries): try again later.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,24 @@ import sys
 from pathlib import Path
 
 from grasp_core.errors import GraspError
+
+EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_MISMATCH, EXIT_BUSY = 2, 3, 4, 75
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
+def _lock_wait(parser: argparse.ArgumentParser, default: float) -> None:
+    parser.add_argument("--lock-wait", type=seconds, default=default, metavar="SECONDS",
+                        help=f"wait this long for another grasp command holding the workspace, then exit 75 "
+                        f"(default {default:g})")
 
 
 def _version() -> str:
@@ -77,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"],
                      help="where to compute (default: $GRASP_DEVICE, else auto: CUDA, then MPS, then CPU)")
     run.add_argument("--amp", action="store_true", help="bfloat16 mixed precision, CUDA only (or $GRASP_AMP=1)")
+    _lock_wait(run, 0)
     run.add_argument("--threads", type=positive_int, metavar="N",
                      help="torch CPU threads for training and merging (default: $GRASP_THREADS, else "
                      "$OMP_NUM_THREADS, else the cores less one, left to DVC, MLflow and GX)")
@@ -108,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--replace", action="store_true", help="overwrite an existing source of that domain")
     add.add_argument("--workdir", type=Path, default=Path("."), help="project folder (default: .)")
     add.add_argument("--dvc-remote", help="DVC remote (default: $GRASP_DVC_REMOTE, else <workdir>/.dvc-remote)")
+    add.add_argument("--params", type=Path, help="params.yaml whose `limits` cap the file (default: "
+                     "<workdir>/params.yaml if present, else the built-in caps)")
+    _lock_wait(add, 60)
     add.set_defaults(handler=cmd_add_source)
 
     serve = sub.add_parser("serve", help="serve the pipeline on a schedule (a Prefect deployment)",
@@ -124,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workdir", type=Path, default=Path("."), help="project folder (default: .)")
     serve.add_argument("--tracking-uri", help="MLflow tracking URI for the runs")
     serve.add_argument("--dvc-remote", help="DVC remote for the runs")
+    _lock_wait(serve, 900)
     serve.set_defaults(handler=cmd_serve)
 
     promote = sub.add_parser("promote", help="promote a version to champion through the accuracy/size gate",
@@ -133,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "versions (tag promotion_history). Exit 0 promoted or no-op, 3 refused.")
     promote.add_argument("version", nargs="?", default="@challenger", help="a version number or @alias")
     promote.add_argument("--auto", action="store_true", help="record the decision as made by the scheduler")
+    _lock_wait(promote, 60)
     _ops_args(promote)
     promote.set_defaults(handler=cmd_promote)
 
@@ -189,16 +218,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _limits(params: Path | None, workdir: Path):  # type: ignore[no-untyped-def]
+    """`limits` of `params`, else of <workdir>/params.yaml when present, else the built-in caps."""
+    from grasp_core.config import LimitsConfig, load_config
+
+    path = params if params is not None else workdir / "params.yaml"
+    return load_config(path).limits if params is not None or path.is_file() else LimitsConfig()
+
+
 def cmd_add_source(args: argparse.Namespace) -> int:
-    from flows.settings import apply_defaults
+    from grasp_core.names import check_name
 
-    apply_defaults(args.workdir)
-    from flows.sources_area import add_source
-    from flows.versioning import ensure_repo, track
-    from flows.workspace import Workspace
+    check_name(args.domain, "--domain")  # before anything is written, even the tool settings
+    limits = _limits(args.params, args.workdir)
+    from grasp_core.checkpoints import read_header
 
-    saved = add_source(Workspace(args.workdir), args.path, args.domain, args.replace)
-    tracked = track(args.workdir, "checkpoints/sources", first=ensure_repo(args.workdir, args.dvc_remote, defer=True))
+    read_header(args.path, limits)  # a malformed, edited or oversize file is refused before the lock is taken
+    from flows.lock import RunLock
+
+    with RunLock(args.workdir, wait_s=args.lock_wait, command="grasp add-source"):
+        from flows.settings import apply_defaults
+
+        apply_defaults(args.workdir)
+        from flows.sources_area import add_source
+        from flows.versioning import ensure_repo, track
+        from flows.workspace import Workspace
+
+        saved = add_source(Workspace(args.workdir), args.path, args.domain, args.replace, limits)
+        tracked = track(args.workdir, "checkpoints/sources",
+                        first=ensure_repo(args.workdir, args.dvc_remote, defer=True))
     print(f"added {saved.path} (sha256 {saved.sha256[:12]}); DVC {tracked.path.name} {tracked.md5}")
     return 0
 
@@ -211,7 +259,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     serve_pipeline(args.workdir.resolve(), args.params.resolve(), cron=args.cron, interval_s=args.interval,
                    auto_promote=args.auto_promote, tracking_uri=args.tracking_uri, deployment_name=args.name,
-                   dvc_remote=args.dvc_remote)
+                   dvc_remote=args.dvc_remote, lock_wait_s=args.lock_wait)
     return 0
 
 
@@ -219,13 +267,15 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from flows.settings import apply_defaults
 
     apply_defaults(args.workdir)
+    from flows.lock import RunLock
     from flows.promotion import promote
     from grasp_core.config import load_config
 
-    decision = promote(args.workdir, args.tracking_uri, load_config(args.params), args.version, auto=args.auto,
-                       model_name=args.model)
+    cfg = load_config(args.params)
+    with RunLock(args.workdir, wait_s=args.lock_wait, command="grasp promote"):  # no alias moves under a run
+        decision = promote(args.workdir, args.tracking_uri, cfg, args.version, auto=args.auto, model_name=args.model)
     print(decision.message)
-    return 3 if decision.action == "refused" else 0
+    return EXIT_REFUSED if decision.action == "refused" else 0
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
@@ -248,7 +298,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         from flows.lineage_plot import lineage_plot
 
         print(f"wrote {lineage_plot(rows, args.plot)}")
-    return 4 if findings else 0
+    return EXIT_MISMATCH if findings else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -307,7 +357,8 @@ def _run_flow(args: argparse.Namespace) -> int:
 
     # The workspace lock first: a refused run starts no Prefect server (two on one SQLite only contend).
     # The flow takes the same lock again (re-entrant in this process; scheduled runs take it there).
-    with RunLock(args.workdir, command="grasp run" + (" --all-targets" if args.all_targets else "")):
+    with RunLock(args.workdir, wait_s=args.lock_wait,
+                 command="grasp run" + (" --all-targets" if args.all_targets else "")):
         return _run_flow_locked(args)
 
 
@@ -439,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"grasp: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
 
 
 if __name__ == "__main__":

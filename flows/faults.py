@@ -28,7 +28,9 @@ _ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, 
 
 
 class TransientToolError(GraspError):
-    """A store was unavailable (locked, unwritable or full); the task retried with backoff."""
+    """A store was unavailable (locked, unwritable or full); the task retried with backoff (exit 75)."""
+
+    exit_code = 75
 
 
 def is_transient(err: BaseException) -> bool:

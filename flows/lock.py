@@ -34,7 +34,9 @@ _log = logging.getLogger(__name__)
 
 
 class RunLockedError(GraspError):
-    """Another live grasp run holds the workspace."""
+    """Another live grasp run holds the workspace (exit 75: busy, try again later)."""
+
+    exit_code = 75
 
 
 @contextmanager
@@ -105,12 +107,20 @@ class RunLock:
         self._mine: dict | None = None
 
     def __enter__(self) -> RunLock:
-        deadline = time.monotonic() + self.wait_s
+        start = time.monotonic()
+        waited = False
         while (owner := self._try_acquire()) is not None:
-            if time.monotonic() >= deadline:
+            if time.monotonic() - start >= self.wait_s:
                 raise RunLockedError(f"{self.path}: another grasp run ({describe_owner(owner)}) holds this "
-                                     "workspace; wait for it or stop it")
+                                     f"workspace (`{owner.get('command', '?')}`"
+                                     f"{f', waited {self.wait_s:g} s' if waited else ''}); wait for it or stop it")
+            if not waited:
+                _log.warning("%s: held by %s (%s); waiting up to %g s", self.path, describe_owner(owner),
+                             owner.get("command", "?"), self.wait_s)
+                waited = True
             time.sleep(POLL_S)
+        if waited:
+            _log.warning("%s: acquired after waiting %.1f s", self.path, time.monotonic() - start)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flows.tracking import Tracker, TrackingError, resolve_tracking_uri
+from grasp_core.names import check_name, path_inside
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -46,6 +47,7 @@ def resolve_model_name(client: MlflowClient, model_name: str | None, where: str)
     """`model_name` if registered, else the only registered `grasp-*` model; errors list what exists."""
     names = sorted(m.name for m in client.search_registered_models(filter_string="name LIKE 'grasp-%'"))
     if model_name is not None:
+        check_name(model_name, "--model")
         if model_name not in names and not _exists(client, model_name):
             raise TrackingError(f"{where}: no registered model '{model_name}'; registered: "
                                 f"{', '.join(names) or 'none'}")
@@ -233,7 +235,8 @@ def _finding(row: dict[str, Any], what: str, path: str, expected: str, actual: s
 def _source_findings(ws: Path, rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     findings = []
     for r in rows:
-        rel = (SOURCES_DIR / f"{r['source_domain']}.safetensors").as_posix()
+        rel = path_inside(SOURCES_DIR, r["source_domain"], f"v{r['version']}: tag source_domain",
+                          suffix=".safetensors").as_posix()
         if not (ws / rel).is_file():
             findings.append(_finding(r, "source_checkpoint", rel, r["source_sha256"], "missing"))
             continue

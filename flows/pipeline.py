@@ -19,12 +19,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows import tasks
 from flows.progress import Progress
 from flows.settings import code_commit
+from flows.source_ledger import lineage_tags
 from flows.steps import StepArtifact
 from flows.validation import prewarmed_gx
 from flows.workspace import Workspace
 from grasp_core.config import config_hash, flatten, load_config
 from grasp_core.config import replace as replace_config
 from grasp_core.memory import settle
+from grasp_core.names import check_name
 
 VALIDATION_DIR = Path("reports") / "validation"  # the GX results, under the workspace
 
@@ -56,18 +58,19 @@ class FlowSummary:
 def grasp_run_flow(params_path: str, workdir: str = ".", tracking_uri: str | None = None,
                    dvc_remote: str | None = None, baselines: bool = False, full: bool = False,
                    auto_promote: bool = False, quiet: bool = False, verbose: bool = False,
-                   runner: str = "local") -> FlowSummary:
+                   runner: str = "local", lock_wait_s: float = 0.0) -> FlowSummary:
     """Validate, version, train the missing sources, merge them one at a time and register each step.
 
     `runner` places the source-training fan-out: "local" threads, "dask" (a local cluster) or
     "dask=tcp://HOST:PORT" (see flows/runners.py).
 
     One run per workspace at a time: a second one is refused (overlapping scheduled runs never merge
-    the same source twice). `auto_promote` runs the promotion gate on the new challenger.
+    the same source twice), or waits up to `lock_wait_s` (scheduled runs; the wait is logged).
+    `auto_promote` runs the promotion gate on the new challenger.
     """
     from flows.lock import RunLock
 
-    with RunLock(Path(workdir), command="grasp run"):
+    with RunLock(Path(workdir), wait_s=lock_wait_s, command="grasp run"):
         summary = _pipeline(params_path, workdir, tracking_uri, dvc_remote, baselines, full, quiet, verbose, runner)
         if auto_promote and summary.versions:
             summary.promotion = tasks.promote_task(Path(workdir), tracking_uri, load_config(Path(params_path)))
@@ -152,17 +155,17 @@ def _prepare(params_path: str, workdir: str, tracking_uri: str | None, dvc_remot
     progress.say(f"data valid; target {target}; sources {', '.join(sources)}")
     base = tasks.base_task(cfg, ws, classes, sources[0], progress)
     trained = sum(fresh for _, fresh in train_sources(cfg, ws, sources, [*sources, target], classes, base, runner))
-    area, bad = tasks.area_task(ws, target, cfg.on_bad_source, progress)
+    area, bad = tasks.area_task(ws, target, cfg.on_bad_source, progress, cfg.limits)
     src_v = tasks.dvc_track_task.submit(ws, "checkpoints/sources", wait_for=[data_v])
     # the data's push (thousands of files) runs beside the merge and registrations; the aliases wait for it
     data_push = tasks.dvc_push_task.submit(ws, data_v, wait_for=[src_v])
     progress.say(f"sources ready ({trained} trained, {len(area) - trained} re-used or added)")
     tracker = tracker_future.result()
-    summary = FlowSummary(target, [], f"grasp-{target}", sources_trained=trained)
+    summary = FlowSummary(target, [], check_name(f"grasp-{target}", "model name"), sources_trained=trained)
     prep = _Prepared(cfg, ws, progress, classes, summary, tracker=tracker, data_v=data_v, src_v=src_v,
                      data_push=data_push,
                      params_path=params_path)
-    plan = tasks.plan_task(tracker, summary.model_name, area, ws.checkpoints / "targets" / target, full,
+    plan = tasks.plan_task(tracker, summary.model_name, area, ws.targets(target), full,
                            config_hash(cfg))
     plan = prep.plan = replace_plan(plan, to_merge=_in_merge_order(cfg, ws, target, classes, plan.to_merge,
                                                                    progress))
@@ -341,9 +344,8 @@ def _stages(cfg, ws, summary, classes, plan, data_v, src_v, tracker, run_tags, p
         else:
             step = tasks.grasp_stage_task(cfg, ws, summary.target, classes, ckpt, name, stage, parent, progress)
         tags = {**run_tags, "stage": str(stage), "source_domain": name, "source_sha256": ckpt.sha256,
-                "base_sha256": ckpt.header.extra.get("base_sha256", ""), "source_origin":
-                ckpt.header.extra.get("origin", "trained"), "checkpoint_sha256": step.checkpoint.sha256,
-                "chain_sha256": step.chain_sha256}
+                **lineage_tags(ws, name, ckpt.sha256, ckpt.header),  # header claims kept apart from facts
+                "checkpoint_sha256": step.checkpoint.sha256, "chain_sha256": step.chain_sha256}
         parent_version = tasks.register_task.submit(tracker, summary.parent_run_id, summary.model_name, step,
                                                     classes, tags, ws.root / "reports" / summary.parent_run_id,
                                                     parent_version, data_v, src_v)

@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from flows.source_ledger import record_source
 from flows.workspace import Workspace
 from grasp_core.checkpoints import (
+    DEFAULT_LIMITS,
     CheckpointHeader,
     SavedCheckpoint,
     check_compatible,
@@ -20,8 +22,10 @@ from grasp_core.checkpoints import (
     read_header,
     save_checkpoint,
 )
+from grasp_core.config import LimitsConfig
 from grasp_core.data.layout import natural_key
 from grasp_core.errors import CheckpointMismatchError, GraspError
+from grasp_core.names import check_name, path_inside
 
 ORIGIN_ADDED = "added"  # header extra `origin`: never retrained or overwritten by `grasp run`
 
@@ -44,19 +48,22 @@ def reference_header(ws: Workspace) -> CheckpointHeader:
     return read_header(ws.base)
 
 
-def add_source(ws: Workspace, path: Path, domain: str, replace: bool = False) -> SavedCheckpoint:
+def add_source(ws: Workspace, path: Path, domain: str, replace: bool = False,
+               limits: LimitsConfig = DEFAULT_LIMITS) -> SavedCheckpoint:
     """Validate `path` (safetensors only: header, architecture, classes, shapes, finite values, tensor
     hash) and copy it into the sources area as `<domain>.safetensors` (atomic)."""
-    dest = ws.source(domain)
+    dest = path_inside(ws.sources, domain, "--domain", suffix=".safetensors")  # before anything is read
     if dest.exists() and not replace:
         raise SourceExistsError(f"{dest}: a source for domain '{domain}' exists; pass --replace to overwrite it")
     like = reference_header(ws)
     if path.suffix != ".safetensors":
         raise CheckpointMismatchError(f"{path}: only .safetensors checkpoints are accepted (pickles are never loaded)")
-    model, header = load_checkpoint(path, like=like)
+    model, header = load_checkpoint(path, like=like, limits=limits)  # caps checked before any tensor is read
     extra = {**header.extra, "domain": domain, "origin": ORIGIN_ADDED, "added_from_sha256": file_sha256(path)}
-    return save_checkpoint(model, dest, CheckpointHeader(like.arch, like.num_classes, like.classes,
-                                                         like.input_shape, extra))
+    saved = save_checkpoint(model, dest, CheckpointHeader(like.arch, like.num_classes, like.classes,
+                                                          like.input_shape, extra))
+    record_source(ws, domain, saved.sha256, ORIGIN_ADDED)
+    return saved
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,8 @@ class BadSourceError(GraspError):
 _IGNORED = (".dvc", ".tmp", ".gitignore", ".json")  # bookkeeping next to the checkpoints, never a source
 
 
-def scan_area(ws: Workspace, target: str) -> tuple[list[AreaSource], list[BadSource]]:
+def scan_area(ws: Workspace, target: str,
+              limits: LimitsConfig = DEFAULT_LIMITS) -> tuple[list[AreaSource], list[BadSource]]:
     """Every file of the sources area, fully checked as add-source checks it, except the target's own.
 
     A checkpoint passes when it is a grasp safetensors file (never unpickled) whose header matches the base
@@ -90,7 +98,9 @@ def scan_area(ws: Workspace, target: str) -> tuple[list[AreaSource], list[BadSou
             bad.append(BadSource(path, f"{path}: not a .safetensors checkpoint (pickles are never loaded)"))
             continue
         try:
-            _, header = load_checkpoint(path, like=like)  # header, compatibility, tensors, hash, finite values
+            check_name(path.stem, f"{path}: file name")
+            check_name(read_header(path, limits).extra.get("domain", path.stem), f"{path}: header 'domain'")
+            _, header = load_checkpoint(path, like=like, limits=limits)  # compatibility, tensors, hashes, finite
         except GraspError as err:
             bad.append(BadSource(path, str(err)))
             continue

@@ -17,6 +17,7 @@ from grasp_core.config import Config, config_hash
 from grasp_core.data import DomainData, Split, list_domains, load_domain, read_split
 from grasp_core.finetune import EpochCallback, evaluate
 from grasp_core.grasp import StepResult, run_grasp, target_loaders
+from grasp_core.names import check_name, path_inside
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def target_step(cfg: Config, data: DomainData, source: SavedCheckpoint, stage: i
                 out_dir: Path, on_epoch: EpochCallback | None = None,
                 domains: Mapping[str, Split] | None = None) -> StepArtifact:
     """GRASP stage `stage`: stage 0 adopts and fine-tunes `source`; later stages merge it into `parent`."""
-    name = source.header.extra.get("domain", source.path.stem)
+    name = check_name(source.header.extra.get("domain", source.path.stem), f"{source.path}: header 'domain'")
     like = source.header if parent is None else parent.checkpoint.header
     device = execution.device()
     stream = ((name, load_checkpoint(source.path, like=like, device=device)[0]) for _ in range(1))  # lazy
@@ -65,5 +66,7 @@ def target_step(cfg: Config, data: DomainData, source: SavedCheckpoint, stage: i
     assert result.target is not None
     with execution.compute():
         row = {d: evaluate(result.target, split, len(data.classes)).accuracy for d, split in (domains or {}).items()}
-    saved = save_checkpoint(result.target, out_dir / f"stage{stage:02d}-{name}-{chain[:12]}.safetensors", header)
+    path = path_inside(out_dir, name, f"{source.path}: header 'domain'", f"stage{stage:02d}-",
+                       f"-{chain[:12]}.safetensors")
+    saved = save_checkpoint(result.target, path, header)
     return StepArtifact(checkpoint=saved, result=result.detached(), chain_sha256=chain, domain_accuracy=row)

@@ -14,8 +14,9 @@ from flows.steps import StepArtifact, cached_target, cached_tests, target_step
 from flows.workspace import Workspace, ensure_base, ensure_source, layout_classes, materialise_data, resolve_roles
 from grasp_core.baselines import MethodContext, MethodResult, run_method
 from grasp_core.checkpoints import SavedCheckpoint
-from grasp_core.config import Config
+from grasp_core.config import Config, LimitsConfig
 from grasp_core.data import input_shape
+from grasp_core.names import path_inside
 
 # Our own recipe hashes decide re-use (see flows/workspace.py); Prefect's input hashing would only
 # cost time on configs and checkpoints, so no task caches.
@@ -79,12 +80,13 @@ def validate_task(root: Path, out_dir: Path, worker=None):  # type: ignore[no-un
 
 
 @task(name="list-sources", **TASK)
-def area_task(ws: Workspace, target: str, on_bad_source: str, progress: Progress) -> tuple[list, list]:  # type: ignore[type-arg]
+def area_task(ws: Workspace, target: str, on_bad_source: str, progress: Progress,  # type: ignore[type-arg]
+              limits: LimitsConfig | None = None) -> tuple[list, list]:
     """Every source in checkpoints/sources (trained or added), fully checked against the base; refused
     files fail the run or, with `on_bad_source: skip`, are left out and returned for the lineage."""
     from flows.sources_area import refuse_or_skip, scan_area
 
-    area, bad = scan_area(ws, target)
+    area, bad = scan_area(ws, target, limits or LimitsConfig())
     refuse_or_skip(bad, on_bad_source)
     for b in bad:
         progress.say(f"skipped a refused source: {b.reason}")
@@ -131,7 +133,7 @@ def grasp_stage_task(cfg: Config, ws: Workspace, target: str, classes: list[str]
     data = cached_target(ws.data(cfg), target, tuple(classes), cfg.data.target_train_frac, cfg.seed)
     progress.stage(f"grasp stage {stage}")
     tests = cached_tests(ws.data(cfg), tuple(classes))
-    step = target_step(cfg, data, source, stage, parent, ws.checkpoints / "targets" / target, progress.epoch, tests)
+    step = target_step(cfg, data, source, stage, parent, ws.targets(target), progress.epoch, tests)
     progress.step(step.result)
     return step
 
@@ -149,7 +151,7 @@ def merge_chain_task(cfg: Config, ws: Workspace, target: str, classes: list[str]
     tests = cached_tests(ws.data(cfg), tuple(classes))
     steps: list[StepArtifact] = []
     for stage, (_, checkpoint) in enumerate(sources, start=start_stage):
-        parent = target_step(cfg, data, checkpoint, stage, parent, ws.checkpoints / "targets" / target, None, tests)
+        parent = target_step(cfg, data, checkpoint, stage, parent, ws.targets(target), None, tests)
         steps.append(parent)
     return steps
 
@@ -192,12 +194,14 @@ def register_task(tracker, parent_run_id: str, model_name: str, step: StepArtifa
 
 @task(name="set-aliases", **TASK, **TOOL_RETRIES)
 def alias_task(tracker, model_name: str, version: str) -> list[str]:  # type: ignore[no-untyped-def]
-    """The final version becomes `challenger`; with no champion yet it is `champion` too."""
+    """The final version becomes `challenger`; with no champion yet it is `champion` too (compare-and-set: a
+    champion promoted meanwhile is never overwritten). The run holds the workspace lock around both."""
+    from flows.promotion import compare_and_set_alias
+
     aliases = ["challenger"]
     with transient_faults(f"MLflow store {tracker.tracking_uri}"):
         tracker.set_alias(model_name, "challenger", version)
-        if tracker.get_alias_version(model_name, "champion") is None:
-            tracker.set_alias(model_name, "champion", version)
+        if compare_and_set_alias(tracker, model_name, "champion", version, None):
             aliases.append("champion")
     return aliases
 
@@ -228,7 +232,8 @@ def report_task(ws: Workspace, tracking_uri: str, model_name: str, version: str)
     from flows.operations import lineage
 
     rows = lineage(ws.root, tracking_uri, version, model_name)
-    return str(log_lineage_plot(ws.root, tracking_uri, rows, ws.root / "reports" / f"lineage-{model_name}.png"))
+    plot = path_inside(ws.root / "reports", model_name, "model name", "lineage-", ".png")
+    return str(log_lineage_plot(ws.root, tracking_uri, rows, plot))
 
 
 @task(name="promote", **TASK, **TOOL_RETRIES)

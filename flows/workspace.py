@@ -26,6 +26,7 @@ from grasp_core.data.generators import GENERATORS, get_generator
 from grasp_core.data.layout import natural_key
 from grasp_core.errors import ConfigError, DataLayoutError
 from grasp_core.finetune import EpochCallback
+from grasp_core.names import path_inside
 from grasp_core.sources import build_base, train_source
 from grasp_core.threads import SOURCE_TRAINING_THREADS, pinned_threads
 
@@ -54,7 +55,12 @@ class Workspace:
         return self.checkpoints / "base.safetensors"
 
     def source(self, domain: str) -> Path:
-        return self.sources / f"{domain}.safetensors"
+        """`checkpoints/sources/<domain>.safetensors`; refuses a domain that is not a safe name."""
+        return path_inside(self.sources, domain, "domain", suffix=".safetensors")
+
+    def targets(self, target: str) -> Path:
+        """`checkpoints/targets/<target>/`, where a target's stage checkpoints go."""
+        return path_inside(self.checkpoints / "targets", target, "target domain")
 
 
 def _sha(obj: object) -> str:
@@ -174,8 +180,12 @@ def ensure_source(cfg: Config, ws: Workspace, name: str, classes: list[str], bas
         stage = train_source(model, domain, cfg, seed, on_epoch)
     extra = {"role": "source", "domain": domain.name, "base_sha256": base.sha256, "recipe_sha256": recipe,
              "val_accuracy": f"{stage.best_val_accuracy:.4f}"}
-    return save_checkpoint(model, path, CheckpointHeader(header.arch, header.num_classes, header.classes,
-                                                         header.input_shape, extra)), True
+    saved = save_checkpoint(model, path, CheckpointHeader(header.arch, header.num_classes, header.classes,
+                                                          header.input_shape, extra))
+    from flows.source_ledger import record_source
+
+    record_source(ws, name, saved.sha256, "trained")
+    return saved, True
 
 
 def source_opener(ws: Workspace, like: CheckpointHeader) -> Callable[[str], object]:

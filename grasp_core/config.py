@@ -209,6 +209,20 @@ class PromoteConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Caps on a checkpoint, checked from its file size and safetensors header before any tensor is read
+    (a file dropped into the sources area or passed to add-source is untrusted)."""
+
+    checkpoint_max_bytes: int = 4 * 2**30  # whole file
+    header_max_bytes: int = 8 * 2**20  # the safetensors JSON header (names, dtypes, shapes, metadata)
+    tensor_max_bytes: int = 4 * 2**30  # sum of the tensor bytes the header declares
+
+    def __post_init__(self) -> None:
+        for key in ("checkpoint_max_bytes", "header_max_bytes", "tensor_max_bytes"):
+            _check(getattr(self, key) >= 1, f"'limits.{key}' = {getattr(self, key)} must be >= 1")
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = 0  # seeds data generation, initialisation, shuffling and augmentation
     data: DataConfig = field(default_factory=DataConfig)
@@ -221,6 +235,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     on_bad_source: str = "fail"  # a refused source checkpoint at run time: "fail" the run, or "skip" it (recorded)
 
     def __post_init__(self) -> None:
@@ -311,6 +326,9 @@ def flatten(cfg: Config) -> dict[str, Any]:
 
 
 def config_hash(cfg: Config) -> str:
-    """sha256 of the resolved config, stable across key order."""
-    text = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=True)
+    """sha256 of the resolved config, stable across key order. `limits` is left out: a cap on what may be
+    read changes no result, so raising it must not make every merge look new."""
+    raw = dataclasses.asdict(cfg)
+    raw.pop("limits")
+    text = yaml.safe_dump(raw, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 
 class GraspError(Exception):
-    """Base class: something the user can fix (bad input, config, data or checkpoint)."""
+    """Base class: something the user can fix (bad input, config, data or checkpoint).
+
+    `exit_code` is the `grasp` command's exit status for it: 2 bad input here; subclasses for a busy
+    workspace or a transient store fault use 75 (EX_TEMPFAIL: try again later).
+    """
+
+    exit_code: int = 2
 
 
 class ConfigError(GraspError):

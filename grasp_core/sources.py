@@ -30,7 +30,7 @@ def build_base(cfg: Config, num_classes: int, input_shape: tuple[int, int, int],
     model = build_model(cfg.model.arch, num_classes, input_shape,
                         input_spec(cfg.model.image_size, cfg.model.mean, cfg.model.std))
     if cfg.model.weights:
-        load_weights_file(model, Path(cfg.model.weights))
+        load_weights_file(model, Path(cfg.model.weights), cfg.limits)
     model.to(device)
     if cfg.base.mode == "pretrain" and pretrain is not None and cfg.base.epochs > 0:
         pretrain = pretrain.to(device)

@@ -26,6 +26,7 @@ from grasp_core.config import Config, ImportConfig
 from grasp_core.data.layout import DOMAIN_ORDER_FILE, SPLITS, natural_key
 from grasp_core.data.summary import GREY_MODES, class_sort_key
 from grasp_core.errors import DataLayoutError
+from grasp_core.names import check_name
 
 IMPORT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MARKER = "_import.json"
@@ -163,7 +164,7 @@ def plan_import(source: Path, cfg: Config) -> ImportPlan:
     """
     if not source.is_dir():
         raise DataLayoutError(f"{source}: not a folder; {LAYOUTS}")
-    folders = {p.name: p for p in _subdirs(source)}
+    folders = {check_name(p.name, f"{p}: domain folder"): p for p in _subdirs(source)}
     if len(folders) < 2:
         raise DataLayoutError(f"{source}: {len(folders)} domain folder(s); GRASP needs at least two "
                               f"(sources and a target); {LAYOUTS}")

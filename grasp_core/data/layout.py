@@ -15,6 +15,7 @@ import torch
 
 from grasp_core.data.preprocess import decode_image, to_batch
 from grasp_core.errors import DataLayoutError
+from grasp_core.names import check_name
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -51,10 +52,13 @@ def list_domains(root: Path) -> list[str]:
     found = sorted((p.name for p in root.iterdir() if p.is_dir() and p.name[0] not in "._"), key=natural_key)
     if not found:
         raise DataLayoutError(f"{root}: no domain folders; {EXPECTED}")
+    for name in found:  # a domain name becomes part of checkpoint, model and report paths
+        check_name(name, f"{root / name}: domain folder")
     order_file = root / DOMAIN_ORDER_FILE
     if not order_file.is_file():
         return found
-    listed = [line.strip() for line in order_file.read_text().splitlines() if line.strip()]
+    listed = [check_name(line.strip(), f"{order_file}: domain")
+              for line in order_file.read_text().splitlines() if line.strip()]
     if sorted(listed) != sorted(found):
         raise DataLayoutError(f"{order_file}: lists {listed} but the domain folders are {found}; "
                               "list every domain folder once, oldest first, or delete the file")

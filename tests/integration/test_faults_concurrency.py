@@ -1,7 +1,9 @@
 """Fault suite: two `grasp run` started at once on one workspace, and determinism of a whole run.
 
-Concurrency: one run holds the workspace lock; the other is refused with a message naming the owner's
-PID and age, registers nothing, and the registry and DVC stay consistent. Determinism: the same seed and
+Concurrency: one run holds the workspace lock; the other is refused (exit 75, busy) with a message naming
+the owner's PID and age, registers nothing, and the registry and DVC stay consistent. The overlap is made
+certain, not hoped for: the first run is paused (SIGSTOP) once its lock file names it, the second runs
+against it, then the first is resumed (SIGCONT). Determinism: the same seed and
 config in two fresh workspaces give identical checkpoint hashes (base, sources) and accuracies.
 """
 
@@ -9,9 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,17 +31,25 @@ def _start(ws: Path, *args: str) -> subprocess.Popen:
 
 
 def test_two_runs_at_once_one_is_refused_and_stores_stay_consistent(tmp_path, tmp_params):
+    from flows.lock import LOCK_NAME, read_owner
     from flows.tracking import Tracker
 
     ws = tmp_path / "ws"
     ws.mkdir()
-    # long enough sources that the first run still holds the lock when the second arrives
-    (ws / "params.yaml").write_text(tmp_params({"sources.epochs": 6}).read_text())
-    runs = [_start(ws, "--quiet"), _start(ws, "--quiet")]
-    outs = [p.communicate(timeout=900) for p in runs]
-    codes = [p.returncode for p in runs]
-    assert sorted(codes) == [0, 2], (codes, [e[-2000:] for _, e in outs])
-    refused_err = outs[codes.index(2)][1]
+    (ws / "params.yaml").write_text(tmp_params().read_text())
+    first = _start(ws, "--quiet")
+    while (owner := read_owner(ws / LOCK_NAME)) is None or owner.get("pid") != first.pid:
+        assert first.poll() is None, first.communicate()[1][-2000:]  # waits for an event: the lock names it
+        time.sleep(0.05)  # polling interval only; nothing has to happen before it ends
+    os.kill(first.pid, signal.SIGSTOP)  # it cannot release the lock while the second one runs
+    try:
+        second = _start(ws, "--quiet")
+        refused_out, refused_err = second.communicate(timeout=900)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    out, err = first.communicate(timeout=900)
+    codes = [first.returncode, second.returncode]
+    assert codes == [0, 75], (codes, err[-2000:], refused_err[-2000:])
     assert re.search(r"another grasp run \(pid \d+, started \d+ s ago\) holds this workspace", refused_err), \
         refused_err
     assert "Traceback" not in refused_err

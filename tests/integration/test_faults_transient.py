@@ -5,11 +5,14 @@ a held DVC lock, a file where the artifact folder should be)."""
 from __future__ import annotations
 
 import fcntl
+import logging
 import re
 import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,14 +66,31 @@ def _failed_runs(tracker) -> int:
     return len(tracker.client.search_runs([tracker.experiment_id], "attributes.status = 'FAILED'"))
 
 
-def _release_later(seconds: float, release) -> threading.Thread:
-    def run() -> None:
-        time.sleep(seconds)
-        release()
+@contextmanager
+def _release_after_a_failed_attempt(release) -> Iterator[threading.Event]:
+    """Call `release` once the task's first attempt has failed (the retry condition logs "retrying"), not
+    after a fixed delay: on a busy machine a timer can fire before the first attempt even starts."""
+    failed, done = threading.Event(), threading.Event()
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+    class OnRetry(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "retrying" in record.getMessage():
+                failed.set()
+
+    def run() -> None:
+        failed.wait()
+        if not done.is_set():
+            release()
+
+    handler, log = OnRetry(), logging.getLogger("flows.faults")
+    log.addHandler(handler)
+    threading.Thread(target=run, daemon=True).start()
+    try:
+        yield failed
+    finally:
+        done.set()
+        failed.set()
+        log.removeHandler(handler)
 
 
 def test_backoff_is_exponential_and_only_transient_errors_retry():
@@ -92,10 +112,10 @@ def test_locked_sqlite_database_is_retried_until_free(done):
 
     ws, tracker, summary = done
     lock = sqlite3.connect(ws / "mlflow.db", timeout=0, check_same_thread=False)
-    lock.execute("BEGIN EXCLUSIVE")  # another writer holds the database
-    _release_later(23.0, lock.rollback)  # longer than MLflow's 20 s SQLite busy_timeout: the first attempt fails
+    lock.execute("BEGIN EXCLUSIVE")  # another writer holds the database until an attempt has failed
     try:
-        out = _in_flow(alias_task, tracker, summary.model_name, summary.versions[0], **FAST)
+        with _release_after_a_failed_attempt(lock.rollback):
+            out = _in_flow(alias_task, tracker, summary.model_name, summary.versions[0], **FAST)
     finally:
         lock.close()
     assert out.completed, out.result
@@ -112,10 +132,10 @@ def test_dvc_lock_held_by_another_command_is_retried(done):
     (ws / "data" / "2020" / "train" / "0" / "extra.png").write_bytes(
         next((ws / "data" / "2020" / "train" / "0").glob("*.png")).read_bytes())  # a change for `dvc add`
     fd = open(ws / ".dvc" / "tmp" / "lock", "a+")  # noqa: SIM115 - held across the retry
-    fcntl.flock(fd.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    _release_later(5.0, fd.close)  # DVC itself waits 3 s for its lock, then fails
+    fcntl.flock(fd.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # held until DVC's first attempt has failed
     try:
-        out = _in_flow(dvc_track_task, Workspace(ws), "data", **FAST)
+        with _release_after_a_failed_attempt(fd.close):
+            out = _in_flow(dvc_track_task, Workspace(ws), "data", **FAST)
     finally:
         fd.close()
     assert out.completed, out.result

@@ -111,6 +111,7 @@ def test_promoting_the_champion_itself_is_a_noop(run):
     decision = promote(ws, uri, _cfg(ws), "@challenger", actor="alice")
     assert decision.action == "noop" and not decision.promoted
     assert decision.candidate_test_accuracy == pytest.approx(summary.steps[-1].result.test_accuracy, abs=1e-6)
+    assert 0 <= decision.candidate_val_accuracy <= 1
     assert _aliases(uri, summary.model_name) == before
     entry = _history(uri, summary.model_name, decision.candidate)[-1]
     assert entry["action"] == "noop" and entry["who"] == "alice" and entry["dataset_dvc_md5"] == summary.data_md5
@@ -124,9 +125,10 @@ def test_the_gate_refuses_a_worse_candidate_then_tolerance_lets_it_through(run, 
     champion = summary.versions[-1]
     refused = promote(ws, uri, _cfg(ws), worse, auto=True)
     assert refused.action == "refused" and not refused.promoted and refused.champion == champion
-    assert refused.candidate_test_accuracy < refused.champion_test_accuracy
-    assert (f"refused: candidate v{worse} test accuracy {refused.candidate_test_accuracy:.4f} < champion "
-            f"v{champion} {refused.champion_test_accuracy:.4f} - tolerance 0.0000") in refused.message
+    assert refused.candidate_val_accuracy < refused.champion_val_accuracy  # the gate reads validation
+    assert (f"refused: candidate v{worse} val accuracy {refused.candidate_val_accuracy:.4f} < champion "
+            f"v{champion} {refused.champion_val_accuracy:.4f} - tolerance 0.0000") in refused.message
+    assert refused.champion_test_accuracy is not None  # test accuracy is reported beside it
     assert _aliases(uri, summary.model_name)["champion"] == champion
     for version in (worse, champion):  # the decision is on both versions
         entry = _history(uri, summary.model_name, version)[-1]

@@ -56,6 +56,7 @@ def test_second_acquirer_is_refused_with_the_owner_pid(tmp_path: Path):
         assert len(errors) == 1
         err = errors[0]
         assert re.search(rf"another grasp run \(pid {os.getpid()}, started \d+ s ago\)", str(err))
+        assert err.exit_code == 75  # busy, not bad input
         assert time.monotonic() - started >= 0.5  # it waited before giving up
         assert isinstance(err, GraspError) and "\n" not in str(err)
         assert str(tmp_path / ".grasp" / "run.lock") in str(err)
