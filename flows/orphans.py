@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 
 from flows.lock import is_owner_alive, process_started
+from grasp_core.durable import write_text_durably
 
 RECORD_DIR = Path(".grasp") / "servers"
 _log = logging.getLogger(__name__)
@@ -33,9 +34,7 @@ def record_server(workdir: Path, server_pid: int, port: int | None) -> Path:
               "started": datetime.now(UTC).isoformat(timespec="seconds"), "server_pid": server_pid,
               "server_started": process_started(server_pid), "port": port}
     path = folder / f"{me}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
+    write_text_durably(path, json.dumps(record))
     return path
 
 

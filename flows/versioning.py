@@ -9,6 +9,7 @@ from __future__ import annotations
 import configparser
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -20,7 +21,10 @@ from typing import Any
 import yaml
 
 from flows.dvc_batch import FAILED
+from grasp_core.durable import TMP_GLOB, write_text_durably
 from grasp_core.errors import GraspError
+
+_log = logging.getLogger(__name__)
 
 REMOTE_NAME = "local"
 REMOTE_ENV = "GRASP_DVC_REMOTE"
@@ -154,6 +158,7 @@ def ensure_repo(ws: Path, remote: str | None = None, defer: bool = False) -> lis
     commands += _ensure_remote(ws, remote)
     if not (ws / "dvc.yaml").exists():
         (ws / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
+    ignore_temporaries(ws)
     if defer:
         return commands
     _dvc(ws, *commands)
@@ -217,7 +222,13 @@ def _is_unchanged(ws: Path, stamp_file: Path, stamp: dict[str, str | None], dvcf
     if not stamp_file.exists() or not dvcfile.exists():
         return False
     md5, url = read_dvc_hash(dvcfile), stamp["remote"]
-    recorded = json.loads(stamp_file.read_text())
+    try:
+        recorded = json.loads(stamp_file.read_text())
+    except (OSError, ValueError):  # truncated or garbled (a crash mid-write before 0.2): add and push again
+        _log.warning("%s: unreadable stamp; re-adding and re-pushing %s", stamp_file, dvcfile.name)
+        return False
+    if not isinstance(recorded, dict):
+        return False
     was_pushed = recorded.pop("pushed", True) is True  # stamps before add/push were split: written after a push
     on_remote = url is None or "://" in url or _object_path(Path(url), md5).exists()
     pushed = not pushed_too or (was_pushed and on_remote)
@@ -303,6 +314,16 @@ def link_push(ws: Path, dvcfile: Path) -> bool:
     return True
 
 
+def ignore_temporaries(ws: Path) -> None:
+    """List the temporaries of `grasp_core.durable` in `.dvcignore`, so a write that died half-way never enters
+    a DVC snapshot (its file is removed on failure; a SIGKILL can still leave one)."""
+    path = ws / ".dvcignore"
+    text = path.read_text() if path.is_file() else ""
+    if TMP_GLOB not in text.splitlines():
+        path.write_text(text + ("\n" if text and not text.endswith("\n") else "") +
+                        f"# grasp: temporary files of interrupted writes\n{TMP_GLOB}\n")
+
+
 def _stamp(ws: Path, target: str) -> tuple[Path, Path, dict[str, str | None]]:
     """(.dvc file, stamp file, stamp): the stamp of the last push lets an unchanged output skip add and push."""
     dvcfile = _dvcfile_for(ws, target)
@@ -313,8 +334,7 @@ def _stamp(ws: Path, target: str) -> tuple[Path, Path, dict[str, str | None]]:
 
 def _write_stamp(stamp_file: Path, stamp: dict[str, str | None], tracked: TrackedOutput,
                  pushed: bool = True) -> None:
-    stamp_file.parent.mkdir(parents=True, exist_ok=True)
-    stamp_file.write_text(json.dumps({**stamp, "md5": tracked.md5, "pushed": pushed}))
+    write_text_durably(stamp_file, json.dumps({**stamp, "md5": tracked.md5, "pushed": pushed}))
 
 
 def _manifest(ws: Path, dvcfile: Path, md5: str) -> dict[str, str]:

@@ -24,6 +24,7 @@ from grasp_core.data import DomainData, check_layout, list_domains, load_domain,
 from grasp_core.data.drift import BASE_DIR
 from grasp_core.data.generators import GENERATORS, get_generator
 from grasp_core.data.layout import natural_key
+from grasp_core.durable import write_text_durably
 from grasp_core.errors import ConfigError, DataLayoutError
 from grasp_core.finetune import EpochCallback
 from grasp_core.names import path_inside
@@ -80,7 +81,14 @@ def data_is_current(cfg: Config, ws: Workspace) -> bool:
     leaves it as it is."""
     root = ws.data(cfg)
     marker = root / GENERATOR_MARKER
-    return root.exists() and (not marker.exists() or json.loads(marker.read_text()) == _recipe(cfg))
+    if not root.exists():
+        return False
+    if not marker.exists():
+        return True
+    try:
+        return json.loads(marker.read_text()) == _recipe(cfg)
+    except (OSError, ValueError):  # a truncated marker: generated data of unknown recipe, regenerated
+        return False
 
 
 def materialise_data(cfg: Config, ws: Workspace) -> tuple[list[str], bool]:
@@ -102,7 +110,7 @@ def materialise_data(cfg: Config, ws: Workspace) -> tuple[list[str], bool]:
     tmp = root.with_name(f".{root.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     names = get_generator(cfg.data.generator)(tmp, cfg.data, cfg.base, cfg.seed)
-    (tmp / GENERATOR_MARKER).write_text(json.dumps(_recipe(cfg), sort_keys=True, indent=1))
+    write_text_durably(tmp / GENERATOR_MARKER, json.dumps(_recipe(cfg), sort_keys=True, indent=1))
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
     return names, True

@@ -216,3 +216,45 @@ def test_lineage_plot_is_written_and_logged_to_the_newest_run(run, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     logged = [a.path for a in mlflow.MlflowClient(uri).list_artifacts(rows[0]["run_id"], "lineage")]
     assert "lineage/lineage.png" in logged and "lineage/lineage-grasp-2022.png" in logged  # ours + the run report
+
+
+@pytest.mark.faults
+def test_two_concurrent_promotes_each_end_with_a_recorded_decision(run, worse):
+    """Two `grasp promote` released together by a barrier: the workspace lock orders them, the second decides
+    against the champion the first left (compare-and-set), and neither decision is lost."""
+    import threading
+
+    from flows.cli import main
+
+    ws, uri, summary = run
+    original = summary.versions[-1]
+    params = ws / "params-tolerant.yaml"
+    raw = yaml.safe_load((ws / "params.yaml").read_text())
+    params.write_text(yaml.safe_dump({**raw, "promote": {"tolerance": 1.0}}))  # both candidates pass the gate
+    candidates, codes = [summary.versions[0], worse], {}
+    barrier = threading.Barrier(len(candidates))
+
+    def promote(version: str) -> None:
+        barrier.wait()
+        codes[version] = main(["promote", version, "--workdir", str(ws), "--params", str(params),
+                               "--tracking-uri", uri, "--lock-wait", "600"])
+
+    threads = [threading.Thread(target=promote, args=(v,)) for v in candidates]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert codes == dict.fromkeys(candidates, 0), codes
+        last = {v: _history(uri, summary.model_name, v)[-1] for v in candidates}
+        assert all(e["action"] == "promoted" for e in last.values()), last
+        first, second = sorted(candidates, key=lambda v: last[v]["champion"] != original)
+        assert last[first]["champion"] == original  # the first decided against the champion it found
+        assert last[second]["champion"] == first  # the second against the one the first promoted
+        assert _aliases(uri, summary.model_name)["champion"] == second
+        assert [e["candidate"] for e in _history(uri, summary.model_name, first)[-2:]] == [first, second]
+    finally:
+        from flows.tracking import Tracker
+
+        Tracker(ws, tracking_uri=uri).set_alias(summary.model_name, "champion", original)
+        params.unlink()

@@ -182,3 +182,19 @@ def test_errors_name_the_path_and_dvc_last_line(tmp_path):
         track(ws, "nothing")
     with pytest.raises(VersioningError, match=r"`dvc add data` failed: .*not inside of a DVC repository"):
         track(ws, "data")
+
+
+@pytest.mark.faults
+def test_a_truncated_stamp_is_rebuilt_and_temporaries_never_enter_the_snapshot(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    first = track(ws, "checkpoints/sources", first=ensure_repo(ws, defer=True))
+    assert ".*.tmp" in (ws / ".dvcignore").read_text().splitlines()
+    stamp = next((ws / ".dvc" / "tmp" / "grasp-track").glob("*.json"))
+    stamp.write_text(stamp.read_text()[:7])  # a crash mid-write (before writes were atomic)
+    leftover = ws / "checkpoints" / "sources" / ".b.safetensors.4242.tmp"
+    leftover.write_bytes(b"half a checkpoint")  # what a SIGKILL mid-write can leave
+    again = track(ws, "checkpoints/sources")
+    assert again.md5 == first.md5 and again.nfiles == first.nfiles == 1  # the temporary is not in the snapshot
+    assert json.loads(stamp.read_text())["md5"] == first.md5  # rebuilt, whole
+    manifest = ws / ".dvc" / "cache" / "files" / "md5" / first.md5[:2] / first.md5[2:]
+    assert [e["relpath"] for e in json.loads(manifest.read_text())] == ["a.safetensors"]

@@ -234,3 +234,24 @@ def test_a_failed_checkpoint_write_leaves_no_temporary_file(tmp_path, monkeypatc
     with pytest.raises(OSError, match="No space left"):
         save_checkpoint(build_model("small_cnn", 3, (1, 8, 8)), target, HEADER)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_truncated_source_ledger_vouches_for_nothing_and_is_rebuilt(ws, good):
+    from flows.source_ledger import LEDGER
+
+    saved = add_source(ws, good, "2019")
+    ledger = ws.root / LEDGER
+    ledger.write_text(ledger.read_text()[:5])  # truncated by a crash
+    assert lineage_tags(ws, "2019", saved.sha256, saved.header)["source_origin"] == "unverified"
+    record_source(ws, "2020", "0" * 64, "trained")  # the next write rebuilds a whole ledger
+    assert json.loads(ledger.read_text()) == {"2020": {"sha256": "0" * 64, "origin": "trained"}}
+
+
+def test_a_truncated_generator_marker_means_the_data_is_regenerated(tmp_path):
+    from flows.workspace import GENERATOR_MARKER, data_is_current
+    from grasp_core.config import Config
+
+    ws = Workspace(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / GENERATOR_MARKER).write_text('{"gener')
+    assert not data_is_current(Config(), ws)
