@@ -69,6 +69,9 @@ class LocalApiServer:
 
     def start(self) -> None:
         if self.own_db:
+            from flows.store_health import PREFECT_RECOVERY, check_sqlite
+
+            check_sqlite(self.db, PREFECT_RECOVERY)
             local_stores.seed(self.db, "prefect")
             self.fresh_db = not self.db.exists()
         self._spawn()

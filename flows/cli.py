@@ -353,12 +353,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_flow(args: argparse.Namespace) -> int:
+    from flows.interrupts import stop_cleanly_on_signals
     from flows.lock import RunLock
 
     # The workspace lock first: a refused run starts no Prefect server (two on one SQLite only contend).
     # The flow takes the same lock again (re-entrant in this process; scheduled runs take it there).
-    with RunLock(args.workdir, wait_s=args.lock_wait,
-                 command="grasp run" + (" --all-targets" if args.all_targets else "")):
+    # SIGTERM/SIGINT unwind through the lock (released) before the children are stopped.
+    command = "grasp run" + (" --all-targets" if args.all_targets else "")
+    with stop_cleanly_on_signals(command), RunLock(args.workdir, wait_s=args.lock_wait, command=command):
         return _run_flow_locked(args)
 
 

@@ -119,6 +119,9 @@ def _seed_sqlite_store(uri: str) -> Path | None:
         return None
     db = Path(uri.removeprefix("sqlite:///"))
     if db.exists():
+        from flows.store_health import MLFLOW_RECOVERY, check_sqlite
+
+        check_sqlite(db, MLFLOW_RECOVERY)  # a corrupt file: one line and the way out, not a SQLAlchemy trace
         return None
     if not local_stores.seed(db, "mlflow"):
         return db

@@ -1,4 +1,5 @@
-"""Fault suite: a run killed with SIGKILL in the middle of the third of five merge steps, then resumed.
+"""Fault suite: a run killed with SIGKILL (or stopped with SIGTERM) in the middle of the third of five merge
+steps, then resumed.
 
 The resumed registry holds exactly one version per stage, only the final version carries aliases, the
 final checkpoint and accuracy equal an uninterrupted run's with the same seed, and the Prefect server the
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from flows.orphans import RECORD_DIR
 
@@ -57,37 +59,54 @@ def registered(ws: Path) -> int:
             return 0
 
 
-def kill_mid_stage(ws: Path, first_stage: int, min_versions: int) -> tuple[int, str]:
-    """Start `grasp run --verbose` and SIGKILL it during the first epoch of a stage >= `first_stage` once at
-    least `min_versions` versions are registered (registrations run behind the stages). Returns (pid, line)."""
+def kill_mid_stage(ws: Path, first_stage: int, min_versions: int,
+                   sig: signal.Signals = signal.SIGKILL) -> tuple[int, str, list[int], str]:
+    """Start `grasp run --verbose` and send `sig` during the first epoch of a stage >= `first_stage` once at
+    least `min_versions` versions are registered (registrations run behind the stages).
+    Returns (pid, the line it was sent on, the PIDs of its children then, the rest of its stderr)."""
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--verbose"], cwd=ws, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
     assert proc.stderr is not None
-    seen = []
+    seen, children = [], []
     for line in proc.stderr:
         seen.append(line)
         found = re.search(r"grasp stage (\d+): epoch 1/", line)
         if found and int(found.group(1)) >= first_stage and registered(ws) >= min_versions:
-            os.kill(proc.pid, signal.SIGKILL)
+            children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+            os.kill(proc.pid, sig)
             break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "never killed:\n" + "".join(seen[-30:])
-    return proc.pid, line
+    rest = proc.stderr.read() if sig != signal.SIGKILL else ""
+    proc.wait(timeout=120)
+    expected = -signal.SIGKILL if sig == signal.SIGKILL else 128 + sig
+    assert proc.returncode == expected, f"exit {proc.returncode}:\n" + "".join(seen[-30:]) + rest[-3000:]
+    return proc.pid, line, children, rest
 
 
-def test_sigkill_mid_third_stage_then_resume_equals_an_uninterrupted_run(tmp_path, tmp_params):
-    params = tmp_params(FIVE_STAGES)
-    ref, ws = tmp_path / "ref", tmp_path / "ws"
-    for folder in (ref, ws):
-        folder.mkdir()
-        (folder / "params.yaml").write_text(params.read_text())
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """An uninterrupted run with the same seed: (its folder, stage -> checkpoint sha256)."""
+    from tests.conftest import TINY_PARAMS
 
+    ref = tmp_path_factory.mktemp("ref")
+    raw = yaml.safe_load(yaml.safe_dump(TINY_PARAMS))
+    for key, value in FIVE_STAGES.items():
+        section, leaf = key.split(".")
+        raw.setdefault(section, {})[leaf] = value
+    (ref / "params.yaml").write_text(yaml.safe_dump(raw))
     done = grasp("run", "--quiet", "--json", "stages.json", cwd=ref)
     assert done.returncode == 0, done.stderr[-3000:]
     expected = {v["tags"]["stage"]: v["tags"]["checkpoint_sha256"] for v in registry(ref)}
     assert sorted(expected) == ["0", "1", "2", "3", "4"]
+    return ref, expected
 
-    pid, line = kill_mid_stage(ws, first_stage=2, min_versions=2)
+
+def test_sigkill_mid_third_stage_then_resume_equals_an_uninterrupted_run(tmp_path, reference):
+    ref, expected = reference
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "params.yaml").write_text((ref / "params.yaml").read_text())
+
+    pid, line, _, _ = kill_mid_stage(ws, first_stage=2, min_versions=2)
     record = json.loads((ws / RECORD_DIR / f"{pid}.json").read_text())
     server = record["server_pid"]
     try:
@@ -109,6 +128,11 @@ def test_sigkill_mid_third_stage_then_resume_equals_an_uninterrupted_run(tmp_pat
                 record["server_started"], abs=1.0):
             psutil.Process(server).kill()
 
+    assert_resumed_exactly(ws, ref, expected)
+
+
+def assert_resumed_exactly(ws: Path, ref: Path, expected: dict[str, str]) -> None:
+    """One version per stage, one unbroken lineage, aliases on the last, and the reference run's bytes."""
     after = registry(ws)
     stages = [v["tags"]["stage"] for v in after]
     assert sorted(stages) == ["0", "1", "2", "3", "4"], stages  # exactly one version per stage
@@ -125,3 +149,32 @@ def test_sigkill_mid_third_stage_then_resume_equals_an_uninterrupted_run(tmp_pat
     ref_rows = json.loads((ref / "stages.json").read_text())
     new_rows = json.loads((ws / "stages.json").read_text())
     assert new_rows[-1]["test_accuracy"] == ref_rows[-1]["test_accuracy"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_sigint_mid_stage_stops_cleanly_then_resume_equals_an_uninterrupted_run(sig, tmp_path, reference):
+    """Children stopped, the MLflow parent run KILLED, the lock released, exit 128 + signal; then an exact resume."""
+    import mlflow
+
+    ref, expected = reference
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "params.yaml").write_text((ref / "params.yaml").read_text())
+    pid, _, children, stderr = kill_mid_stage(ws, first_stage=2, min_versions=2, sig=sig)
+    assert children, "the run had children (its Prefect server at least) when it was signalled"
+    alive = [c for c in children if psutil.pid_exists(c) and psutil.Process(c).status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], f"children left running: {alive}"
+    assert f"got {sig.name}" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert not (ws / ".grasp" / "run.lock").exists(), "the lock is released"
+    assert not (ws / RECORD_DIR / f"{pid}.json").exists() or not psutil.pid_exists(
+        json.loads((ws / RECORD_DIR / f"{pid}.json").read_text())["server_pid"])
+    client = mlflow.MlflowClient(f"sqlite:///{ws}/mlflow.db")
+    parents = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                 "attributes.run_name LIKE 'grasp-%'")
+    assert [r.info.status for r in parents] == ["KILLED"], [(r.info.run_name, r.info.status) for r in parents]
+    assert not any(v["aliases"] for v in registry(ws)), "a stopped run sets no alias"
+
+    resumed = grasp("run", "--json", "stages.json", cwd=ws)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed an interrupted run" in resumed.stdout
+    assert_resumed_exactly(ws, ref, expected)
