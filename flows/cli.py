@@ -155,10 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=cmd_serve)
 
     promote = sub.add_parser("promote", help="promote a version to champion through the accuracy/size gate",
-                             description="The candidate (default @challenger) becomes champion only if its test "
-                             "accuracy on the current dataset is at least the champion's minus promote.tolerance "
-                             "(and its size within promote.max_param_mb). Every decision is recorded on both "
-                             "versions (tag promotion_history). Exit 0 promoted or no-op, 3 refused.")
+                             description="The candidate (default @challenger) becomes champion only if its "
+                             "validation accuracy on the current dataset is at least the champion's minus "
+                             "promote.tolerance (and its size within promote.max_param_mb). Every decision is recorded "
+                             "on both versions (tag promotion_history). Test accuracy is recorded, never gating. "
+                             "Exit 0 promoted or no-op, 3 refused, 75 busy.")
     promote.add_argument("version", nargs="?", default="@challenger", help="a version number or @alias")
     promote.add_argument("--auto", action="store_true", help="record the decision as made by the scheduler")
     _lock_wait(promote, 60)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -48,6 +49,9 @@ def stop_cleanly_on_signals(command: str) -> Iterator[None]:
     Put it outside the workspace lock, so the lock is released while unwinding, before the exit.
     """
     received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
 
     def handler(signum: int, frame: object) -> None:
         if not received:  # a second signal while unwinding must not cut the clean-up short

@@ -200,7 +200,7 @@ class BaselinesConfig:
 
 @dataclass(frozen=True)
 class PromoteConfig:
-    tolerance: float = 0.0  # candidate test accuracy may trail the champion's by at most this (0-1 scale)
+    tolerance: float = 0.0  # candidate VALIDATION accuracy may trail the champion's by at most this (0-1)
     max_param_mb: float = 0.0  # refuse candidates whose parameters exceed this many MiB; 0 = no limit
 
     def __post_init__(self) -> None:
