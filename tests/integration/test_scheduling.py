@@ -217,6 +217,7 @@ def test_schedule_and_options_are_checked_before_anything_starts(tmp_path):
     check_schedule("0 3 * * *", None)
     values = flow_parameters(tmp_path, Path("params.yaml"), auto_promote=False, tracking_uri=None)
     assert Path(values["params_path"]).is_absolute() and values["workdir"] == str(tmp_path.resolve())
+    assert values["lock_wait_s"] == 900  # a scheduled tick waits for a manual run instead of failing
     if "auto_promote" not in values:  # the flow has no such parameter (yet): asking for it must fail loudly
         with pytest.raises(ConfigError, match="auto_promote"):
             flow_parameters(tmp_path, Path("params.yaml"), auto_promote=True, tracking_uri=None)

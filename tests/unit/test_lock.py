@@ -122,3 +122,45 @@ def test_reentrant_in_the_same_process_and_released_by_the_outer_holder(tmp_path
             assert (tmp_path / ".grasp" / "run.lock").exists()
         assert (tmp_path / ".grasp" / "run.lock").exists(), "the inner block must not release the outer lock"
     assert not (tmp_path / ".grasp" / "run.lock").exists()
+
+
+def test_a_waiting_acquirer_takes_the_lock_when_the_holder_releases_it_and_logs_the_wait(tmp_path: Path):
+    """A scheduled run (`lock_wait_s`) that finds the workspace held waits, logged, instead of failing; the
+    holder is released by the test once the wait has been logged (no timer races the release)."""
+    import logging
+
+    waiting, acquired = threading.Event(), threading.Event()
+    lines: list[str] = []
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+            if "waiting up to" in record.getMessage():
+                waiting.set()
+
+    log = logging.getLogger("flows.lock")
+    handler = Watch()
+    log.addHandler(handler)
+    holder = RunLock(tmp_path, command="grasp run").__enter__()
+    errors: list[BaseException] = []
+
+    def scheduled() -> None:
+        try:
+            with RunLock(tmp_path, wait_s=600, command="grasp run (scheduled)"):
+                acquired.set()
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    worker = threading.Thread(target=scheduled)
+    try:
+        worker.start()
+        assert waiting.wait(timeout=600), lines
+        assert not acquired.is_set()  # still held: it waits
+        holder.release()
+        worker.join(timeout=600)
+    finally:
+        holder.release()
+        log.removeHandler(handler)
+    assert errors == [] and acquired.is_set()
+    assert any("acquired after waiting" in line for line in lines), lines
+    assert not (tmp_path / ".grasp" / "run.lock").exists()
