@@ -8,6 +8,7 @@ held, a store stayed locked or full through its retries): try again later.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from grasp_core.errors import GraspError
 
 EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_MISMATCH, EXIT_BUSY = 2, 3, 4, 75
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # no space (or a file-size limit): transient, exit 75
 
 
 def seconds(text: str) -> float:
@@ -494,6 +496,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"grasp: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:
+        if err.errno not in _FULL or args.debug:
+            raise
+        # a write that found no space, outside a store task's own retries: name the file, keep what is done
+        print(f"grasp: error: {err.filename or 'a file'}: {os.strerror(err.errno)}; free space there and run "
+              "again (finished steps stay registered and the next run resumes)", file=sys.stderr)
+        return EXIT_BUSY
 
 
 if __name__ == "__main__":
