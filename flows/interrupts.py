@@ -22,6 +22,12 @@ import psutil
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 GRACE_S = 5.0  # how long children get to exit after SIGTERM before SIGKILL
+_STOPPING = threading.Event()  # set by the handler: Prefect may re-wrap the KeyboardInterrupt on its way out
+
+
+def is_stopping() -> bool:
+    """True once this process got SIGTERM/SIGINT inside `stop_cleanly_on_signals` (runs end KILLED)."""
+    return _STOPPING.is_set()
 
 
 def stop_children(grace_s: float = GRACE_S) -> list[int]:
@@ -56,12 +62,15 @@ def stop_cleanly_on_signals(command: str) -> Iterator[None]:
     def handler(signum: int, frame: object) -> None:
         if not received:  # a second signal while unwinding must not cut the clean-up short
             received.append(signum)
+            _STOPPING.set()
             raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
     previous = {sig: signal.signal(sig, handler) for sig in SIGNALS}
     try:
         yield
-    except KeyboardInterrupt:
+    except BaseException:
+        if not received and not _STOPPING.is_set():
+            raise  # an ordinary error: the CLI reports it
         signum = received[0] if received else signal.SIGINT
         stopped = stop_children()
         print(f"grasp: stopped: {command} got {signal.Signals(signum).name}; stopped {len(stopped)} child "

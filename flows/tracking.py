@@ -244,7 +244,10 @@ class Tracker:
                 self.client.log_artifact(run_id, str(params_file))
             yield run_id
         except BaseException as err:
-            self.client.set_terminated(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            from flows.interrupts import is_stopping
+
+            killed = isinstance(err, KeyboardInterrupt) or is_stopping()  # SIGTERM/SIGINT, however Prefect wraps it
+            self.client.set_terminated(run_id, "KILLED" if killed else "FAILED")
             raise
         else:
             self.client.set_terminated(run_id, "FINISHED")
