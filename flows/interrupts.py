@@ -22,12 +22,7 @@ import psutil
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 GRACE_S = 5.0  # how long children get to exit after SIGTERM before SIGKILL
-_STOPPING = threading.Event()  # set by the handler: Prefect may re-wrap the KeyboardInterrupt on its way out
-
-
-def is_stopping() -> bool:
-    """True once this process got SIGTERM/SIGINT inside `stop_cleanly_on_signals` (runs end KILLED)."""
-    return _STOPPING.is_set()
+_STOPPING = threading.Event()  # set by the handler: Prefect may re-wrap the interrupt on its way out
 
 
 def stop_children(grace_s: float = GRACE_S) -> list[int]:

@@ -239,15 +239,16 @@ class Tracker:
         run_id = self.client.create_run(self.experiment_id, run_name=run_name).info.run_id
         previous, self._parent_run_id = self._parent_run_id, run_id
         try:
-            _log_batch(self.client, run_id, {}, flatten_params(params), {**tags, **_owner_tags()})
-            if params_file is not None:
-                self.client.log_artifact(run_id, str(params_file))
+            from flows.faults import transient_faults
+
+            with transient_faults(f"MLflow store {self.tracking_uri} (artifacts {self.artifact_root})"):
+                _log_batch(self.client, run_id, {}, flatten_params(params), {**tags, **_owner_tags()})
+                if params_file is not None:
+                    self.client.log_artifact(run_id, str(params_file))
             yield run_id
         except BaseException as err:
-            from flows.interrupts import is_stopping
-
-            killed = isinstance(err, KeyboardInterrupt) or is_stopping()  # SIGTERM/SIGINT, however Prefect wraps it
-            self.client.set_terminated(run_id, "KILLED" if killed else "FAILED")
+            # an interruption (KeyboardInterrupt, SystemExit, Prefect's SIGTERM signal) ends the run KILLED
+            self.client.set_terminated(run_id, "FAILED" if isinstance(err, Exception) else "KILLED")
             raise
         else:
             self.client.set_terminated(run_id, "FINISHED")
