@@ -26,6 +26,7 @@ from flows.bench_accuracy import (
     Row,
     _ordered,
     accuracies,
+    accuracy_plot,
     add_source_order,
     bench_target,
     check_choices,
@@ -182,7 +183,8 @@ def format_markdown(rows: list[Row], overrides: dict[str, str], protocol: Protoc
 
 def write_outputs(rows: list[Row], out: Path, params: Path, protocol: Protocol,
                   wall_s: float | None = None) -> dict[str, Path]:
-    """`ablation.csv` (confirmation rows), `ablation-selection.csv` and `ablation.md` under `out`."""
+    """`ablation.csv` (confirmation rows), `ablation-selection.csv`, `ablation.md` and `ablation.png` (the
+    confirmation rows' test accuracy per target) under `out`."""
     from grasp_core.config import flatten, load_config
 
     flat = flatten(load_config(params))
@@ -191,7 +193,8 @@ def write_outputs(rows: list[Row], out: Path, params: Path, protocol: Protocol,
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text(format_markdown(rows, overrides, protocol, wall_s))
     return {"csv": write_csv(rows, out / "ablation.csv"),
-            "selection_csv": write_csv(protocol.select_rows, out / "ablation-selection.csv"), "md": md}
+            "selection_csv": write_csv(protocol.select_rows, out / "ablation-selection.csv"), "md": md,
+            "png": accuracy_plot(rows, out / "ablation.png")}
 
 
 def register(bench_sub: argparse._SubParsersAction) -> None:

@@ -68,6 +68,7 @@ def test_variants_select_on_their_seeds_and_the_choice_is_confirmed_on_the_other
     md = (out / "ablation.md").read_text()
     assert f"Chosen: `{chosen}`, the highest mean." in md and f"| **{chosen}** (chosen) |" in md
     assert f"test accuracy of `{chosen}` minus each control" in md and "| fusion | " in md
+    assert (out / "ablation.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_markdown_has_the_table_and_the_plain_statement(ablation):
