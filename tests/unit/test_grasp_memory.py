@@ -146,7 +146,7 @@ def test_every_training_method_gets_the_same_target_budget(tiny_domain):
                         param_shapes=param_shapes_of(base))
     results = {name: run_method(name, ctx) for name in sorted(METHODS)}
     assert set(results) == {"grasp", "transfer_off", "target_only", "best_single", "fusion", "ensemble",
-                            "weight_averaging", "task_arithmetic", "ties"}
+                            "weight_averaging", "task_arithmetic", "ties", "opcm"}
     budget = (cfg.finetune.initial_epochs + 2 * cfg.finetune.epochs) * len(ctx.loaders.train)
     for name, result in results.items():
         assert result.target_steps == (0 if name == "ensemble" else budget), name
