@@ -4,10 +4,10 @@ All runners train the same sources (params.yaml's config; the target's domain ex
 one temporary workspace, each into an empty `checkpoints/sources/`, and must write byte-identical
 checkpoints (source training pins one torch thread on every runner, grasp_core/threads.py). The Dask
 cluster's start (worker processes importing Prefect and torch) and the boot of the local Prefect API server
-(the one `grasp run` starts, flows/api_server.py) are timed apart from the training, since an existing
-scheduler (`--runner dask=tcp://...`) or a cluster started early does not pay them per run. A last row
-trains the same sources on the same workers as plain Dask tasks, without Prefect around them: what two
-processes give on this machine, the ceiling for the Dask row.
+(the `prefect server start` of `grasp run --runner dask`, flows/scheduling.workspace_api) are timed apart from
+the training, since an existing scheduler (`--runner dask=tcp://...`) or a cluster started early does not pay
+them per run. A last row trains the same sources on the same workers as plain Dask tasks, without Prefect
+around them: what two processes give on this machine, the ceiling for the Dask row.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def dask_bench(params: Path, say: Any, repeat: int = 1, server: Any = None) -> d
 
     With `repeat` > 1 each round runs them all in turn (a fresh Dask cluster per round, started before its
     timing) and every figure is the median, with its range: one run varies by +-20 % on a small shared box.
-    `server`: the local API server started before Prefect was imported (flows.api_server.start_local_api).
+    `server`: the workspace's Prefect server (flows.scheduling.workspace_api), started before Prefect was imported.
     """
     from distributed import LocalCluster
 
@@ -73,8 +73,6 @@ def dask_bench(params: Path, say: Any, repeat: int = 1, server: Any = None) -> d
             digests.append({p.stem: file_sha256(p) for p in sorted(ws.sources.glob("*.safetensors"))})
 
         t0 = time.perf_counter()
-        if server is not None:
-            server.wait_ready()
         _warm_prefect()  # the first flow call of a process sets Prefect up: not training time either
         prefect_start = time.perf_counter() - t0
         for round_ in range(1, repeat + 1):
@@ -177,14 +175,15 @@ def register(bench_sub: Any) -> None:
 
 
 def cmd_bench_dask(args: argparse.Namespace) -> int:
-    from flows.api_server import start_local_api
     from flows.progress import Progress
     from flows.report import write_json
     from flows.settings import apply_defaults
 
     home = Path(tempfile.gettempdir()) / "grasp-dask-bench-home"
     apply_defaults(home)
-    server = start_local_api(home)  # the same local API server as `grasp run`, before Prefect is imported
+    from flows.scheduling import workspace_api
+
+    server = workspace_api(home, start=True)  # the same server as `grasp run --runner dask`, before Prefect
     try:
         out = dask_bench(args.params, Progress(args.quiet).say, args.repeat, server)
     finally:

@@ -368,26 +368,31 @@ def _run_flow(args: argparse.Namespace) -> int:
 
 
 def _run_flow_locked(args: argparse.Namespace) -> int:
-    from flows.api_server import start_local_api
-    from flows.orphans import reap_orphans
     from flows.settings import apply_defaults
 
     apply_defaults(args.workdir, args.verbose)
-    reap_orphans(args.workdir)  # what a killed run left behind (its local Prefect server)
-    server = start_local_api(args.workdir)  # boots on the other core while this process imports torch & co.
-    from flows import execution
     from flows.runners import parse_runner
 
+    spec = parse_runner(args.runner)  # a bad --runner fails before any work
+    from flows.scheduling import workspace_api
+
+    # before prefect is imported: the workspace's running server (grasp serve's), one for Dask workers, or none
+    # (Prefect's ephemeral mode)
+    server = workspace_api(args.workdir, start=spec.kind == "dask")
+    try:
+        return _run_flow_on_api(args)
+    finally:
+        if server is not None:
+            server.stop()  # only a server this run started
+
+
+def _run_flow_on_api(args: argparse.Namespace) -> int:
+    from flows import execution
+
     execution.check()  # a bad --device/--amp fails before any work
-    parse_runner(args.runner)  # a bad --runner fails before any work
     from flows.pipeline import run_pipeline
     from flows.report import COLUMNS, format_rows, stage_row, write_json
 
-    if server is not None:
-        from flows import prewarm
-
-        prewarm.import_modules(prewarm.flow_start_modules(args.params, args.workdir))  # while the server boots
-        server.wait_ready()
     if args.all_targets:
         return _run_all_targets(args)
     summary = run_pipeline(args.params, args.workdir, baselines=args.baselines, tracking_uri=args.tracking_uri,

@@ -17,7 +17,7 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import tasks
-from flows.progress import Progress
+from flows.progress import Progress, link_mlflow_run
 from flows.settings import code_commit
 from flows.source_ledger import lineage_tags
 from flows.steps import StepArtifact
@@ -90,7 +90,8 @@ def grasp_all_targets_flow(params_path: str, workdir: str = ".", tracking_uri: s
     from flows.lock import RunLock
 
     with RunLock(Path(workdir), command="grasp run --all-targets"):
-        ws, progress, cfg = Workspace(Path(workdir)), Progress(quiet, verbose), load_config(Path(params_path))
+        ws, cfg = Workspace(Path(workdir)), load_config(Path(params_path))
+        progress = Progress(quiet, verbose, run_log=True)
         with prewarmed_gx(ws.root / VALIDATION_DIR) as gx:
             target, sources, classes = tasks.materialise_task(cfg, ws, progress)
             tasks.validate_task(ws.data(cfg), ws.root / VALIDATION_DIR, gx)  # the gate before any training
@@ -136,7 +137,7 @@ def _prepare(params_path: str, workdir: str, tracking_uri: str | None, dvc_remot
     """Data, GX gate, DVC, sources and the merge plan of one target; everything before the first stage."""
     from prefect.runtime import flow_run
 
-    ws, progress = Workspace(Path(workdir)), Progress(quiet, verbose)
+    ws, progress = Workspace(Path(workdir)), Progress(quiet, verbose, run_log=True)
     cfg = load_config(Path(params_path))
     if target_override:
         cfg = replace_config(cfg, data__target=target_override)
@@ -225,6 +226,7 @@ def _finish_merge(prep: _Prepared, computed: list[StepArtifact] | None):  # type
     with tracker.parent_run(f"grasp-{summary.target}", flatten(cfg), run_tags,
                             params_file=Path(prep.params_path)) as parent_id:
         summary.parent_run_id = parent_id
+        link_mlflow_run(tracker.tracking_uri, tracker.experiment_id, parent_id)
         _merge_all(cfg, ws, summary, prep.classes, prep.plan, (prep.data_v, prep.src_v), tracker, run_tags,
                    prep.progress, computed)
         report = tasks.report_task.submit(ws, tracker.tracking_uri, summary.model_name, summary.versions[-1])
@@ -263,8 +265,6 @@ def merge_targets(preps: list[_Prepared], runner: str) -> dict[str, list[StepArt
     (_finish), one target after another.
     """
     from flows.runners import fanout_environment, parse_runner, task_runner
-    from flows.settings import without_heartbeats
-
     jobs = [{"cfg": p.cfg, "ws": p.ws, "target": p.summary.target, "classes": p.classes,
              "sources": [(s.domain, s.checkpoint) for s in p.plan.to_merge],
              "start_stage": p.plan.start_stage, "parent": p.plan.parent}
@@ -272,14 +272,13 @@ def merge_targets(preps: list[_Prepared], runner: str) -> dict[str, list[StepArt
     if not jobs:
         return {}
     spec = parse_runner(runner)
-    with without_heartbeats():
-        if spec.kind == "local":  # one process: a second chain's models would count in this one's memory figures
-            from prefect.task_runners import ThreadPoolTaskRunner as Threads
+    if spec.kind == "local":  # one process: a second chain's models would count in this one's memory figures
+        from prefect.task_runners import ThreadPoolTaskRunner as Threads
 
-            chains = merge_targets_flow.with_options(task_runner=Threads(max_workers=1))(jobs)
-        else:  # a chain per worker process: each measures only its own models
-            with fanout_environment(spec):
-                chains = merge_targets_flow.with_options(task_runner=task_runner(spec))(jobs)
+        chains = merge_targets_flow.with_options(task_runner=Threads(max_workers=1))(jobs)
+    else:  # a chain per worker process: each measures only its own models
+        with fanout_environment(spec):
+            chains = merge_targets_flow.with_options(task_runner=task_runner(spec))(jobs)
     return {job["target"]: chain for job, chain in zip(jobs, chains, strict=True)}
 
 
@@ -299,12 +298,11 @@ def train_sources(cfg, ws: Workspace, names: list[str], domains: list[str], clas
     place among all `domains` (flows.workspace.source_seed), as in the core run.
     """
     from flows.runners import fanout_environment, parse_runner, task_runner
-    from flows.settings import without_heartbeats
     from flows.workspace import source_seed
 
     spec = parse_runner(runner)
     seeds = [source_seed(cfg, domains, name) for name in names]
-    with fanout_environment(spec), without_heartbeats():  # as in `grasp run`, when called on its own
+    with fanout_environment(spec):
         return train_sources_flow.with_options(task_runner=task_runner(spec))(cfg, ws, names, classes, base, seeds)
 
 
@@ -405,15 +403,13 @@ def run_pipeline(params: Path, workdir: Path, baselines: bool = False, tracking_
     (default: $GRASP_RUNNER, else local threads)."""
     import os
 
-    from flows.settings import quiet_run_logs, without_heartbeats
+    from flows.settings import route_run_logs
 
-    quiet_run_logs(verbose)
-
-    with without_heartbeats():
-        return grasp_run_flow(params_path=str(params), workdir=str(workdir), tracking_uri=tracking_uri,
-                              dvc_remote=dvc_remote, baselines=baselines, full=full,
-                              auto_promote=auto_promote, quiet=quiet, verbose=verbose,
-                              runner=runner or os.environ.get("GRASP_RUNNER", "") or "local")
+    route_run_logs(verbose)
+    return grasp_run_flow(params_path=str(params), workdir=str(workdir), tracking_uri=tracking_uri,
+                          dvc_remote=dvc_remote, baselines=baselines, full=full,
+                          auto_promote=auto_promote, quiet=quiet, verbose=verbose,
+                          runner=runner or os.environ.get("GRASP_RUNNER", "") or "local")
 
 
 def run_all_targets(params: Path, workdir: Path, baselines: bool = False, tracking_uri: str | None = None,
@@ -422,14 +418,12 @@ def run_all_targets(params: Path, workdir: Path, baselines: bool = False, tracki
     """`grasp run --all-targets`: the leave-one-domain-out sweep (see grasp_all_targets_flow)."""
     import os
 
-    from flows.settings import quiet_run_logs, without_heartbeats
+    from flows.settings import route_run_logs
 
-    quiet_run_logs(verbose)
-
-    with without_heartbeats():
-        return grasp_all_targets_flow(params_path=str(params), workdir=str(workdir), tracking_uri=tracking_uri,
-                                      dvc_remote=dvc_remote, baselines=baselines, full=full, quiet=quiet,
-                                      verbose=verbose, runner=runner or os.environ.get("GRASP_RUNNER", "") or "local")
+    route_run_logs(verbose)
+    return grasp_all_targets_flow(params_path=str(params), workdir=str(workdir), tracking_uri=tracking_uri,
+                                  dvc_remote=dvc_remote, baselines=baselines, full=full, quiet=quiet,
+                                  verbose=verbose, runner=runner or os.environ.get("GRASP_RUNNER", "") or "local")
 
 
 def all_targets_rows(summaries: list[FlowSummary]) -> list[dict]:

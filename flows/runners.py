@@ -63,8 +63,8 @@ def parse_runner(text: str | None) -> RunnerSpec:
 
 @contextmanager
 def api_url_exported() -> Iterator[None]:
-    """$PREFECT_API_URL set to this run's API while the block runs (Dask workers it spawns inherit it), then
-    restored, so later subprocesses of this process still start their own ephemeral API."""
+    """$PREFECT_API_URL set to this process's configured API while the block runs (Dask workers it spawns
+    inherit it), then restored."""
     before = os.environ.get("PREFECT_API_URL")
     expose_api_url()
     try:
@@ -117,12 +117,7 @@ def expose_api_url() -> None:
         return
     from prefect.settings import get_current_settings
 
-    url = get_current_settings().api.url
-    if not url:
-        from prefect.server.api.server import SubprocessASGIServer
-
-        server = SubprocessASGIServer()
-        url = server.api_url if server.running else None
+    url = get_current_settings().api.url  # None in Prefect's ephemeral mode: `grasp run` starts a server for Dask
     if url:
         os.environ["PREFECT_API_URL"] = url
 

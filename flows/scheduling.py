@@ -3,7 +3,8 @@
 Prefect's ephemeral API cannot schedule ("Cannot schedule flows on an ephemeral server"), so a schedule needs
 a real `prefect server start`. The server runs in its own session (so a Ctrl-C in the terminal does not reach
 it) and is recorded in `<ws>/.grasp/prefect-server.json`; a later call re-uses it while it is healthy. Only the
-call that started a server stops it.
+call that started a server stops it. `grasp run` talks to that same server while one is up (`workspace_api`),
+so two servers never share the workspace's Prefect database; otherwise it uses Prefect's own ephemeral mode.
 """
 
 from __future__ import annotations
@@ -75,6 +76,23 @@ def ensure_prefect_server(ws: Path, timeout_s: float = START_TIMEOUT_S, ui: bool
     with exclusive(record.with_name(record.name + ".guard")):  # two callers at once start one server
         handle = _reuse_recorded(record, timeout_s) or _start_server(ws, record, timeout_s, ui)
     os.environ["PREFECT_API_URL"] = handle.url
+    return handle
+
+
+def workspace_api(ws: Path, start: bool = False) -> ServerHandle | None:
+    """The Prefect API a `grasp run` in `ws` talks to, exported as $PREFECT_API_URL (call before prefect is
+    imported): $PREFECT_API_URL itself; else the workspace's recorded `prefect server start` while it is healthy
+    (the one `grasp serve` keeps); else, with `start` (worker processes must report to one API: Dask), a new
+    one without UI that the caller stops; else None: Prefect's ephemeral mode, a temporary server of its own."""
+    if os.environ.get("PREFECT_API_URL") or start:
+        return ensure_prefect_server(ws, ui=False)
+    record = Path(ws).resolve() / RECORD
+    if not _is_recorded_server(_read_record(record)):
+        return None
+    with exclusive(record.with_name(record.name + ".guard")):
+        handle = _reuse_recorded(record, START_TIMEOUT_S)
+    if handle is not None:
+        os.environ["PREFECT_API_URL"] = handle.url
     return handle
 
 

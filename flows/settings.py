@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 QUIET_OFFLINE = {
@@ -40,30 +38,34 @@ def apply_defaults(workdir: Path, verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)  # ~150 import-time lines, even with --verbose
 
 
-def quiet_run_logs(verbose: bool) -> None:
-    """Without --verbose, keep Prefect's per-run ERROR logs (a traceback for every failed task and flow run)
-    off the terminal: the CLI prints a user error as one `grasp: error:` line and lets anything else
-    propagate with its traceback, so those logs only repeat it. Call after prefect is imported."""
-    if verbose:
-        return
-    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 
 
-@contextmanager
-def without_heartbeats() -> Iterator[None]:
-    """Prefect's flow-run heartbeat off for the flows started inside, subflows included. A synchronous flow
-    joins its heartbeat thread when it ends, and that thread sleeps in 1 s steps: up to 1 s lost per flow
-    (measured: 0.7-1.0 s at the end of every `train-sources` subflow). Heartbeats let a server mark a run
-    whose process died as crashed; a grasp flow runs in the process of the command that started it, which
-    reports its own exit. Call after prefect is imported."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+class _ConsoleFilter(logging.Filter):
+    """On the terminal: no run-log line that flows/progress.py already printed and, without --verbose, no
+    run-log line at all (Prefect's per-run INFO chatter and the tracebacks the CLI reports on its own)."""
 
-    if get_current_settings().flows.heartbeat_frequency is None:  # already off (nested): skip the settings copy
-        yield
-        return
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
+    def __init__(self, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "grasp_progress", False):
+            return False
+        return self.verbose or not record.name.startswith(RUN_LOGGERS)
+
+
+def route_run_logs(verbose: bool) -> None:
+    """Run logs go to the Prefect API at INFO (the UI shows every stage); the terminal keeps the progress
+    lines and, with --verbose, Prefect's own run logs. Call after prefect is imported (it configures logging)."""
+    for name in RUN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)  # PREFECT_LOGGING_LEVEL (WARNING here) is for the console
+    for name in ("prefect.flow_engine", "prefect.task_engine"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.CRITICAL)
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, _ConsoleFilter)]:
+            handler.removeFilter(old)
+        handler.addFilter(_ConsoleFilter(verbose))
 
 
 def code_commit() -> str:

@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import shutil
-import sqlite3
 import statistics
 import tempfile
 import threading
@@ -27,7 +26,6 @@ from typing import TYPE_CHECKING, TypedDict
 
 import yaml
 
-from flows import local_stores
 from grasp_core.errors import GraspError
 
 if TYPE_CHECKING:
@@ -54,22 +52,20 @@ OWNER_PID, OWNER_STARTED, OWNER_HOST = "grasp.owner_pid", "grasp.owner_pid_start
 
 @contextlib.contextmanager
 def _global_tracking_uri(uri: str) -> Iterator[None]:
-    """mlflow's global tracking URI (and $MLFLOW_TRACKING_URI, which mlflow sets with it) for one block."""
+    """mlflow's global tracking and registry URI for one block; $MLFLOW_TRACKING_URI (which mlflow sets with
+    it) is put back after, so it never leaks into later Trackers or subprocesses of this process."""
+    mlflow = _mlflow()
     env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     try:
-        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-    except ImportError:  # pragma: no cover - pinned mlflow has it
-        _mlflow().set_tracking_uri(uri)
         yield
-        return
-    try:
-        with _use_tracking_uri(uri):
-            yield
     finally:
         if env is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = env
+            mlflow.set_tracking_uri(env)
 
 
 def _owner_tags() -> dict[str, str]:
@@ -111,24 +107,12 @@ def resolve_tracking_uri(workspace: Path, tracking_uri: str | None = None) -> st
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace.resolve() / 'mlflow.db'}"
 
 
-def _seed_sqlite_store(uri: str) -> Path | None:
-    """A missing SQLite store starts from the user's migrated empty template (flows/local_stores.py), with
-    the Default experiment's folder set as MLflow would set it here. Returns the database path when none
-    was there and no template either (keep it as the template once MLflow has migrated it), else None."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    db = Path(uri.removeprefix("sqlite:///"))
-    if db.exists():
+def _check_sqlite_store(uri: str) -> None:
+    """A corrupt SQLite store fails as one line and the way out, not a SQLAlchemy traceback."""
+    if uri.startswith("sqlite:///"):
         from flows.store_health import MLFLOW_RECOVERY, check_sqlite
 
-        check_sqlite(db, MLFLOW_RECOVERY)  # a corrupt file: one line and the way out, not a SQLAlchemy trace
-        return None
-    if not local_stores.seed(db, "mlflow"):
-        return db
-    with contextlib.closing(sqlite3.connect(db)) as con, con:
-        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = '0'",
-                    (os.path.join(os.path.abspath("mlruns"), "0"),))
-    return None
+        check_sqlite(Path(uri.removeprefix("sqlite:///")), MLFLOW_RECOVERY)
 
 
 def _is_remote(uri: str) -> bool:
@@ -179,11 +163,8 @@ class Tracker:
     def __init__(self, workspace: Path, experiment: str = "grasp", tracking_uri: str | None = None) -> None:
         self.workspace = workspace.resolve()
         self.tracking_uri = resolve_tracking_uri(self.workspace, tracking_uri)
-        fresh_db = _seed_sqlite_store(self.tracking_uri)
+        _check_sqlite_store(self.tracking_uri)
         self.client = _client(self.tracking_uri)
-        if fresh_db is not None:
-            self.client.search_experiments(max_results=1)  # MLflow creates and migrates the database here
-            local_stores.save_template(fresh_db, "mlflow")
         self.experiment_id = self._experiment(experiment)
         # where this experiment's artifacts go (a folder for the default local store), named in errors
         self.artifact_root: str = self.client.get_experiment(self.experiment_id).artifact_location
@@ -214,17 +195,12 @@ class Tracker:
         return thread
 
     def warm_up(self) -> None:
-        """Pay `register`'s one-off costs now (mlflow.pyfunc import, the installed-distributions scan).
-
-        Best effort: a failure here only means the first `register` pays.
-        """
+        """Pay `register`'s one-off import of mlflow.pyfunc now. Best effort: a failure here only means the
+        first `register` pays (and reports it)."""
         try:
             _mlflow()
             import mlflow.pyfunc  # noqa: F401
-            from mlflow.utils.requirements_utils import _init_packages_to_modules_map
-
-            _init_packages_to_modules_map()
-        except Exception as err:  # a private helper may move between MLflow releases
+        except Exception as err:
             log.debug("MLflow warm-up skipped: %s", err)
 
     @contextlib.contextmanager

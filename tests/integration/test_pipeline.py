@@ -76,6 +76,31 @@ def test_nested_runs_carry_metrics_and_artifacts(first_run):
     assert {"alignment", "confusion"} <= artifacts
 
 
+def test_the_prefect_api_returns_the_stage_log_lines_and_the_mlflow_link_of_the_flow_run(first_run):
+    import logging
+    from uuid import UUID
+
+    import mlflow
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+
+    ws, summary = first_run
+    run = mlflow.MlflowClient(f"sqlite:///{ws}/mlflow.db").get_run(summary.parent_run_id)
+    flow_run_id = UUID(run.data.tags["flow_run_id"])
+    for handler in logging.getLogger("prefect.flow_runs").handlers:
+        handler.flush()  # Prefect sends run logs in batches: the last batch goes now
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    messages = [log.message for log in logs]
+    for stage, source in enumerate(summary.sources):
+        assert any(m.startswith(f"grasp stage {stage} [{source}]") for m in messages), messages
+    assert any(m.startswith("data valid; target") for m in messages), messages
+    link = [a for a in artifacts if a.key == "mlflow-parent-run"]
+    assert len(link) == 1 and summary.parent_run_id in str(link[0].data)
+
+
 def test_second_identical_run_reuses_sources_and_registers_nothing(first_run, prefect_harness):
     from flows.tracking import Tracker
 
