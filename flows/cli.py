@@ -179,6 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     _ops_args(lineage)
     lineage.set_defaults(handler=cmd_lineage)
 
+    restore = sub.add_parser("restore", help="bring back the exact data and source checkpoints of a version",
+                             description="Put back the .dvc pointer files the version's MLflow run keeps and "
+                             "materialise them with `dvc pull` (DVC cache, else remote). Into the workspace "
+                             "(default), `grasp lineage VERSION --verify` then passes; --to DIR makes DIR a DVC "
+                             "project of its own that shares the workspace's cache and remote.")
+    restore.add_argument("ref", help="a version number or @alias")
+    restore.add_argument("--to", type=Path, metavar="DIR", help="restore into DIR instead of the workspace")
+    _ops_args(restore)
+    restore.set_defaults(handler=cmd_restore)
+
     status = sub.add_parser("status", help="champion, challenger, recent runs, sources waiting")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     _ops_args(status)
@@ -302,6 +312,20 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
         print(f"wrote {lineage_plot(rows, args.plot)}")
     return EXIT_MISMATCH if findings else 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from flows.settings import apply_defaults
+
+    apply_defaults(args.workdir)
+    from flows.restore import restore
+
+    done = restore(args.workdir, args.tracking_uri, args.ref, args.model, args.to)
+    print(f"restored {done.model_name} v{done.version} into {done.dest}: "
+          + ", ".join(f"{p} {md5}" for p, md5 in done.hashes.items()))
+    if args.to is None:
+        print(f"check it with `grasp lineage {done.version} --verify`")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -184,6 +184,11 @@ def register_task(tracker, parent_run_id: str, model_name: str, step: StepArtifa
     artifacts = {"confusion": confusion_png(result, classes, out_dir / f"confusion-stage{result.stage:02d}.png")}
     if result.scores:
         artifacts["alignment"] = alignment_csv(result, out_dir / f"alignment-stage{result.stage:02d}.csv")
+    if data_v is not None and sources_v is not None:  # what `grasp restore` brings back (flows/restore.py)
+        from flows.restore import POINTERS, log_pointers
+
+        artifacts[POINTERS] = log_pointers([data_v.path, sources_v.path], tracker.workspace,
+                                           out_dir / f"dvc-stage{result.stage:02d}")
     run_name = f"stage{result.stage:02d}-{result.source_name}"
     metrics = {**step_metrics(result), **{f"domain/{d}/test_accuracy": a for d, a in step.domain_accuracy.items()}}
     with transient_faults(f"MLflow store {tracker.tracking_uri} (artifacts {tracker.artifact_root})"):

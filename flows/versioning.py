@@ -29,8 +29,10 @@ _log = logging.getLogger(__name__)
 REMOTE_NAME = "local"
 REMOTE_ENV = "GRASP_DVC_REMOTE"
 DEFAULT_REMOTE_DIR = ".dvc-remote"
-# `params.yaml:` with no key list tracks every key of the file, so a new section never escapes `dvc params diff`.
-DVC_YAML = {"stages": {"grasp": {"cmd": "grasp run", "params": [{"params.yaml": None}], "deps": ["data"]}}}
+# dvc.yaml: params.yaml as a top-level params file (`dvc params diff` shows every changed key) and no stage, so
+# `dvc status` is clean after a run; grasp <= 0.1 wrote a `grasp` stage that never ran (OLD_DVC_YAML, replaced)
+DVC_YAML = {"params": ["params.yaml"]}
+OLD_DVC_YAML = {"stages": {"grasp": {"cmd": "grasp run", "params": [{"params.yaml": None}], "deps": ["data"]}}}
 _DVC_LOCK = threading.Lock()
 
 
@@ -80,6 +82,11 @@ def _dvc(ws: Path, *commands: tuple[str, ...]) -> None:
         raise VersioningError(f"{ws}: `dvc {name}` failed: {lines[-1] if lines else out.returncode}")
 
 
+def run_dvc(ws: Path, *commands: tuple[str, ...]) -> None:
+    """Run DVC CLI `commands` in `ws`, in order, in one process; a failure is a VersioningError naming it."""
+    _dvc(ws, *commands)
+
+
 def _git_top(ws: Path) -> Path | None:
     """The enclosing git work tree of `ws`, or None (also when that tree git-ignores `ws`)."""
     out = _git(ws, "rev-parse", "--show-toplevel", check=False)
@@ -97,7 +104,7 @@ def _dvc_config(ws: Path) -> configparser.ConfigParser:
     return config
 
 
-def _remote_url(ws: Path) -> str | None:
+def remote_url(ws: Path) -> str | None:
     """The default remote's URL; a local folder comes back as an absolute path."""
     config = _dvc_config(ws)
     name = config.get("core", "remote", fallback=None)
@@ -122,7 +129,7 @@ def _ensure_remote(ws: Path, remote: str | None) -> list[tuple[str, ...]]:
     folder = None if "://" in url else Path(url).resolve()
     inside = folder is not None and folder.is_relative_to(ws)
     commands: list[tuple[str, ...]] = []
-    if _remote_url(ws) != str(folder or url) or _dvc_config(ws).get("core", "remote", fallback=None) != REMOTE_NAME:
+    if remote_url(ws) != str(folder or url) or _dvc_config(ws).get("core", "remote", fallback=None) != REMOTE_NAME:
         # a folder inside the workspace is stored relative to it, so a committed .dvc/config stays portable
         arg = folder.relative_to(ws).as_posix() if folder is not None and inside else str(folder or url)
         commands.append(("remote", "add", "--force", "--default", REMOTE_NAME, arg))
@@ -132,7 +139,8 @@ def _ensure_remote(ws: Path, remote: str | None) -> list[tuple[str, ...]]:
 
 
 def ensure_repo(ws: Path, remote: str | None = None, defer: bool = False) -> list[tuple[str, ...]]:
-    """Make `ws` a git + DVC repo with analytics off, a default remote and a dvc.yaml for params; idempotent.
+    """Make `ws` a git + DVC repo with analytics off, a default remote and a dvc.yaml naming params.yaml;
+    idempotent. No stage: the data and the source checkpoints are DVC-tracked outputs (`dvc add`).
 
     Args:
         ws: The workspace folder; a subfolder of a git repo gets `dvc init --subdir`.
@@ -156,13 +164,23 @@ def ensure_repo(ws: Path, remote: str | None = None, defer: bool = False) -> lis
     if _dvc_config(ws).get("core", "analytics", fallback="") != "false":
         commands.append(("config", "core.analytics", "false"))
     commands += _ensure_remote(ws, remote)
-    if not (ws / "dvc.yaml").exists():
-        (ws / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
+    _write_dvc_yaml(ws)
     ignore_temporaries(ws)
     if defer:
         return commands
     _dvc(ws, *commands)
     return []
+
+
+def _write_dvc_yaml(ws: Path) -> None:
+    """DVC_YAML when there is no dvc.yaml or only the one grasp <= 0.1 wrote; any other dvc.yaml is the user's."""
+    path = ws / "dvc.yaml"
+    try:
+        if path.exists() and yaml.safe_load(path.read_text()) != OLD_DVC_YAML:
+            return
+    except yaml.YAMLError:
+        return
+    path.write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
 
 
 def _read_out(dvcfile: Path) -> dict[str, Any]:
@@ -258,9 +276,8 @@ def track(ws: Path, target: str, first: list[tuple[str, ...]] | None = None, pus
     dvcfile, stamp_file, stamp = _stamp(ws, target)
     if not first and _is_unchanged(ws, stamp_file, stamp, dvcfile, pushed_too=push):
         return _tracked(dvcfile)
-    _dvc(ws, *(first or []), ("add", target))
-    if push and not link_push(ws, dvcfile):
-        _dvc(ws, ("push", dvcfile.relative_to(ws).as_posix()))
+    rel = dvcfile.relative_to(ws).as_posix()
+    _dvc(ws, *(first or []), ("add", target), *([("push", rel)] if push else []))
     tracked = _tracked(dvcfile)
     _, _, stamp = _stamp(ws, target)  # after `dvc add`, which may relink files; `first` may set the remote
     _write_stamp(stamp_file, stamp, tracked, pushed=push)
@@ -268,50 +285,14 @@ def track(ws: Path, target: str, first: list[tuple[str, ...]] | None = None, pus
 
 
 def push_tracked(ws: Path, tracked: TrackedOutput) -> TrackedOutput:
-    """Push an output that `track(..., push=False)` added (a no-op when it was unchanged and pushed).
-
-    A local-folder remote on the cache's filesystem gets hard links to the cache's objects (`link_push`),
-    else `dvc push` copies them.
-    """
+    """`dvc push` an output that `track(..., push=False)` added (a no-op when it was unchanged and pushed)."""
     ws = ws.resolve()
     target = (tracked.path.parent / _read_out(tracked.path)["path"]).resolve().relative_to(ws).as_posix()
     dvcfile, stamp_file, stamp = _stamp(ws, target)
     if not _is_unchanged(ws, stamp_file, stamp, dvcfile):
-        if not link_push(ws, dvcfile):
-            _dvc(ws, ("push", dvcfile.relative_to(ws).as_posix()))
+        _dvc(ws, ("push", dvcfile.relative_to(ws).as_posix()))
         _write_stamp(stamp_file, stamp, tracked)
     return _tracked(dvcfile)
-
-
-def link_push(ws: Path, dvcfile: Path) -> bool:
-    """Push `dvcfile`'s output to a local-folder remote by hard-linking the cache's objects; False when it
-    cannot (an object-store remote, another filesystem, no hard links), so the caller runs `dvc push`.
-
-    Both ends are DVC's content-addressed `files/md5/xx/yyy` layout and DVC keeps cache objects read-only,
-    so a link is the same bytes DVC's copy would write, without 3 file creations per file (`dvc push` of
-    the ~8,000-image benchmark: ~15 s of CPU on 2 cores). The folder's `.dir` manifest is linked last, so
-    an interrupted push never looks complete. `dvc status --cloud` agrees (tests/integration/test_versioning).
-    """
-    url = _remote_url(ws)
-    if url is None or "://" in url:
-        return False
-    md5 = read_dvc_hash(dvcfile)
-    cache, remote = ws / ".dvc" / "cache", Path(url)
-    objects = [e["md5"] for e in json.loads(_object_path(cache, md5).read_text())] if md5.endswith(".dir") else []
-    names = [*objects, md5]  # the manifest last
-    src_root, dst_root = os.fspath(cache / "files" / "md5"), os.fspath(remote / "files" / "md5")  # as _object_path
-    try:
-        for prefix in sorted({obj[:2] for obj in names}):
-            os.makedirs(os.path.join(dst_root, prefix), exist_ok=True)
-        for obj in names:  # plain os calls: pathlib cost ~1 s per ~8,000 objects here
-            rel = os.path.join(obj[:2], obj[2:])
-            try:
-                os.link(os.path.join(src_root, rel), os.path.join(dst_root, rel))
-            except FileExistsError:  # pushed before (same content: the name is its hash)
-                pass
-    except (OSError, ValueError, KeyError, TypeError):  # EXDEV, EPERM, no such object: DVC knows better
-        return False
-    return True
 
 
 def ignore_temporaries(ws: Path) -> None:
@@ -328,7 +309,7 @@ def _stamp(ws: Path, target: str) -> tuple[Path, Path, dict[str, str | None]]:
     """(.dvc file, stamp file, stamp): the stamp of the last push lets an unchanged output skip add and push."""
     dvcfile = _dvcfile_for(ws, target)
     stamp_file = ws / ".dvc" / "tmp" / "grasp-track" / f"{target.replace('/', '-')}.json"
-    return dvcfile, stamp_file, {"dvcfile": dvcfile.name, "remote": _remote_url(ws),
+    return dvcfile, stamp_file, {"dvcfile": dvcfile.name, "remote": remote_url(ws),
                                  "fingerprint": fingerprint(ws / target)}
 
 

@@ -241,3 +241,32 @@ def _tensors_sha256(path: Path) -> str:
 def test_default_run_final_weights_match_the_pinned_hash(first_run):
     ws, summary = first_run
     assert _tensors_sha256(summary.steps[-1].checkpoint.path) == PINNED_FINAL_WEIGHTS_SHA256
+
+
+def test_dvc_status_is_clean_and_restore_brings_back_a_version_that_then_verifies(first_run, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from flows.cli import main
+    from flows.versioning import verify
+
+    ws, summary = first_run
+    copy = tmp_path / "ws"
+    shutil.copytree(ws, copy, symlinks=True)  # later tests of this module keep the original as it is
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=copy, capture_output=True,
+                            text=True)
+    assert status.returncode == 0 and status.stdout.strip() == "{}", status.stdout + status.stderr
+    uri = ["--workdir", str(copy), "--tracking-uri", f"sqlite:///{copy}/mlflow.db"]
+    first = summary.versions[0]
+    png = next((copy / "data").rglob("*.png"))
+    png.write_bytes(png.read_bytes()[:-1] + b"\0")  # the data changed after v1 was registered
+    (copy / "checkpoints" / "sources" / f"{summary.sources[0]}.safetensors").unlink()
+    assert main(["lineage", first, "--verify", *uri]) == 4
+    assert main(["restore", first, *uri]) == 0
+    assert main(["lineage", first, "--verify", *uri]) == 0, capsys.readouterr().out
+
+    elsewhere = tmp_path / "audit"
+    assert main(["restore", "@champion", "--to", str(elsewhere), *uri]) == 0
+    assert verify(elsewhere, elsewhere / "data.dvc") == []
+    assert sorted(p.name for p in (elsewhere / "checkpoints" / "sources").iterdir()) == \
+        sorted(f"{s}.safetensors" for s in summary.sources)

@@ -77,13 +77,12 @@ def test_add_now_push_later_and_one_batch_for_a_new_repo(tmp_path, monkeypatch):
     assert (ws / ".dvc" / "cache" / "files" / "md5" / added.md5[:2] / added.md5[2:]).is_file()
     assert not (objects / added.md5[:2] / added.md5[2:]).exists()  # added, not pushed
     assert track(ws, "data", push=False) == added and len(batches) == 1  # unchanged: no DVC process
-    assert push_tracked(ws, added) == added and len(batches) == 1  # a local remote: hard links, no DVC process
-    cached, pushed = (root / "files" / "md5" / added.md5[:2] / added.md5[2:] for root in (ws / ".dvc" / "cache",
-                                                                                        ws / ".dvc-remote"))
-    assert pushed.is_file() and pushed.samefile(cached)
-    status = dvc(ws, "status", "--cloud", "data.dvc")  # DVC itself sees every object on the remote
+    assert push_tracked(ws, added) == added and [c[0] for c in batches[-1]] == ["push"]  # through DVC itself
+    status = dvc(ws, "status", "--cloud", "data.dvc")  # DVC sees every object on the remote
     assert status.returncode == 0 and "in sync" in status.stdout, status.stdout + status.stderr
-    assert track(ws, "data") == added and push_tracked(ws, added) == added and len(batches) == 1
+    assert track(ws, "data") == added and push_tracked(ws, added) == added and len(batches) == 2  # unchanged
+    clean = dvc(ws, "status", "--json")  # no stage that never ran: the workspace is clean
+    assert clean.returncode == 0 and json.loads(clean.stdout) == {}, clean.stdout
 
     (ws / ".dvc" / "config").write_text((ws / ".dvc" / "config").read_text().replace("url = ", "url = s3://b/"))
     stamp = ws / ".dvc" / "tmp" / "grasp-track" / "data.json"
