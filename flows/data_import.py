@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flows.lock import RunLock
-from flows.validation import ValidationReport, validate_dataset
+from flows.validation import Expected, ValidationReport, validate_dataset
 from flows.versioning import TrackedOutput, ensure_repo, track
 from flows.workspace import Workspace
 from grasp_core.config import Config
@@ -45,7 +45,8 @@ def import_data(source: Path, cfg: Config, ws: Workspace, *, replace: bool = Fal
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         record = write_import(plan, tmp)
-        report = validate_dataset(tmp, ws.root / "reports" / "validation")
+        report = validate_dataset(tmp, ws.root / "reports" / "validation",
+                                  expected=Expected.from_config(cfg.validation))
         with RunLock(ws.root, command="grasp data import"):
             _swap(tmp, root)
     finally:

@@ -94,7 +94,7 @@ def grasp_all_targets_flow(params_path: str, workdir: str = ".", tracking_uri: s
         progress = Progress(quiet, verbose, run_log=True)
         with prewarmed_gx(ws.root / VALIDATION_DIR) as gx:
             target, sources, classes = tasks.materialise_task(cfg, ws, progress)
-            tasks.validate_task(ws.data(cfg), ws.root / VALIDATION_DIR, gx)  # the gate before any training
+            tasks.validate_task(ws.data(cfg), ws.root / VALIDATION_DIR, gx, cfg)  # the gate before any training
         domains = [*sources, target]
         base = tasks.base_task(cfg, ws, classes, sources[0], progress)
         trained = sum(fresh for _, fresh in train_sources(cfg, ws, domains, domains, classes, base, runner))
@@ -149,7 +149,7 @@ def _prepare(params_path: str, workdir: str, tracking_uri: str | None, dvc_remot
         data_v = tasks.dvc_version_data_task.submit(ws, dvc_remote, cfg.data.root)
         tracker_future = tasks.open_tracking_task.submit(ws, tracking_uri)
         try:
-            tasks.validate_task(ws.data(cfg), ws.root / VALIDATION_DIR, gx)
+            tasks.validate_task(ws.data(cfg), ws.root / VALIDATION_DIR, gx, cfg)
         except BaseException:
             wait([data_v, tracker_future])  # leave no DVC subprocess or half-opened store behind a failed gate
             raise

@@ -72,11 +72,13 @@ def open_tracking_task(ws: Workspace, tracking_uri: str | None):  # type: ignore
 
 
 @task(name="validate-data", **TASK)
-def validate_task(root: Path, out_dir: Path, worker=None):  # type: ignore[no-untyped-def]
-    """The GX gate; `worker`: a prewarmed GX process (flows.validation.prewarmed_gx) or None (in process)."""
-    from flows.validation import validate_dataset
+def validate_task(root: Path, out_dir: Path, worker=None, cfg: Config | None = None):  # type: ignore[no-untyped-def]
+    """The GX gate with params.yaml's `validation` knobs; `worker`: a prewarmed GX process
+    (flows.validation.prewarmed_gx) or None (in process)."""
+    from flows.validation import Expected, validate_dataset
 
-    return validate_dataset(root, out_dir, worker=worker)
+    expected = Expected.from_config(cfg.validation) if cfg is not None else None
+    return validate_dataset(root, out_dir, worker=worker, expected=expected)
 
 
 @task(name="list-sources", **TASK)
@@ -169,8 +171,9 @@ def register_task(tracker, parent_run_id: str, model_name: str, step: StepArtifa
     Submitted as a future while the next stage trains: `parent_version` (the previous stage's
     registration) and the DVC outputs `data_v`, `sources_v` may be futures that Prefect resolves first.
     """
+    from flows.stage_runs import dataset_input, epoch_history, version_description
     from flows.tracking import alignment_csv, confusion_png, step_metrics
-    from flows.versioning import file_md5_in_dir
+    from flows.versioning import file_md5_in_dir, output_path
 
     result = step.result
     tags = {**tags, "parent_version": parent_version, "rejected": "true" if result.rejected else "false"}
@@ -191,10 +194,13 @@ def register_task(tracker, parent_run_id: str, model_name: str, step: StepArtifa
                                            out_dir / f"dvc-stage{result.stage:02d}")
     run_name = f"stage{result.stage:02d}-{result.source_name}"
     metrics = {**step_metrics(result), **{f"domain/{d}/test_accuracy": a for d, a in step.domain_accuracy.items()}}
+    inputs = [dataset_input(output_path(data_v.path), data_v.md5, data_v.path, tags.get("target_domain", ""))
+              ] if data_v is not None else []
     with transient_faults(f"MLflow store {tracker.tracking_uri} (artifacts {tracker.artifact_root})"):
         run_id = tracker.step_run(run_name, metrics, {"stage": result.stage}, tags, artifacts=artifacts,
-                                  parent_run_id=parent_run_id)
-        return tracker.register(step.checkpoint.path, model_name, run_id, tags)
+                                  parent_run_id=parent_run_id, history=epoch_history(result), inputs=inputs)
+        return tracker.register(step.checkpoint.path, model_name, run_id, tags,
+                                version_description(result, tags.get("target_domain", ""), parent_version))
 
 
 @task(name="set-aliases", **TASK, **TOOL_RETRIES)

@@ -234,25 +234,37 @@ class Tracker:
     def step_run(self, run_name: str, metrics: Mapping[str, float], params: Mapping[str, object],
                  tags: Mapping[str, str], artifacts: Mapping[str, Path] | None = None,
                  tables: Mapping[str, list[dict]] | None = None, figures: Mapping[str, Figure] | None = None,
-                 parent_run_id: str | None = None) -> str:
+                 parent_run_id: str | None = None, history: Mapping[str, list[float]] | None = None,
+                 inputs: list | None = None) -> str:
         """Log one finished step as a run nested under `parent_run_id` (default: the open `parent_run`).
+
+        A retry (same parent, same `run_name`) logs into the run the failed attempt created instead of a new one.
 
         Args:
             artifacts: artifact folder ("" for the run's root) -> local file or folder to copy there.
             tables: name -> rows, logged as `tables/<name>.json` (MLflow table format).
             figures: name -> matplotlib figure, logged as `figures/<name>.png`.
+            history: metric key -> one value per epoch, logged at steps 1, 2, ... (a curve in the MLflow UI).
+            inputs: mlflow.entities.DatasetInput rows (flows.stage_runs.dataset_input).
 
         Returns:
             The run id; the run ends FAILED (and the error propagates) if any logging fails.
         """
+        from flows.stage_runs import child_run, history_metrics
+
         parent = parent_run_id or self._parent_run_id
         if parent is None:
             raise TrackingError(f"step run '{run_name}': no parent run; call it inside Tracker.parent_run(...) "
                                 "or pass parent_run_id")
-        run_id = self.client.create_run(self.experiment_id, run_name=run_name,
-                                        tags={"mlflow.parentRunId": parent, **_owner_tags()}).info.run_id
+        run_id, fresh = child_run(self.client, self.experiment_id, parent, run_name, _owner_tags())
         try:
-            _log_batch(self.client, run_id, metrics, flatten_params(params), tags)
+            if fresh:  # a retried attempt's metrics are already there: logging them again would double each curve
+                _log_batch(self.client, run_id, metrics, {}, {})
+                for i in range(0, len(rows := history_metrics(history or {})), 1000):
+                    self.client.log_batch(run_id, metrics=rows[i: i + 1000])
+                if inputs:
+                    self.client.log_inputs(run_id, datasets=inputs)
+            _log_batch(self.client, run_id, {}, flatten_params(params), tags)
             for folder, path in (artifacts or {}).items():
                 log_path = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
                 log_path(run_id, str(path), folder or None)
@@ -272,39 +284,45 @@ class Tracker:
         """Add metrics (and tags) to an existing run, e.g. the final figures of a pipeline run."""
         _log_batch(self.client, run_id, metrics, {}, tags or {})
 
-    def register(self, checkpoint: Path, model_name: str, run_id: str, tags: Mapping[str, str]) -> str:
+    def register(self, checkpoint: Path, model_name: str, run_id: str, tags: Mapping[str, str],
+                 description: str = "") -> str:
         """Log `checkpoint` as a pyfunc model of `run_id` (code + safetensors, no pickle), then register it.
 
         Registration is the last act: a failure before it leaves no version. The version carries `tags` plus
         `checkpoint_sha256`. The first call in a process costs ~2.5 s more (MLflow scans every installed
         distribution once to check `pip_requirements`); later calls take ~0.1 s.
 
+        A retry re-uses what a failed attempt left: the version of `run_id` if it was registered, else its
+        LoggedModel still pending.
+
         Returns:
-            The new version number.
+            The version number.
         """
+        from flows.stage_runs import pending_logged_model, version_of_run
         from grasp_core.checkpoints import file_sha256, read_header
 
         header = read_header(checkpoint)  # refuses a foreign or corrupt file before anything is logged
+        if (done := version_of_run(self.client, model_name, run_id)) is not None:
+            return done
         version_tags = {**{k: str(v) for k, v in tags.items()}, "checkpoint_sha256": file_sha256(checkpoint)}
         experiment_id = self.client.get_run(run_id).info.experiment_id
-        logged = self.client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
+        logged = pending_logged_model(self.client, experiment_id, run_id) or self.client.create_logged_model(
+            experiment_id, name="model", source_run_id=run_id)
         # Model.log, and the SQL registry resolving a models:/ source, read mlflow's global URI (and mlflow
         # exports it as $MLFLOW_TRACKING_URI): point it here for this call only, so it never leaks into later
         # Trackers or subprocesses of this process
         with _global_tracking_uri(self.tracking_uri):
-            version = self._log_and_register(checkpoint, header, model_name, run_id, version_tags, logged.model_id)
+            version = self._log_and_register(checkpoint, header, model_name, run_id, version_tags, logged.model_id,
+                                             description)
         return str(version.version)
 
     def _log_and_register(self, checkpoint: Path, header, model_name: str, run_id: str,  # type: ignore[no-untyped-def]
-                          version_tags: dict[str, str], model_id: str):
-        try:
-            self._log_pyfunc(checkpoint, header, model_id)
-            from mlflow.entities import LoggedModelOutput
+                          version_tags: dict[str, str], model_id: str, description: str = ""):
+        # a failure leaves the LoggedModel PENDING: the task's retry logs into it (flows.stage_runs)
+        self._log_pyfunc(checkpoint, header, model_id)
+        from mlflow.entities import LoggedModelOutput
 
-            self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
-        except BaseException:
-            self.client.finalize_logged_model(model_id, "FAILED")
-            raise
+        self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
         try:
             self.client.create_registered_model(model_name)
         except _mlflow().MlflowException as err:
@@ -312,7 +330,8 @@ class Tracker:
                 raise
         # a models:/<model_id> source links the version to its LoggedModel in the UI, as mlflow.register_model does
         version = self.client.create_model_version(model_name, source=f"models:/{model_id}", run_id=run_id,
-                                                   tags=version_tags, model_id=model_id)
+                                                   tags=version_tags, model_id=model_id,
+                                                   description=description or None)
         return version
 
     def _log_pyfunc(self, checkpoint: Path, header, model_id: str) -> None:  # type: ignore[no-untyped-def]

@@ -47,8 +47,26 @@ class ValidationReport:
     summary_lines: list[str]  # for the terminal
 
 
+@dataclass(frozen=True)
+class Expected:
+    """The gate's knobs (grasp_core.config.ValidationConfig): 0 / "auto" / () judge the data by its majority."""
+
+    min_per_class: int = 1
+    image_size: int = 0
+    channels: str = "auto"  # auto | grey | rgb
+    classes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Expected:
+        """From a grasp_core.config.ValidationConfig."""
+        return cls(cfg.min_per_class, cfg.image_size, cfg.channels, tuple(cfg.classes))
+
+
+CHANNELS = {"grey": 1, "rgb": 3}
+
+
 def validate_dataset(root: Path, out_dir: Path, min_per_class: int = 1,
-                     worker: GxWorker | None = None) -> ValidationReport:
+                     worker: GxWorker | None = None, expected: Expected | None = None) -> ValidationReport:
     """Validate the data folder `root` with a GX suite and write the results to `out_dir/gx_validation.json`.
 
     The JSON is written whether the data passes or not (there is none when `root` has no domain to validate).
@@ -56,7 +74,8 @@ def validate_dataset(root: Path, out_dir: Path, min_per_class: int = 1,
     Args:
         root: data folder, `<root>/<domain>/{train,val,test}/<class>/*.png`.
         out_dir: folder for the JSON results; created when missing.
-        min_per_class: fewest readable images any class folder of any split may hold.
+        min_per_class: fewest readable images any class folder of any split may hold (when no `expected`).
+        expected: the gate's knobs from params.yaml `validation` (min_per_class included).
         worker: run the summary and the suites in this prewarmed GX process (see `prewarmed_gx`); the
             unchanged-data check stays here. None: in this process.
 
@@ -64,21 +83,22 @@ def validate_dataset(root: Path, out_dir: Path, min_per_class: int = 1,
         DataValidationError: `root` is missing or holds no domain, or an expectation fails; the message has one
             line per failed expectation naming the column, the domain/split or files at fault, and the values.
     """
-    stamp = _stamp(root, min_per_class)
+    expected = expected or Expected(min_per_class)
+    stamp = _stamp(root, expected)
     if (passed := _passed_before(out_dir / RESULT_FILE, stamp)) is not None:
         return passed
     if worker is not None:
-        return worker.run(_validate, root, out_dir, min_per_class, stamp)
-    return _validate(root, out_dir, min_per_class, stamp)
+        return worker.run(_validate, root, out_dir, expected, stamp)
+    return _validate(root, out_dir, expected, stamp)
 
 
-def _validate(root: Path, out_dir: Path, min_per_class: int, stamp: dict[str, Any]) -> ValidationReport:
+def _validate(root: Path, out_dir: Path, expected: Expected, stamp: dict[str, Any]) -> ValidationReport:
     """Summarise `root`, run the suites, write the results (module level: a GxWorker runs it)."""
     try:
         tables = summarise(root)
     except DataLayoutError as err:
         raise DataValidationError(f"data validation failed: {err}") from None
-    results = _run_suites(tables, min_per_class)
+    results = _run_suites(tables, expected)
     evaluated = sum(res.statistics["evaluated_expectations"] for res in results.values())
     failures = [_failure_line(table, r) for table, res in results.items() for r in res.results if not r.success]
     lines = [] if failures else _passed_lines(tables, evaluated)
@@ -147,15 +167,16 @@ def prewarmed_gx(out_dir: Path) -> Iterator[GxWorker | None]:
             worker.close()
 
 
-def _stamp(root: Path, min_per_class: int) -> dict[str, Any]:
-    """What a pass depends on: every file's (path, size, mtime, inode) under `root`, the suite's code, its knob."""
+def _stamp(root: Path, expected: Expected) -> dict[str, Any]:
+    """What a pass depends on: every file's (path, size, mtime, inode) under `root`, the suite's code, its knobs."""
     import hashlib
 
     from flows.versioning import fingerprint
 
     suite = hashlib.sha256(b"".join(Path(m).read_bytes() for m in (__file__, _summary_module.__file__)))
     return {"data_fingerprint": fingerprint(root) if root.is_dir() else "", "suite_sha256": suite.hexdigest(),
-            "min_per_class": min_per_class}
+            "min_per_class": expected.min_per_class, "image_size": expected.image_size,
+            "channels": expected.channels, "classes": list(expected.classes)}
 
 
 def _passed_before(path: Path, stamp: dict[str, Any]) -> ValidationReport | None:
@@ -176,7 +197,7 @@ def _passed_before(path: Path, stamp: dict[str, Any]) -> ValidationReport | None
     return ValidationReport(success=True, evaluated=evaluated, failed=0, result_path=path, summary_lines=lines)
 
 
-def _run_suites(tables: SummaryTables, min_per_class: int) -> dict[str, ExpectationSuiteValidationResult]:
+def _run_suites(tables: SummaryTables, expected: Expected) -> dict[str, ExpectationSuiteValidationResult]:
     """Run one suite per table in an ephemeral GX context (nothing written to disk by GX)."""
     import great_expectations as gx
 
@@ -190,7 +211,7 @@ def _run_suites(tables: SummaryTables, min_per_class: int) -> dict[str, Expectat
     frames = {"splits": pd.DataFrame(tables.splits, columns=list(SPLIT_COLUMNS)),
               "files": pd.DataFrame(tables.files, columns=list(FILE_COLUMNS))}
     results = {}
-    for table, expectations in build_expectations(tables, min_per_class).items():
+    for table, expectations in build_expectations(tables, expected).items():
         batch = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe("all_rows")
         suite = context.suites.add(gx.ExpectationSuite(name=f"grasp_{table}", expectations=expectations))
         definition = context.validation_definitions.add(
@@ -201,12 +222,14 @@ def _run_suites(tables: SummaryTables, min_per_class: int) -> dict[str, Expectat
     return results
 
 
-def build_expectations(tables: SummaryTables, min_per_class: int) -> dict[str, list[Expectation]]:
+def build_expectations(tables: SummaryTables, expected: Expected) -> dict[str, list[Expectation]]:
     """The suite, per table; each expectation's `meta["hint"]` says how to fix a failure."""
     import great_expectations.expectations as gxe
 
-    first = f"{tables.splits[0]['domain']}/train"
-    classes = ",".join(tables.classes)
+    min_per_class = expected.min_per_class
+    first = "validation.classes" if expected.classes else f"{tables.splits[0]['domain']}/train"
+    names = list(expected.classes) if expected.classes else tables.classes
+    classes = ",".join(names)
     splits: list[Expectation] = [
         gxe.ExpectColumnValuesToBeInSet(column="present", value_set=[True],
                                         meta={"hint": "every domain needs train, val and test folders"}),
@@ -223,14 +246,27 @@ def build_expectations(tables: SummaryTables, min_per_class: int) -> dict[str, l
         gxe.ExpectColumnValuesToBeUnique(column="sha256", meta={
             "hint": "byte-identical files; keep one (a copy across splits leaks evaluation data)"}),
         gxe.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=max(len(tables.classes) - 1, 0),
-                                          meta={"hint": f"class folder unknown to {first}; rename or remove it"}),
+                                          meta={"hint": f"class folder unknown to {tables.splits[0]['domain']}/train; "
+                                                "rename or remove it"}),
         *(gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=255, meta={"hint": "8-bit pixels"})
           for c in ("pixel_min", "pixel_max")),
         *(gxe.ExpectColumnValuesToBeInSet(column=c, value_set=[v], meta={
-            "hint": f"every image needs the most common {c} ({v}); {'convert' if c == 'channels' else 'resize'} it"})
-          for c, v in _common_shape(tables.files).items()),
+            "hint": f"every image needs {why} {c} ({v}); {'convert' if c == 'channels' else 'resize'} it"})
+          for c, (v, why) in _shape_expected(tables.files, expected).items()),
     ]
     return {"splits": splits, "files": files}
+
+
+def _shape_expected(files: list[dict[str, Any]], expected: Expected) -> dict[str, tuple[int, str]]:
+    """column -> (value every image must have, where it comes from): params.yaml `validation`, else the data's
+    most common value."""
+    found = {c: (v, "the most common") for c, v in _common_shape(files).items()}
+    if expected.image_size:
+        found.update(height=(expected.image_size, "validation.image_size"),
+                     width=(expected.image_size, "validation.image_size"))
+    if expected.channels in CHANNELS:
+        found["channels"] = (CHANNELS[expected.channels], "validation.channels")
+    return found
 
 
 def _common_shape(files: list[dict[str, Any]]) -> dict[str, int]:

@@ -195,6 +195,11 @@ def _read_out(dvcfile: Path) -> dict[str, Any]:
         ) from None
 
 
+def output_path(dvcfile: Path) -> Path:
+    """The folder or file a .dvc file tracks."""
+    return (dvcfile.parent / _read_out(dvcfile)["path"]).resolve()
+
+
 def read_dvc_hash(dvcfile: Path) -> str:
     """The md5 a .dvc file records for its output (`<32 hex>.dir` for a folder)."""
     return _read_out(dvcfile)["md5"]

@@ -199,6 +199,24 @@ class BaselinesConfig:
 
 
 @dataclass(frozen=True)
+class ValidationConfig:
+    """What the data gate (Great Expectations) expects. Unset, the data is judged against its own majority."""
+
+    image_size: int = 0  # height and width every image must have; 0: the most common size in the data
+    channels: str = "auto"  # "grey" (1 channel) or "rgb" (3) for every image; "auto": the most common count
+    classes: list[str] = field(default_factory=list)  # the class folders every split must hold, exactly;
+    # []: those of the first domain's train split
+    min_per_class: int = 1  # fewest readable images any class folder of any split may hold
+
+    def __post_init__(self) -> None:
+        _check(self.image_size >= 0, f"'validation.image_size' = {self.image_size} must be 0 (any) or >= 1")
+        _check(self.channels in ("auto", "grey", "rgb"),
+               f"'validation.channels' = '{self.channels}' must be 'auto', 'grey' or 'rgb'")
+        _check(len(set(self.classes)) == len(self.classes), f"'validation.classes' = {self.classes} repeats a class")
+        _check(self.min_per_class >= 1, f"'validation.min_per_class' = {self.min_per_class} must be >= 1")
+
+
+@dataclass(frozen=True)
 class PromoteConfig:
     tolerance: float = 0.0  # candidate VALIDATION accuracy may trail the champion's by at most this (0-1)
     max_param_mb: float = 0.0  # refuse candidates whose parameters exceed this many MiB; 0 = no limit
@@ -236,6 +254,7 @@ class Config:
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     on_bad_source: str = "fail"  # a refused source checkpoint at run time: "fail" the run, or "skip" it (recorded)
 
     def __post_init__(self) -> None:

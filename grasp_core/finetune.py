@@ -30,6 +30,7 @@ class StageResult:
     best_epoch: int  # 1-based; 0 when no epoch ran
     steps: int  # optimizer steps taken (the target-training budget spent)
     val_history: tuple[float, ...]
+    train_loss_history: tuple[float, ...] = ()  # mean cross-entropy over each epoch's training batches
 
 
 @torch.no_grad()
@@ -65,10 +66,12 @@ def train_epochs(model: nn.Module, train: Batches, val: Split, epochs: int, lr: 
         return StageResult(best_val_accuracy=_accuracy(model, val), best_epoch=0, steps=0, val_history=())
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    best_acc, best_epoch, steps, history = -1.0, 0, 0, []
+    best_acc, best_epoch, steps, history, losses = -1.0, 0, 0, [], []
     with WeightStash(prefix="grasp-best-val-") as best:
         for epoch in range(1, epochs + 1):
-            steps += _train_one_epoch(model, train, optimizer)
+            taken, loss = _train_one_epoch(model, train, optimizer)
+            steps += taken
+            losses.append(loss)
             schedule.step()
             acc = _accuracy(model, val)
             history.append(acc)
@@ -84,19 +87,23 @@ def train_epochs(model: nn.Module, train: Batches, val: Split, epochs: int, lr: 
         del optimizer
         if best_epoch < epochs:
             best.restore(model)
-    return StageResult(best_val_accuracy=best_acc, best_epoch=best_epoch, steps=steps, val_history=tuple(history))
+    return StageResult(best_val_accuracy=best_acc, best_epoch=best_epoch, steps=steps, val_history=tuple(history),
+                       train_loss_history=tuple(losses))
 
 
-def _train_one_epoch(model: nn.Module, train: Batches, optimizer: torch.optim.Optimizer) -> int:
-    """One pass over `train`; returns the optimizer steps taken."""
+def _train_one_epoch(model: nn.Module, train: Batches, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
+    """One pass over `train`; returns the optimizer steps taken and the mean training loss."""
     model.train()
     steps = 0
+    loss_sum: float | torch.Tensor = 0.0  # summed detached, read once per epoch (no per-batch device sync)
     for x, y in train:
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
         optimizer.step()
+        loss_sum = loss_sum + loss.detach()
         steps += 1
-    return steps
+    return steps, float(loss_sum) / max(steps, 1)
 
 
 def _accuracy(model: nn.Module, split: Split) -> float:

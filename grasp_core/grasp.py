@@ -76,6 +76,8 @@ class StepResult:
     param_numels: dict[str, int]  # param_name -> number of elements (for tables without the model)
     rejected: bool = False  # `transfer.rollback` refused this source: the target kept its pre-merge weights
     candidate_val_accuracy: float = math.nan  # val accuracy of the merged + fine-tuned candidate (stage >= 1)
+    val_history: tuple[float, ...] = ()  # validation accuracy after each fine-tuning epoch of this stage
+    train_loss_history: tuple[float, ...] = ()  # mean training loss of each of those epochs
 
     @property
     def wall_s(self) -> float:
@@ -115,7 +117,8 @@ def _finish(stage: int, name: str, target: nn.Module, loaders: TargetLoaders, ep
                       params_frac=moved / sum(sizes.values()) if scores else 0.0,
                       val_accuracy=stage_result.best_val_accuracy, test_accuracy=test.accuracy,
                       per_class_accuracy=test.per_class_accuracy, confusion=test.confusion,
-                      steps=stage_result.steps, memory=tracker.take_peak(), timings_s=timings, param_numels=sizes)
+                      steps=stage_result.steps, memory=tracker.take_peak(), timings_s=timings, param_numels=sizes,
+                      val_history=stage_result.val_history, train_loss_history=stage_result.train_loss_history)
 
 
 def initial_step(first: nn.Module, name: str, loaders: TargetLoaders, cfg: Config, tracker: MemoryTracker,

@@ -72,6 +72,31 @@ def test_min_per_class_is_a_parameter(good_root, tmp_path):
            "2020/train/a = 3, 2020/train/b = 3, 2020/val/a = 3" in str(info.value)
 
 
+def test_a_dataset_wrong_throughout_passes_by_majority_but_fails_the_configured_expectations(good_root, tmp_path):
+    from flows.validation import Expected
+
+    assert validate_dataset(good_root, tmp_path / "majority").success  # all 8x8 grey: its own majority agrees
+    expected = Expected(min_per_class=1, image_size=16, channels="rgb", classes=("a", "b", "c"))
+    with pytest.raises(DataValidationError) as info:
+        validate_dataset(good_root, tmp_path / "configured", expected=expected)
+    failed = str(info.value)
+    for line in ("files.height expect_column_values_to_be_in_set(in [16]): 36 of 36 files fail",
+                 "files.width expect_column_values_to_be_in_set(in [16]): 36 of 36 files fail",
+                 "files.channels expect_column_values_to_be_in_set(in [3]): 36 of 36 files fail",
+                 "splits.classes expect_column_values_to_be_in_set(in ['a,b,c']): 6 of 6 splits fail"):
+        assert line in failed, failed
+    assert "every image needs validation.image_size height (16); resize it" in failed
+
+
+def test_the_validation_section_of_params_yaml_reaches_the_gate(tmp_params):
+    from flows.validation import Expected
+    from grasp_core.config import load_config
+
+    cfg = load_config(tmp_params({"validation.image_size": 16, "validation.classes": ["x", "y"]}))
+    assert Expected.from_config(cfg.validation) == Expected(1, 16, "auto", ("x", "y"))
+    assert Expected.from_config(load_config(tmp_params()).validation) == Expected()  # unset: today's gate
+
+
 def _rgb(root: Path) -> None:
     (root / "2021/val/a/0.png").write_bytes(png_bytes(1000, (8, 8, 3)))
 

@@ -24,6 +24,9 @@ def test_repository_params_yaml_loads_and_matches_the_dataclass_defaults(request
     ({"on_bad_source": "ignore"}, "'on_bad_source' = 'ignore' must be 'fail' or 'skip'"),
     ({"sources.epochs": -2}, "'sources.epochs' = -2 must be >= 0"),
     ({"data.val_frac": 1.5}, "'data.val_frac' + 'data.test_frac' must lie in (0, 1)"),
+    ({"validation.channels": "cmyk"}, "'validation.channels' = 'cmyk' must be 'auto', 'grey' or 'rgb'"),
+    ({"validation.min_per_class": 0}, "'validation.min_per_class' = 0 must be >= 1"),
+    ({"validation.classes": ["a", "a"]}, "'validation.classes' = ['a', 'a'] repeats a class"),
 ])
 def test_config_errors_name_the_key(tmp_params, overrides, fragment):
     path = tmp_params(overrides)
