@@ -32,6 +32,9 @@ DEFAULT_REMOTE_DIR = ".dvc-remote"
 # dvc.yaml: params.yaml as a top-level params file (`dvc params diff` shows every changed key) and no stage, so
 # `dvc status` is clean after a run; grasp <= 0.1 wrote a `grasp` stage that never ran (OLD_DVC_YAML, replaced)
 DVC_YAML = {"params": ["params.yaml"]}
+# Folders holding copies of old .dvc pointers (each version keeps its own as MLflow artifacts, flows/restore.py):
+# DVC must not read them as the workspace's own, else `dvc status` reports their outputs deleted
+DVCIGNORE = ("/mlartifacts/", "/reports/")
 OLD_DVC_YAML = {"stages": {"grasp": {"cmd": "grasp run", "params": [{"params.yaml": None}], "deps": ["data"]}}}
 _DVC_LOCK = threading.Lock()
 
@@ -166,10 +169,20 @@ def ensure_repo(ws: Path, remote: str | None = None, defer: bool = False) -> lis
     commands += _ensure_remote(ws, remote)
     _write_dvc_yaml(ws)
     ignore_temporaries(ws)
+    _ensure_dvcignore(ws)
     if defer:
         return commands
     _dvc(ws, *commands)
     return []
+
+
+def _ensure_dvcignore(ws: Path) -> None:
+    """Add the DVCIGNORE patterns to `.dvcignore` (`dvc init` keeps an existing one)."""
+    path = ws / ".dvcignore"
+    text = path.read_text() if path.exists() else ""
+    missing = [p for p in DVCIGNORE if p not in text.splitlines()]
+    if missing:
+        path.write_text(text + ("\n" if text and not text.endswith("\n") else "") + "\n".join(missing) + "\n")
 
 
 def _write_dvc_yaml(ws: Path) -> None:
