@@ -19,18 +19,21 @@ def _timed(args: list[str], cwd: Path) -> float:
     return time.perf_counter() - t0
 
 
-def overhead(params: Path, keep: bool = False, repeat: int = 1) -> list[dict[str, object]]:
-    """Wall time of the Prefect flow vs the core run on the same config, each in a fresh folder.
+PHASES = ("cold", "nothing_new", "warm")
 
-    `cold`: data generated and sources trained inside the run; `warm`: a second run that re-uses
-    them and merges every source again (the flow with --full, else it would find nothing new). Both
-    engines run GRASP only (no baselines), as whole `grasp run` processes. With `repeat` > 1 the rounds
-    alternate core and flow, and each figure is the median (the range is printed beside it): on a small
-    shared machine one run varies by +-20 %. `overhead_s` (flow - core, medians) is what orchestration adds; the
-    ratio also moves with the core run itself (a faster core run raises it).
+
+def overhead(params: Path, keep: bool = False, repeat: int = 1) -> list[dict[str, object]]:
+    """Wall time of the Prefect flow vs the core run on the same config, each in a fresh folder, in seconds.
+
+    `cold`: the first `grasp run` of a workspace (data generated, sources trained, merge, registration);
+    `nothing_new`: the flow run again with nothing new to merge (the core engine has no such run: it always
+    merges); `warm`: a run that re-uses data and sources and merges every source again (the flow with --full).
+    Both engines run GRASP only (no baselines), as whole `grasp run` processes. With `repeat` > 1 the rounds
+    alternate core and flow, and each figure is the median (the range is printed beside it): on a small shared
+    machine one run varies by +-20 %. `overhead_s` (flow - core, medians) is what orchestration costs; the ratio
+    is printed for reference only, since it moves with the core run itself (a faster core run raises it).
     """
     root = Path(tempfile.mkdtemp(prefix="grasp-overhead-"))
-    rows = []
     try:
         walls: dict[tuple[str, str], list[float]] = {}
         for round_ in range(repeat):
@@ -38,20 +41,28 @@ def overhead(params: Path, keep: bool = False, repeat: int = 1) -> list[dict[str
                 ws = root / f"{engine}-{round_}"
                 ws.mkdir()
                 shutil.copy(params, ws / "params.yaml")
-                for phase in ("cold", "warm"):
+                for phase in PHASES:
+                    if engine == "core" and phase == "nothing_new":
+                        continue
                     # the warm flow merges from scratch again (--full): the same work as the core run's second call
                     again = ["--full"] if engine == "prefect" and phase == "warm" else []
                     walls.setdefault((engine, phase), []).append(_timed(["run", "--quiet", *extra, *again], ws))
-        for phase in ("cold", "warm"):
-            core, flow = statistics.median(walls[("core", phase)]), statistics.median(walls[("prefect", phase)])
-            row: dict[str, object] = {"phase": phase, "core_s": round(core, 1), "flow_s": round(flow, 1),
-                                      "overhead_s": round(flow - core, 1), "ratio": round(flow / core, 2)}
-            if repeat > 1:
-                row["runs"] = repeat
-                for engine, key in (("core", "core_range_s"), ("prefect", "flow_range_s")):
-                    row[key] = f"{min(walls[(engine, phase)]):.1f}-{max(walls[(engine, phase)]):.1f}"
-            rows.append(row)
+        return [_row(phase, walls, repeat) for phase in PHASES]
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
-    return rows
+
+
+def _row(phase: str, walls: dict[tuple[str, str], list[float]], repeat: int) -> dict[str, object]:
+    """One phase: medians in seconds, the orchestration cost, and the ranges when repeated."""
+    flow = statistics.median(walls[("prefect", phase)])
+    row: dict[str, object] = {"phase": phase, "flow_s": round(flow, 1)}
+    if ("core", phase) in walls:
+        core = statistics.median(walls[("core", phase)])
+        row.update(core_s=round(core, 1), overhead_s=round(flow - core, 1), ratio=round(flow / core, 2))
+    if repeat > 1:
+        row["runs"] = repeat
+        for engine, key in (("core", "core_range_s"), ("prefect", "flow_range_s")):
+            if (engine, phase) in walls:
+                row[key] = f"{min(walls[(engine, phase)]):.1f}-{max(walls[(engine, phase)]):.1f}"
+    return row

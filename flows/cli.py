@@ -200,10 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks that print figures",
                            description="Benchmarks; each prints a table (and writes --json FILE if given).")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    over = bench_sub.add_parser("overhead", help="Prefect flow vs core run wall time on the same config",
+    over = bench_sub.add_parser("overhead", help="what orchestration costs, in seconds: flow vs core run",
                                 description="Run `grasp run` with the core engine and with the Prefect flow "
-                                "(GRASP only), each cold (fresh folder) and warm (second run), as separate "
-                                "processes, and print both wall times and their ratio.")
+                                "(GRASP only) as separate processes: cold (fresh folder), nothing new (the flow "
+                                "again) and warm (every source merged again), and print the wall times and the "
+                                "flow's overhead in seconds.")
     over.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to copy in")
     over.add_argument("--repeat", type=positive_int, default=1, metavar="N",
                       help="rounds (core and flow alternate); prints medians and ranges (default 1)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -73,7 +74,17 @@ def test_nested_runs_carry_metrics_and_artifacts(first_run):
         assert row["2023"] == pytest.approx(metrics["test/accuracy"])
     merged = [c for c in children if c.data.tags["stage"] == "1"][0]
     artifacts = {a.path for a in client.list_artifacts(merged.info.run_id)}
-    assert {"alignment", "confusion"} <= artifacts
+    assert {"alignment", "confusion", "dvc"} <= artifacts
+    epochs = load_config(ws / "params.yaml").finetune.epochs
+    for key in ("finetune/val_accuracy", "finetune/train_loss"):  # a curve per stage, one point per epoch
+        assert sorted(m.step for m in client.get_metric_history(merged.info.run_id, key)) == list(range(1, epochs + 1))
+    data_md5 = yaml.safe_load((ws / "data.dvc").read_text())["outs"][0]["md5"]
+    (dataset,) = merged.inputs.dataset_inputs
+    assert dataset.dataset.digest == data_md5.removesuffix(".dir") and dataset.dataset.source_type == "dvc"
+    profile = json.loads(dataset.dataset.profile)
+    assert profile["domains"] == ["2020", "2021", "2022", "2023"] and profile["split_sizes"]["2023"]["test"] > 0
+    version = client.get_model_version(summary.model_name, summary.versions[1])
+    assert version.description.startswith(f"Stage 1 of the GRASP merge for target domain {summary.target}")
 
 
 def test_the_prefect_api_returns_the_stage_log_lines_and_the_mlflow_link_of_the_flow_run(first_run):

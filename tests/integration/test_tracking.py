@@ -157,6 +157,26 @@ def test_register_twice_then_aliases_and_load_model(tracker, tmp_path):
     assert not torch.equal(by_number.head.weight, model.head.weight)
 
 
+def test_a_retried_step_reuses_its_run_logged_model_and_version_and_keeps_one_curve(tracker, tmp_path):
+    name = "grasp-retry"
+    ckpt, _ = _checkpoint(tmp_path / "r.safetensors", seed=3)
+    history = {"finetune/val_accuracy": [0.5, 0.6, 0.7], "finetune/train_loss": [1.0, 0.8, 0.6]}
+    with tracker.parent_run("grasp-run", {}, {}) as parent_id:
+        first = tracker.step_run("stage00-s1", {"val/accuracy": 0.7}, {}, {}, history=history)
+        version = tracker.register(ckpt, name, first, {}, "Stage 0 in plain words.")
+        # the retry of a task whose first attempt got this far (e.g. a lost answer from the store)
+        again = tracker.step_run("stage00-s1", {"val/accuracy": 0.7}, {}, {}, history=history)
+        assert again == first and tracker.register(ckpt, name, again, {}, "Stage 0 in plain words.") == version
+    runs = tracker.client.search_runs([tracker.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert [r.info.run_id for r in runs] == [first] and runs[0].info.status == "FINISHED"
+    curve = tracker.client.get_metric_history(first, "finetune/val_accuracy")
+    assert [(m.step, m.value) for m in sorted(curve, key=lambda m: m.step)] == [(1, 0.5), (2, 0.6), (3, 0.7)]
+    models = tracker.client.search_logged_models(experiment_ids=[tracker.experiment_id],
+                                                 filter_string=f"source_run_id = '{first}'")
+    assert len(models) == 1 and len(tracker.versions(name)) == 1
+    assert tracker.client.get_model_version(name, version).description == "Stage 0 in plain words."
+
+
 def test_registered_pyfunc_predicts_logits_without_pickle(tracker, tmp_path):
     import mlflow
 
