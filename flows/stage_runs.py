@@ -79,7 +79,7 @@ def dataset_input(data_root: Path, dvc_md5: str, dvcfile: Path, target: str) -> 
 def _split_sizes(root: str, dvc_md5: str) -> dict[str, dict[str, int]]:
     """domain -> split -> images, counted once per dataset version (`dvc_md5` keys the cache)."""
     sizes: dict[str, dict[str, int]] = {}
-    for domain in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+    for domain in sorted(p for p in Path(root).iterdir() if p.is_dir() and p.name[0] not in "._"):  # no _base
         sizes[domain.name] = {s: sum(1 for _ in (domain / s).rglob("*.png")) for s in SPLITS}
     return sizes
 

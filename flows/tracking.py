@@ -52,20 +52,20 @@ OWNER_PID, OWNER_STARTED, OWNER_HOST = "grasp.owner_pid", "grasp.owner_pid_start
 
 @contextlib.contextmanager
 def _global_tracking_uri(uri: str) -> Iterator[None]:
-    """mlflow's global tracking and registry URI for one block; $MLFLOW_TRACKING_URI (which mlflow sets with
-    it) is put back after, so it never leaks into later Trackers or subprocesses of this process."""
+    """mlflow's global tracking URI for one block, then the previous one again; $MLFLOW_TRACKING_URI (which
+    mlflow sets with it) too, so it never leaks into later Trackers or subprocesses of this process. The
+    registry URI is left unset: every client then reads the registry of its own tracking URI."""
     mlflow = _mlflow()
-    env = os.environ.get("MLFLOW_TRACKING_URI")
+    env, previous = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
+        mlflow.set_tracking_uri(previous)
         if env is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = env
-            mlflow.set_tracking_uri(env)
 
 
 def _owner_tags() -> dict[str, str]:
