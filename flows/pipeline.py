@@ -18,7 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import tasks
 from flows.progress import Progress, link_mlflow_run
-from flows.settings import code_commit
+from flows.settings import code_commit, route_run_logs
 from flows.source_ledger import lineage_tags
 from flows.steps import StepArtifact
 from flows.validation import prewarmed_gx
@@ -70,6 +70,8 @@ def grasp_run_flow(params_path: str, workdir: str = ".", tracking_uri: str | Non
     """
     from flows.lock import RunLock
 
+    route_run_logs(verbose)  # here, so served (scheduled) runs in their own processes log their stages too
+
     with RunLock(Path(workdir), wait_s=lock_wait_s, command="grasp run"):
         summary = _pipeline(params_path, workdir, tracking_uri, dvc_remote, baselines, full, quiet, verbose, runner)
         if auto_promote and summary.versions:
@@ -88,6 +90,8 @@ def grasp_all_targets_flow(params_path: str, workdir: str = ".", tracking_uri: s
     flows.workspace.source_seed); then each target's merge runs in turn and re-uses them.
     """
     from flows.lock import RunLock
+
+    route_run_logs(verbose)  # here, so served (scheduled) runs in their own processes log their stages too
 
     with RunLock(Path(workdir), command="grasp run --all-targets"):
         ws, cfg = Workspace(Path(workdir)), load_config(Path(params_path))
@@ -403,9 +407,6 @@ def run_pipeline(params: Path, workdir: Path, baselines: bool = False, tracking_
     (default: $GRASP_RUNNER, else local threads)."""
     import os
 
-    from flows.settings import route_run_logs
-
-    route_run_logs(verbose)
     return grasp_run_flow(params_path=str(params), workdir=str(workdir), tracking_uri=tracking_uri,
                           dvc_remote=dvc_remote, baselines=baselines, full=full,
                           auto_promote=auto_promote, quiet=quiet, verbose=verbose,
@@ -418,9 +419,6 @@ def run_all_targets(params: Path, workdir: Path, baselines: bool = False, tracki
     """`grasp run --all-targets`: the leave-one-domain-out sweep (see grasp_all_targets_flow)."""
     import os
 
-    from flows.settings import route_run_logs
-
-    route_run_logs(verbose)
     return grasp_all_targets_flow(params_path=str(params), workdir=str(workdir), tracking_uri=tracking_uri,
                                   dvc_remote=dvc_remote, baselines=baselines, full=full, quiet=quiet,
                                   verbose=verbose, runner=runner or os.environ.get("GRASP_RUNNER", "") or "local")
