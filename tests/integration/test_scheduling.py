@@ -90,6 +90,20 @@ class Served:
         with temporary_settings(updates={PREFECT_API_URL: self.record["url"]}):
             return get_client(sync_client=True)
 
+    def log_messages(self, flow_run_id, until, timeout_s: float = 60) -> list[str]:
+        """The flow run's log lines in Prefect, read until `until(lines)` holds: the run's process sends its
+        last batch as it exits, which may come after its COMPLETED state."""
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        only_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self.client() as client:
+                messages = [log.message for log in client.read_logs(log_filter=only_run)]
+            if until(messages) or time.monotonic() > deadline:
+                return messages
+            time.sleep(1)
+
     def completed_runs(self, timeout_s: float) -> list:
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
 
@@ -180,17 +194,19 @@ def test_second_ensure_reuses_the_running_server(served, monkeypatch):
     assert json.loads((served.ws / RECORD).read_text())["pid"] == handle.pid
 
 
-def test_a_scheduled_run_executes_the_real_pipeline(served):
-    (run, *_) = served.completed_runs(timeout_s=170)
+def test_a_scheduled_run_executes_the_real_pipeline_and_logs_its_stages_to_prefect(served):
+    (run, *_) = served.completed_runs(timeout_s=300)
     assert run.parameters["workdir"] == str(served.ws)
     assert (served.ws / "mlflow.db").exists()
     assert len(list((served.ws / "checkpoints" / "sources").glob("*.safetensors"))) == 2
+    messages = served.log_messages(run.id, until=lambda m: any(x.startswith("grasp stage 1 [") for x in m))
+    assert any(m.startswith("data valid; target") for m in messages), messages  # what the UI shows of the run
 
 
 def test_sigterm_stops_serving_and_the_server_it_started(served):
     from flows.scheduling import RECORD
 
-    served.completed_runs(timeout_s=170)  # so the flow-run processes have been seen too
+    served.completed_runs(timeout_s=300)  # so the flow-run processes have been seen too
     server_pid = served.record["pid"]
     assert server_pid in served.seen
     assert served.terminate() == 0, served.output()
