@@ -399,11 +399,13 @@ def _run_flow_locked(args: argparse.Namespace) -> int:
     from flows.runners import parse_runner
 
     spec = parse_runner(args.runner)  # a bad --runner fails before any work
-    from flows.scheduling import workspace_api
+    from flows.scheduling import check_prefect_db, workspace_api
 
     # before prefect is imported: the workspace's running server (grasp serve's), one for Dask workers, or none
-    # (Prefect's ephemeral mode)
+    # (Prefect's ephemeral mode, on the workspace's database: a corrupt one is one line, not a server traceback)
     server = workspace_api(args.workdir, start=spec.kind == "dask")
+    if server is None:
+        check_prefect_db()
     try:
         return _run_flow_on_api(args)
     finally:

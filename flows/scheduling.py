@@ -96,6 +96,16 @@ def workspace_api(ws: Path, start: bool = False) -> ServerHandle | None:
     return handle
 
 
+def check_prefect_db() -> None:
+    """Fail as one line when the SQLite database Prefect's ephemeral mode would open ($PREFECT_HOME/prefect.db,
+    unless a database URL is configured) is corrupt."""
+    from flows.store_health import PREFECT_RECOVERY, check_sqlite
+
+    if not any(os.environ.get(k) for k in ("PREFECT_SERVER_DATABASE_CONNECTION_URL",
+                                           "PREFECT_API_DATABASE_CONNECTION_URL")):
+        check_sqlite(Path(os.environ["PREFECT_HOME"]) / "prefect.db", PREFECT_RECOVERY)
+
+
 def _reuse_recorded(record: Path, timeout_s: float) -> ServerHandle | None:
     """The recorded server if it is still ours and healthy; a record of a dead server is dropped."""
     info = _read_record(record)
