@@ -21,6 +21,10 @@ QUIET_OFFLINE = {
     "DVC_NO_ANALYTICS": "1",  # else a crashing analytics daemon after every DVC command
     "GIT_PYTHON_REFRESH": "quiet",
     "DASK_LOGGING__DISTRIBUTED": "warning",
+    # the workspace lock's decisions (a scheduled run waiting for it, then taking it) in the flow run's logs too,
+    # so the Prefect UI shows why a tick started late; outside a run they stay on the terminal only
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "flows.lock",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
 
 

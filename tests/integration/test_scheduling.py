@@ -259,3 +259,51 @@ def test_a_server_that_cannot_start_fails_with_its_log_and_leaves_nothing(tmp_pa
     pid = int(str(err.value).split("pid ")[1].split(",")[0])
     assert not psutil.pid_exists(pid) and not (tmp_path / RECORD).exists()
     assert "PREFECT_API_URL" not in os.environ
+
+
+def test_a_flow_waiting_for_the_workspace_lock_says_so_in_its_prefect_logs(tmp_path, prefect_harness):
+    """A scheduled tick that finds the workspace held waits (flows/lock.py); the decision reaches the flow
+    run's logs in Prefect (PREFECT_LOGGING_EXTRA_LOGGERS), not only the terminal. The test releases the holder
+    once the wait is logged: no timer races it."""
+    import logging
+    import threading
+    from uuid import UUID
+
+    from prefect import flow, get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.runtime import flow_run
+
+    from flows.lock import RunLock
+
+    waiting = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting up to" in record.getMessage():
+                waiting.set()
+
+    @flow(name="lock-probe")
+    def probe() -> str:
+        with RunLock(tmp_path, wait_s=600, command="grasp run (scheduled)"):
+            return str(flow_run.id)
+
+    lock_log, watch = logging.getLogger("flows.lock"), Watch()
+    lock_log.addHandler(watch)
+    holder = RunLock(tmp_path, command="grasp run").__enter__()
+    result: list[str] = []
+    worker = threading.Thread(target=lambda: result.append(probe()))
+    try:
+        worker.start()
+        assert waiting.wait(timeout=600)
+        holder.release()
+        worker.join(timeout=600)
+    finally:
+        holder.release()
+        lock_log.removeHandler(watch)
+    for handler in lock_log.handlers:
+        handler.flush()
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(result[0])])))
+    messages = [log.message for log in logs]
+    assert any("waiting up to 600 s" in m for m in messages), messages
+    assert any("acquired after waiting" in m for m in messages), messages
