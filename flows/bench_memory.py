@@ -35,7 +35,7 @@ BENCH_VAL_FRAC, BENCH_TEST_FRAC, BENCH_TARGET_TRAIN_FRAC = 0.05, 0.1, 0.1  # sma
 NOISE_FRAC = 0.01  # each copy: every tensor + Gaussian noise of 1 % of its mean |value|
 TABLE = ("method", "k", "peak_rss_mb", "rss_before_mb", "peak_model_mb", "models_alive", "param_sized_multiple",
          "wall_s")
-GRASP_RSS_RATIO_MAX = 1.10
+GRASP_RSS_RATIO_MAX = 1.05  # issue 17's target (resnet50 K=32/K=2)
 GRASP_MULTIPLE_MAX = 4.0  # weights + grads + 2 AdamW moments (rollback and best-val copies on disk); official ~7
 
 
@@ -121,8 +121,12 @@ def prepare_workspace(cfg: Config, root: Path, k_max: int) -> dict[str, Any]:
     base, _ = ensure_base(cfg, ws, classes, first.input_shape)
     trained, _ = ensure_source(cfg, ws, first.name, classes, base, cfg.seed + 1)
     write_copies(ws, trained, k_max, cfg.seed)
-    size = model_param_bytes(build_model(cfg.model.arch, len(classes), first.input_shape))
-    return {"arch": cfg.model.arch, "model_param_bytes": size, "target": target, "copied_source": sources[0],
+    model = build_model(cfg.model.arch, len(classes), first.input_shape)
+    size, shapes = model_param_bytes(model), {tuple(p.shape) for p in model.parameters()}
+    # BatchNorm running statistics have their layer's weight shape, so the live-tensor scan counts them too
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers() if tuple(b.shape) in shapes)
+    return {"arch": cfg.model.arch, "model_param_bytes": size, "buffer_frac": round(buffers / size, 4),
+            "target": target, "copied_source": sources[0],
             "target_train": len(load_target(cfg, ws, target, classes).train), "workspace": str(root)}
 
 
@@ -205,7 +209,7 @@ def memory_bench(params: Path | None, ks: tuple[int, ...] = DEFAULT_KS, methods:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
     for row in rows:
-        row.update(arch=info["arch"], model_param_bytes=info["model_param_bytes"])
+        row.update(arch=info["arch"], model_param_bytes=info["model_param_bytes"], buffer_frac=info["buffer_frac"])
     found = memory_ratios(rows)
     return {"info": info, "rows": rows, "ratios": found, "checks": check_targets(rows, found)}
 
@@ -235,12 +239,15 @@ def check_targets(rows: list[dict[str, Any]], found: list[dict[str, Any]]) -> li
     if grasp := by_method.get("grasp"):
         span = f"K={grasp['k_to']}/K={grasp['k_from']}"
         multiple = max(r["param_sized_multiple"] for r in rows if r["method"] == "grasp")
+        buffers = max(r.get("buffer_frac", 0.0) for r in rows)  # the model's own BN statistics, not copies
+        limit = round(GRASP_MULTIPLE_MAX + buffers, 4)
         checks += [{"target": f"grasp peak RSS {span} <= {GRASP_RSS_RATIO_MAX}", "value": grasp["rss_ratio"],
                     "ok": grasp["rss_ratio"] <= GRASP_RSS_RATIO_MAX},
                    {"target": f"grasp peak parameter bytes {span} = 1.0", "value": grasp["param_bytes_ratio"],
                     "ok": grasp["param_bytes_ratio"] == 1.0},
-                   {"target": f"grasp peak param-sized tensors <= {GRASP_MULTIPLE_MAX:g} model sizes (official ~7)",
-                    "value": multiple, "ok": multiple <= GRASP_MULTIPLE_MAX}]
+                   {"target": f"grasp peak param-sized tensors <= {GRASP_MULTIPLE_MAX:g} model sizes"
+                    + (f" + {buffers:g} of BN statistics" if buffers else "") + " (official ~7)",
+                    "value": multiple, "ok": multiple <= limit}]
     if ens := by_method.get("ensemble"):
         want = ens["k_to"] / ens["k_from"]
         checks.append({"target": f"ensemble peak parameter bytes K={ens['k_to']}/K={ens['k_from']} ~ {want:g}",
