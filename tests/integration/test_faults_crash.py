@@ -58,8 +58,9 @@ def registered(ws: Path) -> int:
 
 def kill_mid_stage(ws: Path, first_stage: int, min_versions: int,
                    sig: signal.Signals = signal.SIGKILL) -> tuple[int, str, list[int], str]:
-    """Start `grasp run --verbose` and send `sig` during the first epoch of a stage >= `first_stage` once at
-    least `min_versions` versions are registered (registrations run behind the stages).
+    """Start `grasp run --verbose` and send `sig` at an epoch of a stage >= `first_stage` once at least
+    `min_versions` versions are registered. Registrations run behind the stages and are slower on a busy
+    machine, so every epoch line of those stages is a chance (not only each stage's first epoch).
     Returns (pid, the line it was sent on, the PIDs of its children then, the rest of its stderr)."""
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--verbose"], cwd=ws, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
@@ -67,7 +68,7 @@ def kill_mid_stage(ws: Path, first_stage: int, min_versions: int,
     seen, children = [], []
     for line in proc.stderr:
         seen.append(line)
-        found = re.search(r"grasp stage (\d+): epoch 1/", line)
+        found = re.search(r"grasp stage (\d+): epoch \d+/", line)
         if found and int(found.group(1)) >= first_stage and registered(ws) >= min_versions:
             children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
             os.kill(proc.pid, sig)
