@@ -38,4 +38,5 @@ def check_sqlite(db: Path, recovery: str) -> None:
                 return  # busy, not corrupt: the tool's own retries handle it
             problem = f"damaged ({err})"
     if problem:
+        problem = " ".join(problem.split())  # SQLite's report spans lines; the error stays one line
         raise StoreCorruptError(f"{db}: {problem}; {recovery}")
