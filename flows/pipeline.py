@@ -344,6 +344,8 @@ def _stages(cfg, ws, summary, classes, plan, data_v, src_v, tracker, run_tags, p
             step = computed[i]
             progress.step(step.result)
         else:
+            if registrations:  # registering loads the model once more (MLflow checks the input example):
+                registrations[-1].wait()  # beside a stage that would be a third model alive in this process
             step = tasks.grasp_stage_task(cfg, ws, summary.target, classes, ckpt, name, stage, parent, progress)
         tags = {**run_tags, "stage": str(stage), "source_domain": name, "source_sha256": ckpt.sha256,
                 **lineage_tags(ws, name, ckpt.sha256, ckpt.header),  # header claims kept apart from facts

@@ -340,6 +340,10 @@ class Tracker:
         with tempfile.TemporaryDirectory() as scratch:  # the self-contained model (flows/model_package.py)
             kwargs = pyfunc_kwargs(checkpoint, header, Path(scratch))
             _mlflow().pyfunc.log_model(name="model", model_id=model_id, **kwargs)
+        # MLflow checks the input example by loading the model from its code file, whose `set_model` call leaves
+        # that instance, network loaded, as MLflow's current code model: a third model alive beside the next
+        # stage. Setting a no-op callable in its place releases it.
+        _mlflow().models.set_model(_released)
 
     def set_alias(self, model_name: str, alias: str, version: str) -> None:
         """Point `alias` (e.g. `champion`, `challenger`) at `version`, moving it if it pointed elsewhere."""
@@ -477,3 +481,7 @@ def confusion_png(result: StepResult, classes: tuple[str, ...] | list[str], path
 
     title = f"stage {result.stage} ({result.source_name}): test {result.test_accuracy:.1%}"
     return render_confusion(result.confusion, classes, title, path)
+
+
+def _released(model_input: object) -> None:
+    """Stands in as MLflow's current code model once a registration is logged (see `Tracker._log_pyfunc`)."""
