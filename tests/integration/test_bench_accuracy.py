@@ -82,7 +82,9 @@ def test_files_and_mlflow_run_hold_the_results(bench):
     with open(files["csv"]) as fh:
         assert len(list(csv.DictReader(fh))) == len(rows)
     md = files["md"].read_text()
-    assert "| method | 2020 | 2022 | mean |" in md and "- **2022**: transfer_off" in md
+    assert "| method | 2020 | 2022 | mean |" in md
+    assert "| grasp − | 2020 | 2022 | mean |" in md  # paired differences against every control
+    assert all(f"| {method} |" in md for method in METHODS[1:])
     assert files["png"].stat().st_size > 1000
     client = mlflow.MlflowClient(uri)
     run = client.get_run(run_id)
