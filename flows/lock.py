@@ -39,13 +39,33 @@ class RunLockedError(GraspError):
     exit_code = 75
 
 
+GUARD_WAIT_S = 2.0  # the guard is held for a file write; longer means its holder is stopped or hung
+
+
+class GuardBusy(Exception):
+    """Another process held the guard for longer than the caller would wait."""
+
+
 @contextmanager
-def exclusive(guard: Path) -> Iterator[None]:
-    """Hold an exclusive `flock` on `guard` (created if missing) for the duration of the block."""
+def exclusive(guard: Path, wait_s: float | None = None) -> Iterator[None]:
+    """Hold an exclusive `flock` on `guard` (created if missing) for the duration of the block.
+
+    Args:
+        wait_s: give up with `GuardBusy` after this many seconds (None: wait as long as it takes). A holder
+            that is stopped (SIGSTOP, a debugger) or hung keeps its flock, and a blocking wait would hang too.
+    """
     guard.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(guard, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if deadline is not None else 0))
+                break
+            except BlockingIOError:
+                if deadline is None or time.monotonic() >= deadline:
+                    raise GuardBusy(str(guard)) from None
+                time.sleep(0.01)
         yield
     finally:
         os.close(fd)  # closing the last descriptor releases the flock
@@ -129,7 +149,13 @@ class RunLock:
 
     def _try_acquire(self) -> dict | None:
         """Take the lock and return None, or return the live owner's record."""
-        with exclusive(self.path.with_name(self.path.name + ".guard")):
+        try:
+            return self._acquire_under_guard()
+        except GuardBusy:  # someone is taking or releasing the lock right now, or is stopped while doing so
+            return read_owner(self.path) or {"pid": "?", "command": "a grasp command holding its guard"}
+
+    def _acquire_under_guard(self) -> dict | None:
+        with exclusive(self.path.with_name(self.path.name + ".guard"), wait_s=GUARD_WAIT_S):
             owner = read_owner(self.path)
             if owner is not None and self._is_this_process(owner):
                 return None  # re-entrant: the CLI holds it and runs the flow, which takes it again

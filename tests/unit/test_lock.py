@@ -164,3 +164,25 @@ def test_a_waiting_acquirer_takes_the_lock_when_the_holder_releases_it_and_logs_
     assert errors == [] and acquired.is_set()
     assert any("acquired after waiting" in line for line in lines), lines
     assert not (tmp_path / ".grasp" / "run.lock").exists()
+
+
+def test_a_guard_held_by_a_stopped_holder_is_busy_not_a_hang(tmp_path):
+    """A holder stopped inside its guard (SIGSTOP, a debugger) keeps the flock; a newcomer must not block."""
+    import fcntl
+    import os
+
+    from flows.lock import LOCK_NAME, RunLock, RunLockedError
+
+    guard = tmp_path / LOCK_NAME.with_name(LOCK_NAME.name + ".guard")
+    guard.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(guard, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the test holds the guard and releases it itself
+    try:
+        with pytest.raises(RunLockedError, match="holds this workspace"):
+            with RunLock(tmp_path, wait_s=0):
+                pass
+        assert not (tmp_path / LOCK_NAME).exists()  # nothing taken, nothing written
+    finally:
+        os.close(fd)
+    with RunLock(tmp_path, wait_s=0):  # once released, the lock is free
+        assert (tmp_path / LOCK_NAME).exists()
