@@ -174,7 +174,10 @@ def test_unwritable_artifact_folder_recovers_or_fails_clearly_with_no_version(do
     out = _in_flow(register_task, *args, retry_delay_seconds=[2.0] * len(RETRY_DELAYS_S))
     assert out.completed, out.result
     assert out.attempts >= 2
-    assert len(tracker.versions(summary.model_name)) == len(before) + 1
+    after = tracker.versions(summary.model_name)
+    # the step is registered once: a retry (or a step registered before) re-uses its version, never a duplicate
+    assert str(out.result) in {v["version"] for v in after}
+    assert len(before) <= len(after) <= len(before) + 1
 
     before = tracker.versions(summary.model_name)
     block()
