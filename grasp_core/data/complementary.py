@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from grasp_core.config import BaseConfig, DataConfig
-from grasp_core.data.drift import BASE_DIR, domain_names, load_digits_images, split_pools, write_images
+from grasp_core.data.drift import domain_names, start_benchmark, write_images
 
 TOKEN_IMAGES = 2  # images a source keeps of a class outside its group: enough for the layout, not to learn it
 
@@ -35,11 +35,7 @@ def write_digits_complementary(root: Path, cfg: DataConfig, base: BaseConfig, se
 
     Deterministic: the same config and seed write byte-identical PNGs.
     """
-    images, labels = load_digits_images()
-    rng = np.random.default_rng(seed)
-    pools = split_pools(labels, cfg, base, rng)
-    if len(pools["_base"]):
-        write_images(root / BASE_DIR / "train", images, labels, pools["_base"], cfg.image_size, 0.0, 0.0, 0.0, rng)
+    images, labels, pools, rng = start_benchmark(root, cfg, base, seed)
     sources = cfg.domains - 1  # the newest domain is the target
     angle, jitter, noise = sources * cfg.rotation_step_deg, cfg.rotation_step_deg / 3, sources * cfg.noise_step
     for group, name in enumerate(domain_names(cfg)):

@@ -71,16 +71,23 @@ def write_images(folder: Path, images: np.ndarray, labels: np.ndarray, indices: 
         Image.fromarray(pixels, mode="L").save(path)
 
 
-def write_digits_drift(root: Path, cfg: DataConfig, base: BaseConfig, seed: int) -> list[str]:
-    """Write the benchmark under `root` (which must not exist yet) and return the domain names.
-
-    Deterministic: the same config and seed write byte-identical PNGs.
-    """
+def start_benchmark(root: Path, cfg: DataConfig, base: BaseConfig, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.random.Generator]:
+    """What every digits benchmark starts with: the images, the seeded split pools, and the base pool written."""
     images, labels = load_digits_images()
     rng = np.random.default_rng(seed)
     pools = split_pools(labels, cfg, base, rng)
     if len(pools["_base"]):
         write_images(root / BASE_DIR / "train", images, labels, pools["_base"], cfg.image_size, 0.0, 0.0, 0.0, rng)
+    return images, labels, pools, rng
+
+
+def write_digits_drift(root: Path, cfg: DataConfig, base: BaseConfig, seed: int) -> list[str]:
+    """Write the benchmark under `root` (which must not exist yet) and return the domain names.
+
+    Deterministic: the same config and seed write byte-identical PNGs.
+    """
+    images, labels, pools, rng = start_benchmark(root, cfg, base, seed)
     names = domain_names(cfg)
     for t, name in enumerate(names):
         angle, jitter = t * cfg.rotation_step_deg, cfg.rotation_step_deg / 3
