@@ -99,8 +99,8 @@ def run_ablation(params: Path, workdir: Path, seeds: list[int], targets: list[st
     import torch
 
     from flows.workspace import Workspace
-    from grasp_core.baselines import METHODS
     from grasp_core.config import replace
+    from grasp_core.methods import METHODS
 
     check_choices(controls, sorted(METHODS), "--controls")
     plans = {spec: variant_overrides(spec) for spec in variants}

@@ -99,9 +99,9 @@ def bench_target(cfg: Config, ws: Workspace, target: str, domains: list[str], cl
     from flows.progress import Progress
     from flows.report import result_row
     from flows.runner import method_context
-    from grasp_core.baselines import run_method
     from grasp_core.config import replace
     from grasp_core.memory import settle
+    from grasp_core.methods import run_method
 
     cfg_t = replace(cfg, data__target=target)
     sources = [d for d in domains if d != target]
@@ -149,7 +149,7 @@ def run_accuracy_bench(params: Path, workdir: Path, seeds: list[int], targets: l
     Args:
         source_order: "given" (oldest first), "reversed" or "permuted" (see `bench_target`).
         targets: default: every domain of the data.
-        methods: default: DEFAULT_METHODS (keys of grasp_core.baselines.METHODS).
+        methods: default: DEFAULT_METHODS (keys of grasp_core.methods.METHODS).
         threads: torch intra-op threads while it runs (restored after). 1 is the default because these
             models are tiny: on this 2-core box under load, a GRASP run took 3.2 s with 1 thread and 38.5 s
             with 2 (spinning OpenMP workers). Results do not depend on it for given checkpoints, but sources
@@ -159,7 +159,7 @@ def run_accuracy_bench(params: Path, workdir: Path, seeds: list[int], targets: l
     import torch
 
     from flows.workspace import Workspace
-    from grasp_core.baselines import METHODS
+    from grasp_core.methods import METHODS
 
     methods = check_choices(methods or DEFAULT_METHODS, sorted(METHODS), "--methods")
     if not seeds:

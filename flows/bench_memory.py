@@ -151,10 +151,10 @@ def measure_method(root: Path, method: str, k: int) -> dict[str, Any]:
     from flows.progress import Progress
     from flows.runner import method_context
     from flows.workspace import Workspace, layout_classes, resolve_roles
-    from grasp_core.baselines import run_method
     from grasp_core.config import load_config
     from grasp_core.data import list_domains
     from grasp_core.memory import settle
+    from grasp_core.methods import run_method
 
     ws = Workspace(root)
     cfg = load_config(root / "params.yaml")
@@ -192,7 +192,7 @@ def run_worker(root: Path, method: str, k: int, threads: int = 0) -> dict[str, A
 def memory_bench(params: Path | None, ks: tuple[int, ...] = DEFAULT_KS, methods: tuple[str, ...] = DEFAULT_METHODS,
                  arch: str = BENCH_ARCH, jobs: int = 2, say: Any = print, keep: bool = False) -> dict[str, Any]:
     """Measure every (method, K) in its own process; returns {"info", "rows", "ratios", "checks"}."""
-    from grasp_core.baselines import get_method
+    from grasp_core.methods import get_method
 
     for method in methods:
         get_method(method)  # an unknown name fails here, with the valid names, before any work

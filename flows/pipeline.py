@@ -371,7 +371,7 @@ def _in_merge_order(cfg, ws: Workspace, target: str, classes: list[str], to_merg
         return [by_name[name] for name in names]
     if cfg.transfer.order in ("aligned", "scored"):  # a streaming pre-pass over the sources: two models at most
         from flows.runner import method_context
-        from grasp_core.baselines.grasp_method import merge_order
+        from grasp_core.methods.grasp_method import merge_order
 
         ordered = merge_order(method_context(cfg, ws, target, names, classes, progress))
     else:

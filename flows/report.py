@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from grasp_core.baselines import MethodResult
+from grasp_core.methods import MethodResult
 
 COLUMNS = ("method", "test_accuracy", "val_accuracy", "target_steps", "peak_models_alive", "peak_param_multiple",
            "peak_rss_mb", "wall_s")

@@ -21,12 +21,12 @@ from flows.workspace import (
     source_opener,
     source_seed,
 )
-from grasp_core.baselines import MethodContext, MethodResult, run_method
 from grasp_core.checkpoints import load_checkpoint, read_header
 from grasp_core.config import Config
 from grasp_core.data import input_shape, list_domains
 from grasp_core.grasp import target_loaders
 from grasp_core.memory import model_param_bytes, param_shapes_of, settle
+from grasp_core.methods import MethodContext, MethodResult, run_method
 
 
 @dataclass(frozen=True)

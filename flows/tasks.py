@@ -12,10 +12,10 @@ from flows.faults import TOOL_RETRIES, transient_faults
 from flows.progress import Progress
 from flows.steps import StepArtifact, cached_target, cached_tests, target_step
 from flows.workspace import Workspace, ensure_base, ensure_source, layout_classes, materialise_data, resolve_roles
-from grasp_core.baselines import MethodContext, MethodResult, run_method
 from grasp_core.checkpoints import SavedCheckpoint
 from grasp_core.config import Config, LimitsConfig
 from grasp_core.data import input_shape
+from grasp_core.methods import MethodContext, MethodResult, run_method
 from grasp_core.names import path_inside
 
 # Our own recipe hashes decide re-use (see flows/workspace.py); Prefect's input hashing would only

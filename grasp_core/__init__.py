@@ -11,8 +11,8 @@ import importlib
 from typing import Any
 
 _PUBLIC = {
-    "METHODS": "grasp_core.baselines", "MethodContext": "grasp_core.baselines",
-    "MethodResult": "grasp_core.baselines", "run_method": "grasp_core.baselines",
+    "METHODS": "grasp_core.methods", "MethodContext": "grasp_core.methods",
+    "MethodResult": "grasp_core.methods", "run_method": "grasp_core.methods",
     "Config": "grasp_core.config", "load_config": "grasp_core.config",
     "CheckpointMismatchError": "grasp_core.errors", "ConfigError": "grasp_core.errors",
     "DataLayoutError": "grasp_core.errors", "GraspError": "grasp_core.errors",

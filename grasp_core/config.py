@@ -183,7 +183,7 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class BaselinesConfig:
-    methods: list[str] = field(  # keys of grasp_core.baselines.METHODS run next to GRASP
+    methods: list[str] = field(  # keys of grasp_core.methods.METHODS run next to GRASP
         default_factory=lambda: ["transfer_off", "target_only", "best_single", "fusion", "ensemble"])
     task_arithmetic_scale: float = 0.3  # lambda of continual task arithmetic (FusionBench's default, 0.3)
     ties_scale: float = 0.5  # lambda of continual TIES-merging (FusionBench's default, 0.5)

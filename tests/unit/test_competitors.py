@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from grasp_core.baselines import MethodContext
-from grasp_core.baselines.averaging import continual_weight_average
-from grasp_core.baselines.task_arithmetic import continual_task_arithmetic
-from grasp_core.baselines.ties import continual_ties, ties_merge, trim_top
 from grasp_core.config import Config, config_from_dict
 from grasp_core.memory import MemoryTracker
+from grasp_core.methods import MethodContext
+from grasp_core.methods.averaging import continual_weight_average
+from grasp_core.methods.task_arithmetic import continual_task_arithmetic
+from grasp_core.methods.ties import continual_ties, ties_merge, trim_top
 
 BASE = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0])
 TAUS = {"s1": torch.tensor([1.0, -2.0, 3.0, -4.0, 5.0]), "s2": torch.tensor([-1.0, 1.0, 1.0, 1.0, -0.5])}

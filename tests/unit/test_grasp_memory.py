@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 import torch
 
-from grasp_core.baselines import METHODS, MethodContext, run_method
 from grasp_core.config import Config
 from grasp_core.grasp import run_grasp, target_loaders
 from grasp_core.memory import MemoryTracker, measure, model_param_bytes, param_shapes_of
+from grasp_core.methods import METHODS, MethodContext, run_method
 from grasp_core.models import build_model
 
 SHAPE = (1, 4, 4)

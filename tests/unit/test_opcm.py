@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from grasp_core.baselines import METHODS, MethodContext
-from grasp_core.baselines.opcm import continual_opcm, principal_subspace, project_out
 from grasp_core.config import Config, config_from_dict
 from grasp_core.memory import MemoryTracker
+from grasp_core.methods import METHODS, MethodContext
+from grasp_core.methods.opcm import continual_opcm, principal_subspace, project_out
 
 
 class Lin(nn.Module):

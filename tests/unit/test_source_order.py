@@ -8,11 +8,11 @@ import dataclasses
 import torch
 from torch import nn
 
-from grasp_core.baselines import MethodContext, run_method
-from grasp_core.baselines.grasp_method import merge_order
 from grasp_core.config import Config
 from grasp_core.grasp import merge_source, target_loaders
 from grasp_core.memory import MemoryTracker, model_param_bytes, param_shapes_of
+from grasp_core.methods import MethodContext, run_method
+from grasp_core.methods.grasp_method import merge_order
 from grasp_core.models import build_model
 from grasp_core.order import in_time_order, nearest_first, order_sources, score_sources
 from grasp_core.transfer import recalibrate_batchnorm

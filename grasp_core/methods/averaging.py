@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from grasp_core.baselines.common import MethodContext, register_merge
 from grasp_core.memory import MemoryTracker
+from grasp_core.methods.common import MethodContext, register_merge
 
 
 def _averaged(model: nn.Module, with_buffers: bool) -> dict[str, torch.Tensor]:

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from grasp_core.baselines.common import MethodContext, finetune_budget, register_method
 from grasp_core.memory import MemoryTracker
+from grasp_core.methods.common import MethodContext, finetune_budget, register_method
 from grasp_core.order import SourceScore, best_scored, score_sources
 
 

@@ -1,6 +1,6 @@
 """Methods compared on one target budget: GRASP and its controls, registered in METHODS."""
 
-from grasp_core.baselines import (  # noqa: F401,E402
+from grasp_core.methods import (  # noqa: F401,E402
     averaging,
     best_single,
     ensemble,
@@ -10,7 +10,7 @@ from grasp_core.baselines import (  # noqa: F401,E402
     task_arithmetic,
     ties,
 )
-from grasp_core.baselines.common import (
+from grasp_core.methods.common import (
     METHODS,
     MethodContext,
     MethodResult,

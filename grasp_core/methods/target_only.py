@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from grasp_core.baselines.common import MethodContext, finetune_budget, register_method
 from grasp_core.memory import MemoryTracker
+from grasp_core.methods.common import MethodContext, finetune_budget, register_method
 
 
 @register_method("target_only")

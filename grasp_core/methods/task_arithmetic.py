@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from grasp_core.baselines.common import MethodContext, register_merge
 from grasp_core.memory import MemoryTracker
+from grasp_core.methods.common import MethodContext, register_merge
 
 TaskVector = dict[str, torch.Tensor]  # param_name -> theta_source - theta_base
 

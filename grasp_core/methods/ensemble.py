@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from grasp_core.baselines.common import MethodContext, register_method
 from grasp_core.finetune import predict_logits
 from grasp_core.memory import MemoryTracker
+from grasp_core.methods.common import MethodContext, register_method
 
 
 class SoftVote(nn.Module):

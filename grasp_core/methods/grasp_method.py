@@ -8,10 +8,10 @@ from typing import Any
 
 from torch import nn
 
-from grasp_core.baselines.common import MethodContext, register_method
 from grasp_core.config import Config
 from grasp_core.grasp import run_grasp
 from grasp_core.memory import MemoryTracker, peak_of
+from grasp_core.methods.common import MethodContext, register_method
 from grasp_core.order import alignment_prepass, order_sources, score_sources
 
 

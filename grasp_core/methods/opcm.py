@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from grasp_core.baselines.common import MethodContext, register_merge
-from grasp_core.baselines.task_arithmetic import TaskVector, task_vectors
 from grasp_core.memory import MemoryTracker
+from grasp_core.methods.common import MethodContext, register_merge
+from grasp_core.methods.task_arithmetic import TaskVector, task_vectors
 
 
 def principal_subspace(matrix: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
