@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from flows.runtime.options import positive_int
 from grasp_core.errors import GraspError
 
 EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_MISMATCH, EXIT_BUSY = 2, 3, 4, 75
@@ -42,12 +43,6 @@ def _version() -> str:
         return version("grasp")
     except PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown (not installed)"
-
-
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-    return int(text)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -193,8 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     _ops_args(status)
     status.set_defaults(handler=cmd_status)
-    from flows import deploy_cli
-
+    from flows.ops import deploy_cli
     deploy_cli.register(sub, _ops_args)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures",
@@ -210,16 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="rounds (core and flow alternate); prints medians and ranges (default 1)")
     over.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
     over.set_defaults(handler=cmd_bench_overhead)
-    from flows import (
-        accuracy_matrix,
-        bench_ablation,
-        bench_accuracy,
-        bench_cost,
-        bench_dask,
-        bench_deploy,
-        bench_memory,
-        bench_throughput,
-    )
+    from flows.bench import ablation as bench_ablation
+    from flows.bench import accuracy as bench_accuracy
+    from flows.bench import cost as bench_cost
+    from flows.bench import dask as bench_dask
+    from flows.bench import deploy as bench_deploy
+    from flows.bench import memory as bench_memory
+    from flows.bench import throughput as bench_throughput
+    from flows.reports import accuracy_matrix
 
     bench_accuracy.register(bench_sub)
     bench_ablation.register(bench_sub)
@@ -248,15 +240,15 @@ def cmd_add_source(args: argparse.Namespace) -> int:
     from grasp_core.checkpoints import read_header
 
     read_header(args.path, limits)  # a malformed, edited or oversize file is refused before the lock is taken
-    from flows.lock import RunLock
+    from flows.runtime.lock import RunLock
 
     with RunLock(args.workdir, wait_s=args.lock_wait, command="grasp add-source"):
-        from flows.settings import apply_defaults
+        from flows.runtime.settings import apply_defaults
 
         apply_defaults(args.workdir)
-        from flows.sources_area import add_source
-        from flows.versioning import ensure_repo, track
-        from flows.workspace import Workspace
+        from flows.pipeline.sources import add_source
+        from flows.pipeline.workspace import Workspace
+        from flows.stores.versioning import ensure_repo, track
 
         saved = add_source(Workspace(args.workdir), args.path, args.domain, args.replace, limits)
         tracked = track(args.workdir, "checkpoints/sources",
@@ -266,10 +258,10 @@ def cmd_add_source(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from flows.settings import apply_defaults
+    from flows.runtime.settings import apply_defaults
 
     apply_defaults(args.workdir)
-    from flows.scheduling import serve_pipeline
+    from flows.ops.scheduling import serve_pipeline
 
     serve_pipeline(args.workdir.resolve(), args.params.resolve(), cron=args.cron, interval_s=args.interval,
                    auto_promote=args.auto_promote, tracking_uri=args.tracking_uri, deployment_name=args.name,
@@ -278,11 +270,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from flows.settings import apply_defaults
+    from flows.runtime.settings import apply_defaults
 
     apply_defaults(args.workdir)
-    from flows.lock import RunLock
-    from flows.promotion import promote
+    from flows.pipeline.promotion import promote
+    from flows.runtime.lock import RunLock
     from grasp_core.config import load_config
 
     cfg = load_config(args.params)
@@ -295,10 +287,11 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_lineage(args: argparse.Namespace) -> int:
     import json
 
-    from flows.settings import apply_defaults
+    from flows.runtime.settings import apply_defaults
 
     apply_defaults(args.workdir)
-    from flows.operations import format_findings, format_lineage, lineage, verify_lineage
+    from flows.ops.lineage import format_findings, format_lineage, verify_lineage
+    from flows.stores.registry import lineage
 
     rows = lineage(args.workdir, args.tracking_uri, args.ref, args.model)
     findings = verify_lineage(args.workdir, rows) if args.verify else []
@@ -309,17 +302,17 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         if args.verify:
             print(format_findings(findings, rows))
     if args.plot:
-        from flows.lineage_plot import lineage_plot
+        from flows.reports.lineage_plot import lineage_plot
 
         print(f"wrote {lineage_plot(rows, args.plot)}")
     return EXIT_MISMATCH if findings else 0
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from flows.settings import apply_defaults
+    from flows.runtime.settings import apply_defaults
 
     apply_defaults(args.workdir)
-    from flows.restore import restore
+    from flows.ops.restore import restore
 
     done = restore(args.workdir, args.tracking_uri, args.ref, args.model, args.to)
     print(f"restored {done.model_name} v{done.version} into {done.dest}: "
@@ -332,10 +325,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from flows.settings import apply_defaults
+    from flows.runtime.settings import apply_defaults
 
     apply_defaults(args.workdir)
-    from flows.operations import format_status, status
+    from flows.ops.status import format_status, status
 
     report = status(args.workdir, args.tracking_uri, args.model)
     print(json.dumps(report, indent=2, default=str) if args.json else format_status(report))
@@ -343,8 +336,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_overhead(args: argparse.Namespace) -> int:
-    from flows.bench import overhead
-    from flows.report import format_rows, write_json
+    from flows.bench.overhead import overhead
+    from flows.reports.tables import format_rows, write_json
 
     if args.repeat < 1:
         raise SystemExit(f"grasp bench overhead: --repeat {args.repeat}: must be 1 or more")
@@ -356,16 +349,15 @@ def cmd_bench_overhead(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows import execution
-
+    from flows.runtime import execution
     execution.apply(args.device, args.amp, args.threads)
     if args.engine == "prefect":
         return _run_flow(args)
     execution.check()
-    from flows.progress import Progress
-    from flows.report import format_table, result_row, write_json
-    from flows.runner import core_run
-    from flows.workspace import Workspace
+    from flows.pipeline.core_run import core_run
+    from flows.pipeline.workspace import Workspace
+    from flows.reports.progress import Progress
+    from flows.reports.tables import format_table, result_row, write_json
     from grasp_core.config import load_config
 
     cfg = load_config(args.params)
@@ -381,8 +373,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_flow(args: argparse.Namespace) -> int:
-    from flows.interrupts import stop_cleanly_on_signals
-    from flows.lock import RunLock
+    from flows.runtime.interrupts import stop_cleanly_on_signals
+    from flows.runtime.lock import RunLock
 
     # The workspace lock first: a refused run starts no Prefect server (two on one SQLite only contend).
     # The flow takes the same lock again (re-entrant in this process; scheduled runs take it there).
@@ -393,13 +385,13 @@ def _run_flow(args: argparse.Namespace) -> int:
 
 
 def _run_flow_locked(args: argparse.Namespace) -> int:
-    from flows.settings import apply_defaults
+    from flows.runtime.settings import apply_defaults
 
     apply_defaults(args.workdir, args.verbose)
-    from flows.runners import parse_runner
+    from flows.runtime.runners import parse_runner
 
     spec = parse_runner(args.runner)  # a bad --runner fails before any work
-    from flows.scheduling import check_prefect_db, workspace_api
+    from flows.ops.scheduling import check_prefect_db, workspace_api
 
     # before prefect is imported: the workspace's running server (grasp serve's), one for Dask workers, or none
     # (Prefect's ephemeral mode, on the workspace's database: a corrupt one is one line, not a server traceback)
@@ -414,11 +406,10 @@ def _run_flow_locked(args: argparse.Namespace) -> int:
 
 
 def _run_flow_on_api(args: argparse.Namespace) -> int:
-    from flows import execution
-
+    from flows.runtime import execution
     execution.check()  # a bad --device/--amp fails before any work
-    from flows.pipeline import run_pipeline
-    from flows.report import COLUMNS, format_rows, stage_row, write_json
+    from flows.pipeline.run import run_pipeline
+    from flows.reports.tables import COLUMNS, format_rows, stage_row, write_json
 
     if args.all_targets:
         return _run_all_targets(args)
@@ -456,11 +447,11 @@ def _run_flow_on_api(args: argparse.Namespace) -> int:
 
 
 def cmd_data_import(args: argparse.Namespace) -> int:
-    from flows.settings import apply_defaults
+    from flows.runtime.settings import apply_defaults
 
     apply_defaults(args.workdir, args.verbose)
-    from flows.data_import import import_data, summary_lines
-    from flows.workspace import Workspace
+    from flows.pipeline.data_import import import_data, summary_lines
+    from flows.pipeline.workspace import Workspace
     from grasp_core.config import load_config
 
     cfg = load_config(args.params)
@@ -477,7 +468,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         return cmd_data_import(args)
     if args.source is not None:
         raise GraspError(f"data: unexpected argument '{args.source}'; did you mean `grasp data import {args.source}`?")
-    from flows.workspace import Workspace, layout_classes, materialise_data
+    from flows.pipeline.workspace import Workspace, layout_classes, materialise_data
     from grasp_core.config import load_config
     from grasp_core.data import SPLITS
 
@@ -494,8 +485,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def _run_all_targets(args: argparse.Namespace) -> int:
-    from flows.pipeline import all_targets_rows, run_all_targets
-    from flows.report import format_rows, write_json
+    from flows.pipeline.run import all_targets_rows, run_all_targets
+    from flows.reports.tables import format_rows, write_json
 
     if args.auto_promote:
         raise GraspError("--all-targets: --auto-promote is not supported; promote each grasp-<domain> model "

@@ -1,5 +1,5 @@
 """Summary tables of a data folder (`<root>/<domain>/{train,val,test}/<class>/*.png`): one row per split and
-one row per file, as plain Python values, for the data validation gate in `flows/validation.py`.
+one row per file, as plain Python values, for the data validation gate in `flows/stores/validation.py`.
 
 Pure: reads each file once (bytes -> sha256 -> PIL decode from memory) and judges nothing; the gate decides.
 """

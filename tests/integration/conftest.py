@@ -10,7 +10,7 @@ import pytest
 
 _HOME = Path(tempfile.mkdtemp(prefix="grasp-prefect-home-"))
 os.environ.setdefault("PREFECT_HOME", str(_HOME))  # before prefect is imported anywhere
-from flows.settings import apply_defaults  # noqa: E402
+from flows.runtime.settings import apply_defaults  # noqa: E402
 
 apply_defaults(_HOME)
 

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_every_domain_as_target_registers_its_own_model_and_reuses_sources(tmp_path):
-    from flows.tracking import Tracker
+    from flows.stores.tracking import Tracker
     from tests.conftest import TINY_PARAMS
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))

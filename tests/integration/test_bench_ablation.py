@@ -51,7 +51,7 @@ def _chosen_on_val(rows: list[dict], candidates: list[str]) -> str:
 
 
 def test_variants_select_on_their_seeds_and_the_choice_is_confirmed_on_the_others(ablation):
-    from flows.bench_accuracy import ROW_KEYS
+    from flows.bench.accuracy import ROW_KEYS
 
     rc, out = ablation
     assert rc == 0
@@ -80,7 +80,7 @@ def test_markdown_has_the_table_and_the_plain_statement(ablation):
 
 
 def test_unknown_variant_and_overlapping_seeds_are_refused():
-    from flows.bench_ablation import variant_overrides
+    from flows.bench.ablation import variant_overrides
     from flows.cli import main
     from grasp_core.errors import GraspError
 

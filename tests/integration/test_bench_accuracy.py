@@ -27,8 +27,8 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    from flows.bench_accuracy import log_bench, run_accuracy_bench, write_outputs
-    from flows.progress import Progress
+    from flows.bench.accuracy import log_bench, run_accuracy_bench, write_outputs
+    from flows.reports.progress import Progress
     from tests.conftest import TINY_PARAMS
 
     root = tmp_path_factory.mktemp("bench")
@@ -41,7 +41,7 @@ def bench(tmp_path_factory):
 
 
 def test_rows_cover_every_seed_target_and_method_on_one_budget(bench):
-    from flows.bench_accuracy import ROW_KEYS
+    from flows.bench.accuracy import ROW_KEYS
 
     _, rows, _, _, _ = bench
     assert len(rows) == 2 * 2 * len(METHODS)
@@ -54,10 +54,10 @@ def test_rows_cover_every_seed_target_and_method_on_one_budget(bench):
 
 
 def test_seed_workspaces_reuse_sources_across_targets_and_with_grasp_run(bench):
-    from flows.bench_accuracy import prepare_seed, run_accuracy_bench
-    from flows.progress import Progress
-    from flows.runner import prepare_sources
-    from flows.workspace import Workspace
+    from flows.bench.accuracy import prepare_seed, run_accuracy_bench
+    from flows.pipeline.core_run import prepare_sources
+    from flows.pipeline.workspace import Workspace
+    from flows.reports.progress import Progress
     from grasp_core.config import load_config
     from grasp_core.errors import GraspError
 
@@ -104,9 +104,9 @@ def test_files_and_mlflow_run_hold_the_results(bench):
 def test_matrix_of_a_pipeline_lineage(tmp_path, prefect_harness):
     import mlflow
 
-    from flows.accuracy_matrix import matrix_for_lineage
-    from flows.operations import lineage
-    from flows.pipeline import run_pipeline
+    from flows.pipeline.run import run_pipeline
+    from flows.reports.accuracy_matrix import matrix_for_lineage
+    from flows.stores.registry import lineage
     from tests.conftest import TINY_PARAMS
 
     # merged oldest first (`transfer.order: given`), so BwT and FwT below read in time order

@@ -54,7 +54,7 @@ def _best_val(rows: list[dict], candidates: list[str]) -> str:
 
 
 def test_bench_accuracy_default_selects_on_0_1_2_and_reports_3_4_5(project):
-    from flows.bench_accuracy import DEFAULT_METHODS
+    from flows.bench.accuracy import DEFAULT_METHODS
 
     assert _bench(project, "accuracy") == 0
     out = project / "accuracy"
@@ -70,7 +70,7 @@ def test_bench_accuracy_default_selects_on_0_1_2_and_reports_3_4_5(project):
 
 
 def test_bench_ablation_default_confirms_the_val_choice_default_and_controls(project):
-    from flows.bench_ablation import DEFAULT_CONTROLS, DEFAULT_VARIANTS
+    from flows.bench.ablation import DEFAULT_CONTROLS, DEFAULT_VARIANTS
 
     assert _bench(project, "ablation") == 0
     out = project / "ablation"

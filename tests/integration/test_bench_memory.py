@@ -27,7 +27,7 @@ def tiny_params(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cost(tiny_params: Path):
     """The cost bench on the tiny config, its workspace kept for the report test."""
-    from flows.bench_cost import cost_bench
+    from flows.bench.cost import cost_bench
 
     t0 = time.perf_counter()
     bench = cost_bench(tiny_params, say=lambda _: None, keep=True)
@@ -37,7 +37,7 @@ def cost(tiny_params: Path):
 
 
 def test_memory_bench_cli_counts_models_per_k(tiny_params: Path, tmp_path: Path) -> None:
-    from flows.bench_memory import register
+    from flows.bench.memory import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="bench"))
@@ -61,7 +61,7 @@ def test_memory_bench_default_invocation_runs_on_its_default_arch(tmp_path: Path
     """`grasp bench memory` as a user types it (default arch bench_mlp, default params.yaml, default methods'
     code path), with one documented size override: `--ks 2,3 --methods grasp` instead of 2..32 x 3 methods,
     which take minutes. The default K list and methods are checked to be what the parser hands on."""
-    from flows.bench_memory import BENCH_ARCH, DEFAULT_KS, DEFAULT_METHODS, register
+    from flows.bench.memory import BENCH_ARCH, DEFAULT_KS, DEFAULT_METHODS, register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="bench"))
@@ -79,7 +79,7 @@ def test_memory_bench_default_invocation_runs_on_its_default_arch(tmp_path: Path
 
 
 def test_cost_bench_splits_add_up_to_the_step(cost) -> None:
-    from flows.bench_cost import SPLITS
+    from flows.bench.cost import SPLITS
 
     rows = cost["rows"]
     assert [r["stage"] for r in rows] == [0, 1]  # tiny config: 3 domains = 2 sources
@@ -92,8 +92,8 @@ def test_cost_bench_splits_add_up_to_the_step(cost) -> None:
 
 
 def test_run_report_is_self_contained_and_logged(cost) -> None:
-    from flows.run_report import write_run_report
-    from flows.tracking import Tracker
+    from flows.reports.run_report import write_run_report
+    from flows.stores.tracking import Tracker
 
     info = cost["info"]
     ws = Path(info["workspace"])

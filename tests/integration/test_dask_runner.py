@@ -8,7 +8,7 @@ import shutil
 import pytest
 import yaml
 
-from flows.runners import RunnerSpec, parse_runner
+from flows.runtime.runners import RunnerSpec, parse_runner
 from grasp_core.errors import ConfigError
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -27,8 +27,8 @@ def test_runner_setting_is_parsed_or_refused_naming_it(monkeypatch):
 
 
 def test_dask_local_cluster_trains_the_same_checkpoints_as_local_threads(tmp_path, prefect_harness):
-    from flows.pipeline import train_sources
-    from flows.workspace import Workspace, ensure_base, layout_classes, materialise_data, resolve_roles
+    from flows.pipeline.run import train_sources
+    from flows.pipeline.workspace import Workspace, ensure_base, layout_classes, materialise_data, resolve_roles
     from grasp_core.checkpoints import file_sha256
     from grasp_core.config import load_config
     from grasp_core.data import input_shape
@@ -60,7 +60,7 @@ def test_workers_of_our_local_cluster_keep_glibc_allocator_defaults():
 
     from distributed import LocalCluster
 
-    from flows.runners import DASK_LOCAL_CLUSTER, RunnerSpec, allocator_warning, fanout_environment
+    from flows.runtime.runners import DASK_LOCAL_CLUSTER, RunnerSpec, allocator_warning, fanout_environment
 
     def worker_env() -> tuple[str | None, str | None]:
         return os.environ.get("MALLOC_TRIM_THRESHOLD_"), allocator_warning()

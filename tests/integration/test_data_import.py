@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from flows.versioning import read_dvc_hash
+from flows.stores.versioning import read_dvc_hash
 from tests.integration.test_cli_core import grasp
 from tests.trees import plain_tree, split_tree
 

@@ -37,7 +37,7 @@ print(json.dumps({{"shape": list(logits.shape), "grasp_core": sys.modules["grasp
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, prefect_harness):
     """(workspace, tracking URI, model name) of one tiny run whose last version is champion."""
-    from flows.pipeline import run_pipeline
+    from flows.pipeline.run import run_pipeline
     from tests.conftest import TINY_PARAMS
 
     ws = tmp_path_factory.mktemp("deploy")
@@ -160,8 +160,8 @@ def _wait_ready(proc: subprocess.Popen, url: str, log: Path, attempts: int = 300
 def test_served_model_answers_like_grasp_predict(run, tmp_path):
     import numpy as np
 
-    from flows.deploy import fetch_version
-    from flows.predict import softmax
+    from flows.ops.deploy import fetch_version
+    from flows.ops.predict import softmax
     from grasp_core.data import load_images
 
     ws, uri, name = run

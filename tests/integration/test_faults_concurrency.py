@@ -31,8 +31,8 @@ def _start(ws: Path, *args: str) -> subprocess.Popen:
 
 
 def test_two_runs_at_once_one_is_refused_and_stores_stay_consistent(tmp_path, tmp_params):
-    from flows.lock import LOCK_NAME, read_owner
-    from flows.tracking import Tracker
+    from flows.runtime.lock import LOCK_NAME, read_owner
+    from flows.stores.tracking import Tracker
 
     ws = tmp_path / "ws"
     ws.mkdir()

@@ -39,7 +39,7 @@ def grasp(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def registry(ws: Path) -> list[dict]:
-    from flows.tracking import Tracker
+    from flows.stores.tracking import Tracker
 
     return Tracker(ws).versions(f"grasp-{TARGET}")
 

@@ -40,7 +40,7 @@ def _mount_full_tmpfs(folder: Path) -> None:
 
 
 def test_a_full_artifact_store_fails_clearly_registers_nothing_and_the_next_run_completes(tmp_path, tmp_params):
-    from flows.tracking import Tracker
+    from flows.stores.tracking import Tracker
 
     ws = tmp_path / "ws"
     ws.mkdir()

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from flows.cli import main
-from flows.workspace import Workspace
+from flows.pipeline.workspace import Workspace
 from grasp_core.checkpoints import CheckpointHeader, load_checkpoint, save_checkpoint
 from grasp_core.models import build_model
 
@@ -94,7 +94,7 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def _versions(ws: Path) -> list[dict]:
-    from flows.tracking import Tracker
+    from flows.stores.tracking import Tracker
 
     return Tracker(ws).versions(f"grasp-{TARGET}")
 

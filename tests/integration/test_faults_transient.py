@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from flows.faults import RETRY_DELAYS_S, TransientToolError
+from flows.runtime.faults import RETRY_DELAYS_S, TransientToolError
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 FAST = {"retry_delay_seconds": [0.2] * len(RETRY_DELAYS_S)}  # same retries and condition, shorter waits
@@ -28,8 +28,8 @@ FAST = {"retry_delay_seconds": [0.2] * len(RETRY_DELAYS_S)}  # same retries and 
 @pytest.fixture(scope="module")
 def done(tmp_path_factory, prefect_harness):
     """A workspace after one pipeline run: tracker, summary."""
-    from flows.pipeline import run_pipeline
-    from flows.tracking import Tracker
+    from flows.pipeline.run import run_pipeline
+    from flows.stores.tracking import Tracker
     from tests.conftest import TINY_PARAMS
 
     ws = tmp_path_factory.mktemp("transient")
@@ -82,7 +82,7 @@ def _release_after_a_failed_attempt(release) -> Iterator[threading.Event]:
         if not done.is_set():
             release()
 
-    handler, log = OnRetry(), logging.getLogger("flows.faults")
+    handler, log = OnRetry(), logging.getLogger("flows.runtime.faults")
     log.addHandler(handler)
     threading.Thread(target=run, daemon=True).start()
     try:
@@ -94,7 +94,7 @@ def _release_after_a_failed_attempt(release) -> Iterator[threading.Event]:
 
 
 def test_backoff_is_exponential_and_only_transient_errors_retry():
-    from flows.faults import is_transient, retry_transient
+    from flows.runtime.faults import is_transient, retry_transient
 
     assert RETRY_DELAYS_S == sorted(RETRY_DELAYS_S) and RETRY_DELAYS_S[-1] >= 4 * RETRY_DELAYS_S[0]
     assert is_transient(sqlite3.OperationalError("database is locked"))
@@ -108,7 +108,7 @@ def test_backoff_is_exponential_and_only_transient_errors_retry():
 
 
 def test_locked_sqlite_database_is_retried_until_free(done):
-    from flows.tasks import alias_task
+    from flows.pipeline.tasks import alias_task
 
     ws, tracker, summary = done
     lock = sqlite3.connect(ws / "mlflow.db", timeout=0, check_same_thread=False)
@@ -125,8 +125,8 @@ def test_locked_sqlite_database_is_retried_until_free(done):
 
 
 def test_dvc_lock_held_by_another_command_is_retried(done):
-    from flows.tasks import dvc_track_task
-    from flows.workspace import Workspace
+    from flows.pipeline.tasks import dvc_track_task
+    from flows.pipeline.workspace import Workspace
 
     ws, _, _ = done
     (ws / "data" / "2020" / "train" / "0" / "extra.png").write_bytes(
@@ -144,7 +144,7 @@ def test_dvc_lock_held_by_another_command_is_retried(done):
 
 
 def test_unwritable_artifact_folder_recovers_or_fails_clearly_with_no_version(done):
-    from flows.tasks import register_task
+    from flows.pipeline.tasks import register_task
 
     ws, tracker, summary = done
     step, artifacts = summary.steps[-1], ws / "mlartifacts"

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, prefect_harness):
     """(workspace, tracking URI, flow summary) of one tiny run: 2 sources -> versions 1 and 2."""
-    from flows.pipeline import run_pipeline
+    from flows.pipeline.run import run_pipeline
     from tests.conftest import TINY_PARAMS
 
     ws = tmp_path_factory.mktemp("ops")
@@ -30,7 +30,7 @@ def worse(run) -> str:
     """A third version: the champion's checkpoint with every parameter zeroed (predicts one class)."""
     import torch
 
-    from flows.tracking import Tracker
+    from flows.stores.tracking import Tracker
     from grasp_core.checkpoints import load_checkpoint, save_checkpoint
 
     ws, uri, summary = run
@@ -70,7 +70,8 @@ def _cfg(ws: Path, **promote):
 def test_lineage_walks_from_champion_to_stage_zero(run):
     import mlflow
 
-    from flows.operations import format_lineage, lineage
+    from flows.ops.lineage import format_lineage
+    from flows.stores.registry import lineage
 
     ws, uri, summary = run
     rows = lineage(ws, uri)
@@ -89,7 +90,7 @@ def test_lineage_walks_from_champion_to_stage_zero(run):
 
 
 def test_unknown_references_are_one_line_user_errors(run, tmp_path):
-    from flows.operations import lineage
+    from flows.stores.registry import lineage
     from grasp_core.errors import GraspError
 
     ws, uri, summary = run
@@ -104,7 +105,7 @@ def test_unknown_references_are_one_line_user_errors(run, tmp_path):
 
 
 def test_promoting_the_champion_itself_is_a_noop(run):
-    from flows.promotion import promote
+    from flows.pipeline.promotion import promote
 
     ws, uri, summary = run
     before = _aliases(uri, summary.model_name)
@@ -118,8 +119,8 @@ def test_promoting_the_champion_itself_is_a_noop(run):
 
 
 def test_the_gate_refuses_a_worse_candidate_then_tolerance_lets_it_through(run, worse):
-    from flows.operations import lineage
-    from flows.promotion import promote
+    from flows.pipeline.promotion import promote
+    from flows.stores.registry import lineage
 
     ws, uri, summary = run
     champion = summary.versions[-1]
@@ -146,13 +147,14 @@ def test_the_gate_refuses_a_worse_candidate_then_tolerance_lets_it_through(run, 
         assert [e["action"] for e in _history(uri, summary.model_name, champion)][-3:] == [
             "refused", "refused", "promoted"]
     finally:
-        from flows.tracking import Tracker
+        from flows.stores.tracking import Tracker
 
         Tracker(ws, tracking_uri=uri).set_alias(summary.model_name, "champion", champion)
 
 
 def test_verify_lineage_is_clean_then_flags_a_tampered_source(run):
-    from flows.operations import format_findings, lineage, verify_lineage
+    from flows.ops.lineage import format_findings, verify_lineage
+    from flows.stores.registry import lineage
 
     ws, uri, summary = run
     rows = lineage(ws, uri)
@@ -186,7 +188,7 @@ def test_verify_lineage_is_clean_then_flags_a_tampered_source(run):
 
 
 def test_status_shows_aliases_runs_and_a_waiting_source(run):
-    from flows.operations import format_status, status
+    from flows.ops.status import format_status, status
 
     ws, uri, summary = run
     extra = ws / "checkpoints" / "sources" / "2099.safetensors"
@@ -207,8 +209,8 @@ def test_status_shows_aliases_runs_and_a_waiting_source(run):
 def test_lineage_plot_is_written_and_logged_to_the_newest_run(run, tmp_path):
     import mlflow
 
-    from flows.lineage_plot import log_lineage_plot
-    from flows.operations import lineage
+    from flows.reports.lineage_plot import log_lineage_plot
+    from flows.stores.registry import lineage
 
     ws, uri, _ = run
     rows = lineage(ws, uri)
@@ -254,7 +256,7 @@ def test_two_concurrent_promotes_each_end_with_a_recorded_decision(run, worse):
         assert _aliases(uri, summary.model_name)["champion"] == second
         assert [e["candidate"] for e in _history(uri, summary.model_name, first)[-2:]] == [first, second]
     finally:
-        from flows.tracking import Tracker
+        from flows.stores.tracking import Tracker
 
         Tracker(ws, tracking_uri=uri).set_alias(summary.model_name, "champion", original)
         params.unlink()

@@ -16,7 +16,7 @@ STEP_TAGS = {"parent_version", "source_domain", "source_sha256", "source_dvc_md5
 
 
 def _run(ws: Path, **kwargs):
-    from flows.pipeline import run_pipeline
+    from flows.pipeline.run import run_pipeline
 
     return run_pipeline(ws / "params.yaml", ws, tracking_uri=f"sqlite:///{ws}/mlflow.db", quiet=True, **kwargs)
 
@@ -31,7 +31,7 @@ def first_run(tmp_path_factory, prefect_harness):
 
 
 def test_flow_registers_one_version_per_step_with_every_tag(first_run):
-    from flows.tracking import Tracker, load_model
+    from flows.stores.tracking import Tracker, load_model
 
     ws, summary = first_run
     tracker = Tracker(ws, tracking_uri=f"sqlite:///{ws}/mlflow.db")
@@ -113,7 +113,7 @@ def test_the_prefect_api_returns_the_stage_log_lines_and_the_mlflow_link_of_the_
 
 
 def test_second_identical_run_reuses_sources_and_registers_nothing(first_run, prefect_harness):
-    from flows.tracking import Tracker
+    from flows.stores.tracking import Tracker
 
     ws, summary = first_run
     before = {p.name: p.stat().st_mtime_ns for p in (ws / "checkpoints" / "sources").iterdir()}
@@ -126,9 +126,9 @@ def test_second_identical_run_reuses_sources_and_registers_nothing(first_run, pr
 
 @pytest.mark.faults
 def test_broken_dataset_stops_at_the_gate_and_registers_nothing(tmp_path, prefect_harness):
-    from flows.tracking import Tracker
-    from flows.validation import DataValidationError
-    from flows.workspace import Workspace, materialise_data
+    from flows.pipeline.workspace import Workspace, materialise_data
+    from flows.stores.tracking import Tracker
+    from flows.stores.validation import DataValidationError
     from grasp_core.config import load_config
     from tests.conftest import TINY_PARAMS
 
@@ -150,9 +150,9 @@ def test_added_source_is_merged_incrementally_into_the_champion(first_run, prefe
     """3 sources merged, then a 4th arrives: exactly one new version, whose parent is the former final version."""
     import torch
 
-    from flows.sources_area import add_source
-    from flows.tracking import Tracker
-    from flows.workspace import Workspace
+    from flows.pipeline.sources import add_source
+    from flows.pipeline.workspace import Workspace
+    from flows.stores.tracking import Tracker
     from grasp_core.checkpoints import CheckpointMismatchError, load_checkpoint, save_checkpoint
 
     ws, summary = first_run
@@ -212,7 +212,7 @@ def test_an_unusable_dvc_remote_fails_the_run_with_no_version_and_no_alias(tmp_p
     """The remote is checked only when something is pushed, after the data and sources were added."""
     import mlflow
 
-    from flows.versioning import VersioningError
+    from flows.stores.versioning import VersioningError
     from tests.conftest import TINY_PARAMS
 
     ws = tmp_path / "ws"

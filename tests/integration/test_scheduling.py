@@ -25,10 +25,10 @@ INTERVAL_S = 10
 SERVE = """
 import sys
 from pathlib import Path
-from flows.settings import apply_defaults
+from flows.runtime.settings import apply_defaults
 ws = Path(sys.argv[1])
 apply_defaults(ws)
-from flows.scheduling import serve_pipeline
+from flows.ops.scheduling import serve_pipeline
 serve_pipeline(ws, ws / "params.yaml", interval_s=int(sys.argv[2]), tracking_uri=f"sqlite:///{ws}/mlflow.db",
                deployment_name=sys.argv[3])
 """
@@ -49,7 +49,7 @@ class Served:
         self.deployment = self._wait_for_deployment(timeout_s=120)
 
     def _wait_for_record(self, timeout_s: float) -> dict:
-        from flows.scheduling import RECORD, _wait_healthy
+        from flows.ops.scheduling import RECORD, _wait_healthy
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.proc.poll() is None:
@@ -156,7 +156,7 @@ def _cleanup(served: Served) -> None:
     served.terminate(timeout_s=30)
     for proc in served.survivors():  # only processes this test started (or that target its server)
         proc.kill()
-    from flows.scheduling import stop_recorded_server
+    from flows.ops.scheduling import stop_recorded_server
 
     stop_recorded_server(served.ws)
 
@@ -177,13 +177,13 @@ def test_served_deployment_is_registered_with_its_schedule(served):
         deployment = client.read_deployment_by_name(f"grasp-run/{DEPLOYMENT}")
     (schedule,) = deployment.schedules
     assert schedule.active and schedule.schedule.interval == timedelta(seconds=INTERVAL_S)
-    assert deployment.entrypoint == "flows.pipeline.grasp_run_flow"
+    assert deployment.entrypoint == "flows.pipeline.run.grasp_run_flow"
     assert deployment.parameters["params_path"] == str(served.ws / "params.yaml")
     assert deployment.parameters["workdir"] == str(served.ws)
 
 
 def test_second_ensure_reuses_the_running_server(served, monkeypatch):
-    from flows.scheduling import RECORD, ensure_prefect_server
+    from flows.ops.scheduling import RECORD, ensure_prefect_server
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     handle = ensure_prefect_server(served.ws, timeout_s=60)
@@ -204,7 +204,7 @@ def test_a_scheduled_run_executes_the_real_pipeline_and_logs_its_stages_to_prefe
 
 
 def test_sigterm_stops_serving_and_the_server_it_started(served):
-    from flows.scheduling import RECORD
+    from flows.ops.scheduling import RECORD
 
     served.completed_runs(timeout_s=300)  # so the flow-run processes have been seen too
     server_pid = served.record["pid"]
@@ -219,7 +219,7 @@ def test_sigterm_stops_serving_and_the_server_it_started(served):
 
 
 def test_schedule_and_options_are_checked_before_anything_starts(tmp_path):
-    from flows.scheduling import check_schedule, flow_parameters
+    from flows.ops.scheduling import check_schedule, flow_parameters
     from grasp_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="exactly one"):
@@ -240,7 +240,7 @@ def test_schedule_and_options_are_checked_before_anything_starts(tmp_path):
 
 
 def test_an_explicit_api_url_is_used_as_is(tmp_path, monkeypatch):
-    from flows.scheduling import ensure_prefect_server
+    from flows.ops.scheduling import ensure_prefect_server
 
     monkeypatch.setenv("PREFECT_API_URL", "http://prefect.example:4200/api")
     handle = ensure_prefect_server(tmp_path)
@@ -250,7 +250,7 @@ def test_an_explicit_api_url_is_used_as_is(tmp_path, monkeypatch):
 
 
 def test_a_server_that_cannot_start_fails_with_its_log_and_leaves_nothing(tmp_path, monkeypatch):
-    from flows.scheduling import RECORD, ServerStartError, ensure_prefect_server
+    from flows.ops.scheduling import RECORD, ServerStartError, ensure_prefect_server
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{tmp_path}/no/such/dir/x.db")
@@ -262,7 +262,7 @@ def test_a_server_that_cannot_start_fails_with_its_log_and_leaves_nothing(tmp_pa
 
 
 def test_a_flow_waiting_for_the_workspace_lock_says_so_in_its_prefect_logs(tmp_path, prefect_harness):
-    """A scheduled tick that finds the workspace held waits (flows/lock.py); the decision reaches the flow
+    """A scheduled tick that finds the workspace held waits (flows/runtime/lock.py); the decision reaches the flow
     run's logs in Prefect (PREFECT_LOGGING_EXTRA_LOGGERS), not only the terminal. The test releases the holder
     once the wait is logged: no timer races it."""
     import logging
@@ -273,7 +273,7 @@ def test_a_flow_waiting_for_the_workspace_lock_says_so_in_its_prefect_logs(tmp_p
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.runtime import flow_run
 
-    from flows.lock import RunLock
+    from flows.runtime.lock import RunLock
 
     waiting = threading.Event()
 
@@ -287,7 +287,7 @@ def test_a_flow_waiting_for_the_workspace_lock_says_so_in_its_prefect_logs(tmp_p
         with RunLock(tmp_path, wait_s=600, command="grasp run (scheduled)"):
             return str(flow_run.id)
 
-    lock_log, watch = logging.getLogger("flows.lock"), Watch()
+    lock_log, watch = logging.getLogger("flows.runtime.lock"), Watch()
     lock_log.addHandler(watch)
     holder = RunLock(tmp_path, command="grasp run").__enter__()
     result: list[str] = []

@@ -1,4 +1,4 @@
-"""flows.tracking against a real MLflow 3 (SQLite + local artifacts): assert on what MLflow stored."""
+"""flows.stores.tracking against a real MLflow 3 (SQLite + local artifacts): assert on what MLflow stored."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 import torch
 import yaml
 
-from flows.tracking import (
+from flows.reports.confusion_plot import confusion_png
+from flows.stores.tracking import (
     Tracker,
     TrackingError,
     alignment_csv,
-    confusion_png,
     flatten_params,
     load_model,
     step_metrics,
@@ -240,7 +240,7 @@ def test_flatten_params_dots_nested_keys_and_cuts_long_values():
 
 
 def test_importing_tracking_loads_neither_mlflow_nor_torch():
-    code = "import sys, flows.tracking; print(sorted({'mlflow', 'torch', 'matplotlib'} & set(sys.modules)))"
+    code = "import sys, flows.stores.tracking; print(sorted({'mlflow', 'torch', 'matplotlib'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parents[2])
     assert out.stdout.strip() == "[]"
@@ -251,7 +251,7 @@ def test_start_warm_up_imports_pyfunc_in_a_non_daemon_thread(tmp_path: Path) -> 
     script = f"""
 import sys
 from pathlib import Path
-from flows.tracking import Tracker
+from flows.stores.tracking import Tracker
 tracker = Tracker(Path({str(tmp_path)!r}), tracking_uri="sqlite:///{tmp_path}/mlflow.db")
 before = "mlflow.pyfunc" in sys.modules
 thread = tracker.start_warm_up()

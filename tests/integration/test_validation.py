@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.validation import RESULT_FILE, DataValidationError, validate_dataset
+from flows.stores.validation import RESULT_FILE, DataValidationError, validate_dataset
 from grasp_core.errors import GraspError
 
 pytestmark = pytest.mark.integration
@@ -73,7 +73,7 @@ def test_min_per_class_is_a_parameter(good_root, tmp_path):
 
 
 def test_a_dataset_wrong_throughout_passes_by_majority_but_fails_the_configured_expectations(good_root, tmp_path):
-    from flows.validation import Expected
+    from flows.stores.validation import Expected
 
     assert validate_dataset(good_root, tmp_path / "majority").success  # all 8x8 grey: its own majority agrees
     expected = Expected(min_per_class=1, image_size=16, channels="rgb", classes=("a", "b", "c"))
@@ -89,7 +89,7 @@ def test_a_dataset_wrong_throughout_passes_by_majority_but_fails_the_configured_
 
 
 def test_the_validation_section_of_params_yaml_reaches_the_gate(tmp_params):
-    from flows.validation import Expected
+    from flows.stores.validation import Expected
     from grasp_core.config import load_config
 
     cfg = load_config(tmp_params({"validation.image_size": 16, "validation.classes": ["x", "y"]}))
@@ -177,7 +177,7 @@ def test_unchanged_data_is_not_revalidated_but_any_edit_is(good_root, tmp_path):
 
 def test_prewarmed_worker_gives_the_same_pass_and_the_same_failure(good_root, tmp_path):
     """GX in its own process (the flow's path): the report and the error come back as in process."""
-    from flows.validation import GxWorker
+    from flows.stores.validation import GxWorker
 
     worker = GxWorker()
     try:

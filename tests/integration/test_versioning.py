@@ -1,4 +1,4 @@
-"""flows.versioning against real git + DVC in temporary workspaces: what DVC stored, not just return values."""
+"""flows.stores.versioning against real git + DVC in temporary workspaces: what DVC stored, not just return values."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import save_file
 
-from flows.versioning import (
+from flows.stores.versioning import (
     VersioningError,
     ensure_repo,
     file_md5_in_dir,
@@ -65,7 +65,7 @@ def is_git_ignored(ws: Path, rel: str) -> bool:
 
 def test_add_now_push_later_and_one_batch_for_a_new_repo(tmp_path, monkeypatch):
     """The flow's split: `dvc add` (with init, config and remote in the same DVC process), then a push."""
-    import flows.versioning as versioning
+    import flows.stores.versioning as versioning
 
     ws = make_workspace(tmp_path / "ws")
     batches: list[tuple] = []
@@ -97,7 +97,7 @@ def test_a_failed_batch_names_the_dvc_command(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     ensure_repo(ws)
     with pytest.raises(VersioningError, match=r"`dvc add no-such-folder` failed"):
-        from flows.versioning import _dvc
+        from flows.stores.versioning import _dvc
 
         _dvc(ws, ("config", "core.autostage", "false"), ("add", "no-such-folder"), ("push",))
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from flows import accuracy_matrix as am
-from flows import bench_accuracy as ba
+from flows.bench import accuracy as ba
+from flows.reports import accuracy_matrix as am
 from grasp_core.errors import GraspError
 from tests.conftest import tiny_split
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flows.bench_memory import check_targets, memory_ratios
+from flows.bench.memory import check_targets, memory_ratios
 
 
 def _rows(multiple: float, buffer_frac: float) -> list[dict]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flows import bench_accuracy as ba
-from flows import bench_protocol as bp
+from flows.bench import accuracy as ba
+from flows.bench import protocol as bp
 from grasp_core.errors import GraspError
 
 

@@ -1,4 +1,4 @@
-"""flows.confusion_plot: the per-stage confusion-matrix PNG, drawn with Pillow."""
+"""flows.reports.confusion_plot: the per-stage confusion-matrix PNG, drawn with Pillow."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from flows.confusion_plot import blues, render_confusion
+from flows.reports.confusion_plot import blues, render_confusion
 
 
 def test_blues_runs_from_near_white_to_dark_blue_and_clips() -> None:

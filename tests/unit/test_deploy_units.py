@@ -46,7 +46,7 @@ def test_an_unreadable_image_names_the_file(tmp_path):
 
 
 def test_collect_images_walks_folders_and_refuses_missing_paths(tmp_path):
-    from flows.predict import collect_images
+    from flows.ops.predict import collect_images
 
     a = _png(tmp_path / "x" / "b" / "2.png", np.zeros((2, 2), dtype=np.uint8))
     b = _png(tmp_path / "x" / "a" / "1.jpg", np.zeros((2, 2), dtype=np.uint8))
@@ -60,7 +60,7 @@ def test_collect_images_walks_folders_and_refuses_missing_paths(tmp_path):
 
 
 def test_split_ref_reads_an_optional_version_before_the_paths(tmp_path, monkeypatch):
-    from flows.deploy_cli import split_ref
+    from flows.ops.deploy_cli import split_ref
 
     monkeypatch.chdir(tmp_path)
     assert split_ref(["@challenger", "a.png"]) == ("@challenger", [Path("a.png")])
@@ -73,7 +73,7 @@ def test_split_ref_reads_an_optional_version_before_the_paths(tmp_path, monkeypa
 
 
 def test_softmax_rows_sum_to_one_and_keep_the_argmax():
-    from flows.predict import softmax
+    from flows.ops.predict import softmax
 
     logits = np.array([[1000.0, 0.0, -1.0], [0.0, 2.0, 1.0]], dtype=np.float32)
     probs = softmax(logits)
@@ -81,7 +81,7 @@ def test_softmax_rows_sum_to_one_and_keep_the_argmax():
 
 
 def test_parity_reports_the_largest_difference_and_agreement():
-    from flows.export import parity
+    from flows.ops.export import parity
 
     ref = np.array([[0.0, 1.0], [2.0, 0.0], [0.0, 3.0]], dtype=np.float32)
     moved = ref.copy()
@@ -92,7 +92,7 @@ def test_parity_reports_the_largest_difference_and_agreement():
 
 
 def test_requirements_pin_what_the_model_imports_and_drop_local_labels():
-    from flows.model_package import requirements
+    from flows.stores.model_package import requirements
 
     pins = dict(p.split("==") for p in requirements("small_cnn"))
     assert {"mlflow", "torch", "torchvision", "safetensors", "numpy", "pyyaml", "pillow"} == set(pins)

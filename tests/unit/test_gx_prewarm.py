@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-import flows.validation as validation
-from flows.validation import RESULT_FILE, last_validation_passed, prewarmed_gx
+import flows.stores.validation as validation
+from flows.stores.validation import RESULT_FILE, last_validation_passed, prewarmed_gx
 
 
 class FakeWorker:

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from flows.cli import main
-from flows.lock import LOCK_NAME
-from flows.source_ledger import lineage_tags, record_source
-from flows.sources_area import add_source, scan_area
-from flows.workspace import Workspace
+from flows.pipeline.source_ledger import lineage_tags, record_source
+from flows.pipeline.sources import add_source, scan_area
+from flows.pipeline.workspace import Workspace
+from flows.runtime.lock import LOCK_NAME
 from grasp_core.checkpoints import (
     CheckpointHeader,
     CheckpointMismatchError,
@@ -237,7 +237,7 @@ def test_a_failed_checkpoint_write_leaves_no_temporary_file(tmp_path, monkeypatc
 
 
 def test_a_truncated_source_ledger_vouches_for_nothing_and_is_rebuilt(ws, good):
-    from flows.source_ledger import LEDGER
+    from flows.pipeline.source_ledger import LEDGER
 
     saved = add_source(ws, good, "2019")
     ledger = ws.root / LEDGER
@@ -248,7 +248,7 @@ def test_a_truncated_source_ledger_vouches_for_nothing_and_is_rebuilt(ws, good):
 
 
 def test_a_truncated_generator_marker_means_the_data_is_regenerated(tmp_path):
-    from flows.workspace import GENERATOR_MARKER, data_is_current
+    from flows.pipeline.workspace import GENERATOR_MARKER, data_is_current
     from grasp_core.config import Config
 
     ws = Workspace(tmp_path)

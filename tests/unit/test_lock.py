@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.lock import RunLock, RunLockedError
+from flows.runtime.lock import RunLock, RunLockedError
 from grasp_core.errors import GraspError
 
 pytestmark = pytest.mark.faults
@@ -138,7 +138,7 @@ def test_a_waiting_acquirer_takes_the_lock_when_the_holder_releases_it_and_logs_
             if "waiting up to" in record.getMessage():
                 waiting.set()
 
-    log = logging.getLogger("flows.lock")
+    log = logging.getLogger("flows.runtime.lock")
     handler = Watch()
     log.addHandler(handler)
     holder = RunLock(tmp_path, command="grasp run").__enter__()
@@ -171,7 +171,7 @@ def test_a_guard_held_by_a_stopped_holder_is_busy_not_a_hang(tmp_path):
     import fcntl
     import os
 
-    from flows.lock import LOCK_NAME, RunLock, RunLockedError
+    from flows.runtime.lock import LOCK_NAME, RunLock, RunLockedError
 
     guard = tmp_path / LOCK_NAME.with_name(LOCK_NAME.name + ".guard")
     guard.parent.mkdir(parents=True, exist_ok=True)

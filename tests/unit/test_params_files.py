@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flows.bench_ablation import PAPER
+from flows.bench.ablation import PAPER
 from grasp_core.config import flatten, load_config
 
 ROOT = Path(__file__).resolve().parents[2]

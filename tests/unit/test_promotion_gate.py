@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flows.promotion import _decision, compare_and_set_alias
+from flows.pipeline.promotion import _decision, compare_and_set_alias
 from grasp_core.config import Config, replace
 
 

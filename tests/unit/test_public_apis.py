@@ -27,7 +27,7 @@ def _tool(module: str | None) -> bool:
 
 def private_references(source: str) -> list[str]:
     """Every private reference to a tool in `source`: `from tool[._x] import _y`, `import tool._x`, and
-    `alias._y` / `alias.sub._y` on a name bound to a tool module (or on `_mlflow()`, flows.tracking's import)."""
+    `alias._y` / `alias.sub._y` on a name bound to a tool module (or on `_mlflow()`, flows.stores.tracking's import)."""
     tree = ast.parse(source)
     found, aliases = [], {"_mlflow"}
     for node in ast.walk(tree):
@@ -60,7 +60,7 @@ def _root(node: ast.expr) -> str | None:
     "import prefect.server._x",
     "import mlflow\nmlflow.tracking._get_store()",  # reached as an attribute
     "from prefect import settings as s\ns._secret",
-    "_mlflow()._private",  # flows.tracking's lazy import of mlflow
+    "_mlflow()._private",  # flows.stores.tracking's lazy import of mlflow
 ])
 def test_the_scanner_catches_each_kind_of_private_reference(snippet: str) -> None:
     assert len(private_references(snippet)) == 1

@@ -3,7 +3,7 @@ the clusters this tool starts give their workers instead."""
 
 from __future__ import annotations
 
-from flows.runners import LOCAL_WORKER_CONFIG, RunnerSpec, allocator_warning, fanout_environment
+from flows.runtime.runners import LOCAL_WORKER_CONFIG, RunnerSpec, allocator_warning, fanout_environment
 
 
 def test_no_warning_with_glibc_defaults(monkeypatch):

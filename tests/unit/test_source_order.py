@@ -128,7 +128,7 @@ def test_bn_recalibration_runs_with_policy_none_as_after_a_transfer(tiny_domain)
 
 
 def test_bench_source_orders_reorder_the_domain_list_only():
-    from flows.bench_accuracy import permuted_domains
+    from flows.bench.accuracy import permuted_domains
 
     years = ["2020", "2021", "2022", "2023", "2024"]
     assert permuted_domains(years, "given", 0) == years

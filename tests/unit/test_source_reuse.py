@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import flows.workspace as workspace
+import flows.pipeline.workspace as workspace
 from grasp_core.config import load_config
 from grasp_core.data import input_shape
 

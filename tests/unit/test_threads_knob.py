@@ -1,4 +1,4 @@
-"""`--threads` / GRASP_THREADS / OMP_NUM_THREADS: how many torch threads train and merge (flows.execution)."""
+"""`--threads` / GRASP_THREADS / OMP_NUM_THREADS: how many torch threads train and merge (flows.runtime.execution)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flows import execution
+from flows.runtime import execution
 from grasp_core.errors import ConfigError
 
 ROOT = Path(__file__).parents[2]
@@ -55,7 +55,7 @@ def test_bad_env_value_is_one_error_naming_it(monkeypatch: pytest.MonkeyPatch, b
 
 def test_every_torch_thread_of_a_cli_process_gets_the_count() -> None:
     """Set before torch loads, the count holds for worker threads too (Prefect's task threads)."""
-    code = ("from flows import execution; execution.apply(None, False, 1)\n"
+    code = ("from flows.runtime import execution; execution.apply(None, False, 1)\n"
             "import threading, torch\n"
             "seen = []\n"
             "t = threading.Thread(target=lambda: seen.append(torch.get_num_threads())); t.start(); t.join()\n"
