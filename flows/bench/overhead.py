@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import statistics
 import subprocess
@@ -9,6 +10,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from flows.runtime.options import json_file_args, positive_int
 
 
 def _timed(args: list[str], cwd: Path) -> float:
@@ -66,3 +70,29 @@ def _row(phase: str, walls: dict[tuple[str, str], list[float]], repeat: int) -> 
             if (engine, phase) in walls:
                 row[key] = f"{min(walls[(engine, phase)]):.1f}-{max(walls[(engine, phase)]):.1f}"
     return row
+
+
+def register(bench_sub: Any) -> None:
+    """Add `grasp bench overhead` to the bench sub-parsers."""
+    over = bench_sub.add_parser("overhead", parents=[json_file_args()],
+                                help="what orchestration costs, in seconds: flow vs core run",
+                                description="Run `grasp run` with the core engine and with the Prefect flow "
+                                "(GRASP only) as separate processes: cold (fresh folder), nothing new (the flow "
+                                "again) and warm (every source merged again), and print the wall times and the "
+                                "flow's overhead in seconds.")
+    over.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to copy in")
+    over.add_argument("--repeat", type=positive_int, default=1, metavar="N",
+                      help="rounds (core and flow alternate); prints medians and ranges (default 1)")
+    over.set_defaults(handler=cmd_bench_overhead)
+
+
+def cmd_bench_overhead(args: argparse.Namespace) -> int:
+    from flows.reports.tables import format_rows, write_json
+
+    if args.repeat < 1:
+        raise SystemExit(f"grasp bench overhead: --repeat {args.repeat}: must be 1 or more")
+    rows = overhead(args.params.resolve(), repeat=args.repeat)
+    print(format_rows(rows))
+    if args.json:
+        write_json(rows, args.json)
+    return 0

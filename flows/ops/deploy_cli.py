@@ -5,20 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from flows.runtime.options import ops_parents
 from grasp_core.errors import GraspError
 
 _REF = re.compile(r"^(@[\w.-]+|v?\d+)$")  # a version number (7, v7) or an alias (@champion)
 
 
-def register(sub: Any, ops_args: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add `grasp export` and `grasp predict` to the top-level sub-parsers; `ops_args` adds the registry flags."""
+def register(sub: Any) -> None:
+    """Add `grasp export` and `grasp predict` to the top-level sub-parsers."""
     from flows.ops.export import FORMATS, PARITY_ATOL
 
-    export = sub.add_parser("export", help="export a registered version to ONNX or TorchScript, parity checked",
+    export = sub.add_parser("export", parents=ops_parents(),
+                            help="export a registered version to ONNX or TorchScript, parity checked",
                             description="Export a version (default @champion) to ONNX or TorchScript, compare its "
                             "logits with the PyTorch model on the target's test split (max |logit diff| <= "
                             f"{PARITY_ATOL:g} and identical predictions, else nothing is written), and log the file, "
@@ -27,10 +28,10 @@ def register(sub: Any, ops_args: Callable[[argparse.ArgumentParser], None]) -> N
     export.add_argument("--format", required=True, choices=FORMATS, help="onnx (ONNX Runtime) or torchscript")
     export.add_argument("--out", required=True, type=Path, metavar="FILE", help="where to write the model")
     export.add_argument("--json", action="store_true", help="print the report as JSON")
-    ops_args(export)
     export.set_defaults(handler=cmd_export)
 
-    predict = sub.add_parser("predict", help="class and probabilities of images with a registered version",
+    predict = sub.add_parser("predict", parents=ops_parents(),
+                             help="class and probabilities of images with a registered version",
                              description="Predict image files (or every image under folders) with a version "
                              "(default @champion), through the preprocessing training uses: decoded, converted "
                              "to the model's channels and size, scaled to [0, 1].")
@@ -38,7 +39,6 @@ def register(sub: Any, ops_args: Callable[[argparse.ArgumentParser], None]) -> N
                          help="an optional version number or @alias, then image files or folders")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict.add_argument("--onnx", action="store_true", help="run on ONNX Runtime (the version exported on the fly)")
-    ops_args(predict)
     predict.set_defaults(handler=cmd_predict)
 
 

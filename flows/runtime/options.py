@@ -1,8 +1,14 @@
-"""How and where a run computes, as given on the command line: argument types shared by every command."""
+"""How and where a run computes, as given on the command line: argument types and the options every command
+shares, declared once as argparse parent parsers (`grasp run --help` and `grasp status --help` list the same
+`--workdir`, because it is the same argument)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db)"
+DVC_HELP = "DVC remote URL or folder (default: $GRASP_DVC_REMOTE, else <workdir>/.dvc-remote)"
 
 
 def positive_int(text: str) -> int:
@@ -10,3 +16,72 @@ def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
     return int(text)
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
+def _parent() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(add_help=False)
+
+
+def workspace_args(params_help: str = "params.yaml to read") -> argparse.ArgumentParser:
+    """--workdir and --params."""
+    parser = _parent()
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help=params_help)
+    parser.add_argument("--workdir", type=Path, default=Path("."),
+                        help="project folder holding data/ and checkpoints/ (default: current directory)")
+    return parser
+
+
+def progress_args() -> argparse.ArgumentParser:
+    """--quiet and --verbose."""
+    parser = _parent()
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--verbose", action="store_true", help="a progress line for every epoch")
+    return parser
+
+
+def tracking_args(model: bool = True) -> argparse.ArgumentParser:
+    """--tracking-uri, and --model (the registered model) unless `model` is False."""
+    parser = _parent()
+    if model:
+        parser.add_argument("--model", help="registered model name (default: the only grasp-* model)")
+    parser.add_argument("--tracking-uri", help=TRACKING_HELP)
+    return parser
+
+
+def dvc_args() -> argparse.ArgumentParser:
+    """--dvc-remote."""
+    parser = _parent()
+    parser.add_argument("--dvc-remote", help=DVC_HELP)
+    return parser
+
+
+def lock_args(default_s: float) -> argparse.ArgumentParser:
+    """--lock-wait, defaulting to `default_s` seconds."""
+    parser = _parent()
+    parser.add_argument("--lock-wait", type=seconds, default=default_s, metavar="SECONDS",
+                        help=f"wait this long for another grasp command holding the workspace, then exit 75 "
+                        f"(default {default_s:g})")
+    return parser
+
+
+def json_file_args(what: str = "the rows") -> argparse.ArgumentParser:
+    """--json FILE."""
+    parser = _parent()
+    parser.add_argument("--json", type=Path, metavar="FILE", help=f"also write {what} as JSON")
+    return parser
+
+
+def ops_parents() -> list[argparse.ArgumentParser]:
+    """What every registry command takes: the workspace, the tracking store and the model name."""
+    return [workspace_args(), tracking_args()]
