@@ -12,14 +12,14 @@ from typing import Any
 
 _PUBLIC = {
     "METHODS": "grasp_core.methods", "MethodContext": "grasp_core.methods",
-    "MethodResult": "grasp_core.methods", "run_method": "grasp_core.methods",
+    "MethodResult": "grasp_core.methods", "MethodOutput": "grasp_core.methods", "run_method": "grasp_core.methods",
     "Config": "grasp_core.config", "load_config": "grasp_core.config",
     "CheckpointMismatchError": "grasp_core.errors", "ConfigError": "grasp_core.errors",
     "DataLayoutError": "grasp_core.errors", "GraspError": "grasp_core.errors",
     "UnknownArchitectureError": "grasp_core.errors",
     "StepResult": "grasp_core.grasp", "grasp_step": "grasp_core.grasp", "initial_step": "grasp_core.grasp",
     "run_grasp": "grasp_core.grasp", "target_loaders": "grasp_core.grasp",
-    "POLICIES": "grasp_core.transfer",
+    "POLICIES": "grasp_core.transfer", "Moved": "grasp_core.transfer", "ALIGNMENTS": "grasp_core.align",
 }
 __all__ = sorted(_PUBLIC)
 

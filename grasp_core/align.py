@@ -1,14 +1,19 @@
-"""GRASP step 2a: per-tensor alignment between a source and the current target (`align.criterion`)."""
+"""GRASP step 2a: per-tensor alignment between a source and the current target (`align.criterion`).
+
+Criteria are registered by name; add one with `@register_alignment("name")` (the signature of `Alignment`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from grasp_core.data import Batch
+from grasp_core.registry import lookup, registrar
 
 EPS = 1e-8  # the official code's guard in the cosine denominator
 
@@ -22,6 +27,21 @@ def accumulate_gradients(model: nn.Module, batches: Iterable[Batch], train_mode:
 
 
 Score = float | torch.Tensor  # one cosine per tensor, or one per output row: shape (rows,)
+
+
+class Alignment(Protocol):
+    """An alignment criterion: (param_name -> score, param_name -> score or (rows,) scores with `per_row`)."""
+
+    def __call__(self, target: nn.Module, source: nn.Module, batches: list[Batch], *, eval_mode: bool = False,
+                 per_row: bool = False) -> tuple[dict[str, float], dict[str, Score]]: ...
+
+
+ALIGNMENTS: dict[str, Alignment] = {}  # keys: `align.criterion`
+register_alignment = registrar(ALIGNMENTS, "alignment criterion")
+
+
+def get_alignment(name: str) -> Alignment:
+    return lookup(ALIGNMENTS, name, "align.criterion")
 
 
 def alignment_scores(target: nn.Module, source: nn.Module, batches: list[Batch],
@@ -48,6 +68,7 @@ def _cosines(a: torch.Tensor, b: torch.Tensor, per_row: bool) -> tuple[float, Sc
     return whole, (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + EPS)
 
 
+@register_alignment("gradient")
 def gradient_alignment(target: nn.Module, source: nn.Module, batches: list[Batch], *, eval_mode: bool = False,
                        per_row: bool = False) -> tuple[dict[str, float], dict[str, Score]]:
     """Per-tensor cosines (as `alignment_scores`) and, with `per_row`, per-output-row cosines.
@@ -72,6 +93,7 @@ def gradient_alignment(target: nn.Module, source: nn.Module, batches: list[Batch
     return result
 
 
+@register_alignment("direction")
 def direction_alignment(target: nn.Module, source: nn.Module, batches: list[Batch], *, eval_mode: bool = False,
                         per_row: bool = False) -> tuple[dict[str, float], dict[str, Score]]:
     """`align.criterion: direction`: cos(theta_source - theta_target, -grad of the target loss), per tensor.
@@ -106,5 +128,3 @@ def _per_tensor(target: nn.Module, pair: Callable[[str, torch.Tensor], tuple[tor
             scores[name], rows[name] = _cosines(*vectors, per_row)
     return scores, (rows if per_row else {})
 
-
-ALIGNMENTS = {"gradient": gradient_alignment, "direction": direction_alignment}  # keys: `align.criterion`

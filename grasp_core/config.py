@@ -111,24 +111,20 @@ class SourcesConfig:
         _check(self.batch_size >= 1, f"'sources.batch_size' = {self.batch_size} must be >= 1")
 
 
-CRITERIA = ("gradient", "direction")
-
-
 @dataclass(frozen=True)
 class AlignConfig:
     batches: int = 1  # target train batches whose summed gradients give the alignment (paper: 1)
     batch_size: int = 32  # images per alignment batch (paper: 32)
     eval_mode: bool = False  # target in eval mode too while aligning (paper: false, the target in train mode:
     #                          batch BN statistics, and the alignment forward moves its running statistics)
-    criterion: str = "direction"  # the per-tensor score: "gradient" (paper): cos(grad source, grad target) on
-    #                               the batches; "direction": cos(theta_source - theta_target, -grad target), i.e.
-    #                               does moving the tensor toward the source descend the target loss (first order)
+    criterion: str = "direction"  # a key of grasp_core.align.ALIGNMENTS: "gradient" (paper): cos(grad source,
+    #                               grad target) on the batches; "direction": cos(theta_source - theta_target,
+    #                               -grad target), i.e. does moving the tensor toward the source descend the
+    #                               target loss (first order)
 
     def __post_init__(self) -> None:
         _check(self.batches >= 1, f"'align.batches' = {self.batches} must be >= 1")
         _check(self.batch_size >= 1, f"'align.batch_size' = {self.batch_size} must be >= 1")
-        _check(self.criterion in CRITERIA,
-               f"'align.criterion' = '{self.criterion}' must be one of: {', '.join(CRITERIA)}")
 
 
 GRANULARITIES = ("tensor", "channel")

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field, replace
 
 from torch import nn
 
-from grasp_core.align import ALIGNMENTS, Score
+from grasp_core.align import Score, get_alignment
 from grasp_core.config import Config
 from grasp_core.data import Batch, Batches, DomainData, Split
 from grasp_core.errors import ConfigError
 from grasp_core.finetune import EpochCallback, evaluate, train_epochs
 from grasp_core.memory import MemorySample, MemoryTracker
 from grasp_core.stash import WeightStash
-from grasp_core.transfer import get_policy, moved_elements, recalibrate_batchnorm
+from grasp_core.transfer import get_policy, recalibrate_batchnorm
 
 SourceStream = Iterator[tuple[str, nn.Module]]  # (source name, model), loaded lazily one at a time
 
@@ -39,7 +39,15 @@ class TargetLoaders:
     num_classes: int
 
 
+def check_plugins(cfg: Config) -> None:
+    """Look up the policy and the alignment criterion `cfg` names, so a misspelt name fails before any
+    training, listing the registered names (the registries, not the config, know them)."""
+    get_policy(cfg.transfer.policy)
+    get_alignment(cfg.align.criterion)
+
+
 def target_loaders(data: DomainData, cfg: Config) -> TargetLoaders:
+    check_plugins(cfg)
     ft, al = cfg.finetune, cfg.align
     train = Batches(data.train, ft.batch_size, shuffle=True, drop_last=True, augment=cfg.data.augment, seed=cfg.seed)
     align = Batches(data.train, al.batch_size, shuffle=True, drop_last=True, augment=cfg.data.augment,
@@ -102,7 +110,7 @@ def _finish(stage: int, name: str, target: nn.Module, loaders: TargetLoaders, ep
             transferred: list[str], timings: dict[str, float], moved_params: float | None = None) -> StepResult:
     """Fine-tune, evaluate and package a stage (shared by step 1 and step 2).
 
-    `moved_params`: elements the policy changed when not whole tensors (per-row or soft transfer).
+    `moved_params`: elements the policy moved, as it counts them; None: the whole `transferred` tensors.
     """
     t0 = time.perf_counter()
     stage_result = train_epochs(target, loaders.train, loaders.val, epochs, cfg.finetune.lr,
@@ -136,7 +144,7 @@ class Merge:
     scores: dict[str, float]
     transferred: list[str]
     timings_s: dict[str, float]
-    moved_params: float | None = None  # see `_finish`; None: whole tensors, counted from `transferred`
+    moved_params: float | None = None  # elements the policy moved, as it counts them (see `_finish`)
 
 
 def merge_source(target: nn.Module, source: nn.Module, loaders: TargetLoaders, cfg: Config,
@@ -150,19 +158,16 @@ def merge_source(target: nn.Module, source: nn.Module, loaders: TargetLoaders, c
     policy = get_policy(tr.policy)
     t0 = time.perf_counter()
     per_row = tr.granularity == "channel"
-    alignment = ALIGNMENTS[cfg.align.criterion]  # validated by AlignConfig
+    alignment = get_alignment(cfg.align.criterion)
     scores, rows = alignment(target, source, _first_batches(loaders.align, cfg.align.batches),
                              eval_mode=cfg.align.eval_mode, per_row=per_row)
     tracker.sample()
     t1 = time.perf_counter()
     applied: dict[str, Score] = rows if per_row else dict(scores)
-    transferred = policy(target, source, applied, tr)
-    moved = None
-    if per_row or tr.policy not in ("paper", "none"):
-        moved = moved_elements(applied, tr, {n: p.numel() for n, p in target.named_parameters()})
+    moved = policy(target, source, applied, tr)
     if tr.bn_recalibrate:  # every merge step, transferred or not: transfer_off gets the same ingredient
         recalibrate_batchnorm(target, loaders.train.split.x)
-    return Merge(scores, transferred, {"align": t1 - t0, "transfer": time.perf_counter() - t1}, moved)
+    return Merge(scores, moved.names, {"align": t1 - t0, "transfer": time.perf_counter() - t1}, moved.elements)
 
 
 def grasp_step(target: nn.Module, source: nn.Module, name: str, stage: int, loaders: TargetLoaders,

@@ -1,7 +1,8 @@
 """GRASP step 2b: transfer policies, registered by name (`transfer.policy`).
 
-A policy changes the target in place from the source and the alignment scores and returns the
-names of the parameter tensors it changed. A score is one cosine per tensor, or one per output row
+A policy changes the target in place from the source and the alignment scores and returns what it
+moved (`Moved`: the tensors it changed and how many elements), so it alone knows how to count its
+own transfer. A score is one cosine per tensor, or one per output row
 (`transfer.granularity: channel`, see `grasp_core.align.gradient_alignment`). Add a policy with
 `@register_policy("name")`.
 """
@@ -9,6 +10,7 @@ names of the parameter tensors it changed. A score is one cosine per tensor, or 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -17,7 +19,15 @@ from grasp_core.align import Score
 from grasp_core.config import TransferConfig
 from grasp_core.registry import lookup, registrar
 
-Policy = Callable[[nn.Module, nn.Module, Mapping[str, Score], TransferConfig], list[str]]
+
+class Moved(NamedTuple):
+    """What a policy changed in the target."""
+
+    names: list[str]  # param_names of the tensors it changed, in the order of the scores
+    elements: float  # parameters changed, in elements: rows copied x row size, or weight x elements (soft)
+
+
+Policy = Callable[[nn.Module, nn.Module, Mapping[str, Score], TransferConfig], Moved]
 POLICIES: dict[str, Policy] = {}
 
 
@@ -36,7 +46,7 @@ def _rows(weight: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 @register_policy("paper")
 @torch.no_grad()
 def hard_copy_above(target: nn.Module, source: nn.Module, scores: Mapping[str, Score],
-                    cfg: TransferConfig) -> list[str]:
+                    cfg: TransferConfig) -> Moved:
     """The official rule: copy whole source tensors whose alignment exceeds the threshold (strict >).
 
     With per-row scores, only the rows above the threshold are copied. Parameters only; buffers
@@ -44,17 +54,21 @@ def hard_copy_above(target: nn.Module, source: nn.Module, scores: Mapping[str, S
     """
     source_params = dict(source.named_parameters())
     target_params = dict(target.named_parameters())
-    copied = []
+    copied: list[str] = []
+    elements = 0.0
     for name, score in scores.items():
+        p = target_params[name]
         if isinstance(score, torch.Tensor):
-            mask = _rows(score > cfg.threshold, target_params[name])
-            if bool(mask.any()):
-                target_params[name].copy_(torch.where(mask, source_params[name], target_params[name]))
+            above = score > cfg.threshold  # (rows,)
+            if bool(above.any()):
+                p.copy_(torch.where(_rows(above, p), source_params[name], p))
                 copied.append(name)
+                elements += float(above.float().mean()) * p.numel()  # rows of a tensor are the same size
         elif score > cfg.threshold:
-            target_params[name].copy_(source_params[name])
+            p.copy_(source_params[name])
             copied.append(name)
-    return copied
+            elements += p.numel()
+    return Moved(copied, elements)
 
 
 def soft_weight(score: Score, threshold: float) -> torch.Tensor:
@@ -72,37 +86,30 @@ def soft_weight(score: Score, threshold: float) -> torch.Tensor:
 @register_policy("soft")
 @torch.no_grad()
 def interpolate_by_alignment(target: nn.Module, source: nn.Module, scores: Mapping[str, Score],
-                             cfg: TransferConfig) -> list[str]:
-    """Move each tensor (or row) toward the source: theta <- theta + w * (theta_source - theta), w = `soft_weight`."""
+                             cfg: TransferConfig) -> Moved:
+    """Move each tensor (or row) toward the source: theta <- theta + w * (theta_source - theta), w = `soft_weight`.
+
+    Counted as moved: w x the tensor's elements (the mean w over its rows with per-row scores).
+    """
     source_params = dict(source.named_parameters())
     target_params = dict(target.named_parameters())
-    moved = []
+    moved: list[str] = []
+    elements = 0.0
     for name, score in scores.items():
         weight = soft_weight(score, cfg.threshold)
         if bool((weight > 0).any()):
             p = target_params[name]
             p.add_(_rows(weight, p).to(p.dtype) * (source_params[name] - p))
             moved.append(name)
-    return moved
+            elements += float(weight.mean()) * p.numel()
+    return Moved(moved, elements)
 
 
 @register_policy("none")
 def no_transfer(target: nn.Module, source: nn.Module, scores: Mapping[str, Score],
-                cfg: TransferConfig) -> list[str]:
+                cfg: TransferConfig) -> Moved:
     """Transfer switched off: GRASP's schedule reduces to sequential fine-tuning (a control)."""
-    return []
-
-
-def moved_elements(scores: Mapping[str, Score], cfg: TransferConfig, numels: Mapping[str, int]) -> float:
-    """Parameters the policy changed, in elements: rows copied (paper) or weight x elements (soft)."""
-    if cfg.policy == "none":
-        return 0.0
-    total = 0.0
-    for name, score in scores.items():
-        weight = soft_weight(score, cfg.threshold) if cfg.policy == "soft" else (
-            torch.as_tensor(score) > cfg.threshold).float()
-        total += float(weight.mean()) * numels[name]  # rows of a tensor are the same size
-    return total
+    return Moved([], 0.0)
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ from grasp_core.methods import (  # noqa: F401,E402
 from grasp_core.methods.common import (
     METHODS,
     MethodContext,
+    MethodOutput,
     MethodResult,
     get_method,
     register_merge,
@@ -21,5 +22,5 @@ from grasp_core.methods.common import (
     stage_epochs,
 )
 
-__all__ = ["METHODS", "MethodContext", "MethodResult", "get_method", "register_merge", "register_method", "run_method",
-           "stage_epochs"]
+__all__ = ["METHODS", "MethodContext", "MethodOutput", "MethodResult", "get_method", "register_merge",
+           "register_method", "run_method", "stage_epochs"]

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from torch import nn
-
 from grasp_core.memory import MemoryTracker
-from grasp_core.methods.common import MethodContext, finetune_budget, register_method
+from grasp_core.methods.common import MethodContext, MethodOutput, finetune_budget, register_method
 from grasp_core.order import SourceScore, best_scored, score_sources
 
 
 @register_method("best_single")
-def best_single(ctx: MethodContext, tracker: MemoryTracker) -> tuple[nn.Module, float, int, dict[str, str]]:
+def best_single(ctx: MethodContext, tracker: MemoryTracker) -> MethodOutput:
     """Ranked as `transfer.order: scored` ranks (ties: val loss, then weights hash), so both start alike."""
 
     def sampled() -> Iterator[SourceScore]:
@@ -23,4 +21,5 @@ def best_single(ctx: MethodContext, tracker: MemoryTracker) -> tuple[nn.Module, 
     best = best_scored(sampled())
     model = ctx.open_source(best.name)
     val_acc, steps = finetune_budget(model, ctx, tracker)
-    return model, val_acc, steps, {"chosen_source": best.name, "zero_shot_val": f"{best.val_accuracy:.4f}"}
+    return MethodOutput(model, val_acc, steps,
+                        {"chosen_source": best.name, "zero_shot_val": f"{best.val_accuracy:.4f}"})

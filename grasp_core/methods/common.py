@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from torch import nn
 
@@ -37,8 +38,19 @@ class MethodContext:
             yield name, self.open_source(name)
 
 
+class MethodOutput(NamedTuple):
+    """What a method hands back to `run_method`, which evaluates the model on test and measures the run."""
+
+    model: nn.Module  # the method's final target model
+    val_accuracy: float  # its validation accuracy, as the method selected it
+    target_steps: int  # optimizer steps on target data: equal for every method that trains
+    detail: dict[str, str]  # the method's own facts (chosen source, knobs, order), logged as they are
+
+
 @dataclass(frozen=True)
 class MethodResult:
+    """One method's measured run: what the comparison tables and the MLflow runs report."""
+
     method: str
     test_accuracy: float
     val_accuracy: float
@@ -48,7 +60,7 @@ class MethodResult:
     detail: dict[str, str] = field(default_factory=dict)
 
 
-Method = Callable[[MethodContext, MemoryTracker], tuple[nn.Module, float, int, dict[str, str]]]
+Method = Callable[[MethodContext, MemoryTracker], MethodOutput]
 Merge = Callable[[MethodContext, MemoryTracker], nn.Module]  # a streaming merge of the sources
 METHODS: dict[str, Method] = {}
 
@@ -64,10 +76,10 @@ def register_merge(name: str, detail: Callable[[Config], dict[str, str]] | None 
     """
 
     def decorate(merge: Merge) -> Merge:
-        def method(ctx: MethodContext, tracker: MemoryTracker) -> tuple[nn.Module, float, int, dict[str, str]]:
+        def method(ctx: MethodContext, tracker: MemoryTracker) -> MethodOutput:
             model = merge(ctx, tracker)
             val_acc, steps = finetune_budget(model, ctx, tracker)
-            return model, val_acc, steps, detail(ctx.cfg) if detail else {}
+            return MethodOutput(model, val_acc, steps, detail(ctx.cfg) if detail else {})
 
         method.__doc__ = merge.__doc__
         register_method(name)(method)

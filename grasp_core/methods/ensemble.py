@@ -10,7 +10,7 @@ from torch import nn
 
 from grasp_core.finetune import predict_logits
 from grasp_core.memory import MemoryTracker
-from grasp_core.methods.common import MethodContext, register_method
+from grasp_core.methods.common import MethodContext, MethodOutput, register_method
 
 
 class SoftVote(nn.Module):
@@ -25,8 +25,8 @@ class SoftVote(nn.Module):
 
 
 @register_method("ensemble")
-def ensemble(ctx: MethodContext, tracker: MemoryTracker) -> tuple[nn.Module, float, int, dict[str, str]]:
+def ensemble(ctx: MethodContext, tracker: MemoryTracker) -> MethodOutput:
     model = SoftVote([source for _, source in ctx.sources()])
     tracker.sample()
     val_acc = float((predict_logits(model, ctx.loaders.val).argmax(1) == ctx.loaders.val.y).float().mean())
-    return model, val_acc, 0, {"members": str(len(ctx.source_names))}
+    return MethodOutput(model, val_acc, 0, {"members": str(len(ctx.source_names))})

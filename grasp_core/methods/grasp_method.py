@@ -6,12 +6,10 @@ import dataclasses
 import itertools
 from typing import Any
 
-from torch import nn
-
 from grasp_core.config import Config
 from grasp_core.grasp import run_grasp
 from grasp_core.memory import MemoryTracker, peak_of
-from grasp_core.methods.common import MethodContext, register_method
+from grasp_core.methods.common import MethodContext, MethodOutput, register_method
 from grasp_core.order import alignment_prepass, order_sources, score_sources
 
 
@@ -41,7 +39,7 @@ def ingredients(cfg: Config) -> dict[str, str]:
             "bn_recalibrate": str(tr.bn_recalibrate).lower(), "keep_global_best": str(tr.keep_global_best).lower()}
 
 
-def _run(ctx: MethodContext, tracker: MemoryTracker) -> tuple[nn.Module, float, int, dict[str, str]]:
+def _run(ctx: MethodContext, tracker: MemoryTracker) -> MethodOutput:
     names = merge_order(ctx)
     ordered = dataclasses.replace(ctx, source_names=tuple(names))
     steps, last, best_val, rejected = 0, None, -1.0, []
@@ -55,18 +53,18 @@ def _run(ctx: MethodContext, tracker: MemoryTracker) -> tuple[nn.Module, float, 
         tracker.peak = peak_of(tracker.peak, last.memory)
     assert last is not None and last.target is not None
     val = best_val if ctx.cfg.transfer.keep_global_best else last.val_accuracy  # the restored stage's
-    return last.target, val, steps, {"policy": ctx.cfg.transfer.policy, **ingredients(ctx.cfg),
-                                     "order": ",".join(names), "rejected": ",".join(rejected)}
+    return MethodOutput(last.target, val, steps, {"policy": ctx.cfg.transfer.policy, **ingredients(ctx.cfg),
+                                                  "order": ",".join(names), "rejected": ",".join(rejected)})
 
 
 @register_method("grasp")
-def grasp(ctx: MethodContext, tracker: MemoryTracker) -> tuple[nn.Module, float, int, dict[str, str]]:
+def grasp(ctx: MethodContext, tracker: MemoryTracker) -> MethodOutput:
     """GRASP with the configured transfer policy."""
     return _run(ctx, tracker)
 
 
 @register_method("transfer_off")
-def transfer_off(ctx: MethodContext, tracker: MemoryTracker) -> tuple[nn.Module, float, int, dict[str, str]]:
+def transfer_off(ctx: MethodContext, tracker: MemoryTracker) -> MethodOutput:
     """GRASP's exact schedule and ingredients (`ingredients`: order, guard, BN recalibration) with the
     `none` policy: sequential fine-tuning, nothing copied. Only the policy differs from GRASP's run."""
     cfg = dataclasses.replace(ctx.cfg, transfer=dataclasses.replace(ctx.cfg.transfer, policy="none"))

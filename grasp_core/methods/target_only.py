@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from torch import nn
-
 from grasp_core.memory import MemoryTracker
-from grasp_core.methods.common import MethodContext, finetune_budget, register_method
+from grasp_core.methods.common import MethodContext, MethodOutput, finetune_budget, register_method
 
 
 @register_method("target_only")
-def target_only(ctx: MethodContext, tracker: MemoryTracker) -> tuple[nn.Module, float, int, dict[str, str]]:
+def target_only(ctx: MethodContext, tracker: MemoryTracker) -> MethodOutput:
     model = ctx.open_base()
     tracker.sample()
     val_acc, steps = finetune_budget(model, ctx, tracker)
-    return model, val_acc, steps, {}
+    return MethodOutput(model, val_acc, steps, {})

@@ -71,8 +71,8 @@ def test_anti_aligned_source_transfers_nothing():
     assert scores["fc2.weight"] == pytest.approx(-1.0, abs=1e-5)
     assert all(s <= 0.0 for s in scores.values())
     before = copy.deepcopy(target.state_dict())
-    copied = get_policy("paper")(target, source, scores, TransferConfig(threshold=0.3))
-    assert copied == []
+    moved = get_policy("paper")(target, source, scores, TransferConfig(threshold=0.3))
+    assert moved.names == [] and moved.elements == 0.0
     assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
 
 
@@ -82,8 +82,10 @@ def test_paper_policy_copies_exactly_the_tensors_above_threshold(threshold):
     target, source = TinyMLP(), TinyMLP()
     scores = {"fc1.weight": 0.9, "fc1.bias": 0.3, "fc2.weight": -0.4, "fc2.bias": 0.55}
     before = copy.deepcopy(target.state_dict())
-    copied = get_policy("paper")(target, source, scores, TransferConfig(threshold=threshold))
+    moved = get_policy("paper")(target, source, scores, TransferConfig(threshold=threshold))
+    copied = moved.names
     assert sorted(copied) == sorted(n for n, s in scores.items() if s > threshold)  # strict >
+    assert moved.elements == sum(p.numel() for n, p in target.named_parameters() if n in copied)
     src = source.state_dict()
     for name, value in target.state_dict().items():
         assert torch.equal(value, src[name] if name in copied else before[name]), name
@@ -93,9 +95,9 @@ def test_copying_every_tensor_reproduces_the_source_logits():
     torch.manual_seed(4)
     target, source = TinyMLP(), TinyMLP()
     x = tiny_split(8).x
-    copied = get_policy("paper")(target, source, dict.fromkeys(dict(target.named_parameters()), 1.0),
-                                 TransferConfig(threshold=0.0))
-    assert len(copied) == 4
+    moved = get_policy("paper")(target, source, dict.fromkeys(dict(target.named_parameters()), 1.0),
+                                TransferConfig(threshold=0.0))
+    assert len(moved.names) == 4 and moved.elements == sum(p.numel() for p in target.parameters())
     assert torch.equal(target(x), source(x))
 
 

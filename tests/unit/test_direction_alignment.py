@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from grasp_core.align import ALIGNMENTS, direction_alignment
-from grasp_core.config import Config, TransferConfig, config_from_dict
-from grasp_core.errors import ConfigError
+from grasp_core.config import Config, TransferConfig
 from grasp_core.grasp import merge_source, target_loaders
 from grasp_core.memory import MemoryTracker
 from grasp_core.transfer import get_policy, soft_weight
@@ -57,7 +56,7 @@ def test_a_source_one_gradient_step_ahead_scores_one_and_soft_moves_all_the_way(
     with torch.no_grad():
         loss_before = float(nn.functional.cross_entropy(target(split.x), split.y))
         moved = get_policy("soft")(target, source, scores, TransferConfig(policy="soft", threshold=0.0))
-        assert sorted(moved) == sorted(scores)
+        assert sorted(moved.names) == sorted(scores)
         assert float(nn.functional.cross_entropy(target(split.x), split.y)) < loss_before
 
 
@@ -69,7 +68,7 @@ def test_identical_models_score_zero_and_transfer_nothing():
     split = tiny_split(12, seed=7)
     scores, _ = direction_alignment(target, twin, [(split.x, split.y)])
     assert set(scores.values()) == {0.0}
-    assert get_policy("soft")(target, twin, scores, TransferConfig(policy="soft", threshold=0.0)) == []
+    assert get_policy("soft")(target, twin, scores, TransferConfig(policy="soft", threshold=0.0)) == ([], 0.0)
 
 
 @pytest.mark.parametrize("score, weight", [(0.4, 0.4), (0.05, 0.05), (0.0, 0.0), (-0.3, 0.0), (1.0, 1.0)])
@@ -96,7 +95,3 @@ def test_merge_source_scores_by_the_configured_criterion(tiny_domain):
         w = max(expected[name], 0.0)
         assert torch.allclose(p, before[name] + w * (src[name] - before[name]), atol=1e-6), name
 
-
-def test_unknown_criterion_is_a_one_line_config_error():
-    with pytest.raises(ConfigError, match="'align.criterion' = 'hessian' must be one of: gradient, direction"):
-        config_from_dict({"align": {"criterion": "hessian"}})

@@ -70,8 +70,9 @@ def test_channel_granularity_copies_only_the_aligned_rows():
     before, src = _state(target), _state(source)
     row_scores = torch.tensor([0.9, 0.1, 0.31, 0.25, -0.5, 0.8, 0.0, 0.29])
     scores = {"fc1.weight": row_scores, "fc1.bias": 0.2, "fc2.weight": torch.full((3,), 0.1), "fc2.bias": 0.5}
-    copied = get_policy("paper")(target, source, scores, TransferConfig(threshold=0.3))
-    assert sorted(copied) == ["fc1.weight", "fc2.bias"]
+    moved = get_policy("paper")(target, source, scores, TransferConfig(threshold=0.3))
+    assert sorted(moved.names) == ["fc1.weight", "fc2.bias"]
+    assert moved.elements == 3 * target.fc1.weight.shape[1] + target.fc2.bias.numel()  # rows 0, 2 and 5 of fc1
     after = target.state_dict()
     for i, s in enumerate(row_scores.tolist()):
         assert torch.equal(after["fc1.weight"][i], (src if s > 0.3 else before)["fc1.weight"][i]), i
@@ -86,7 +87,8 @@ def test_soft_transfer_interpolates_by_the_documented_weight(score, weight):
     before, src = _state(target), _state(source)
     assert float(soft_weight(score, 0.3)) == pytest.approx(weight)
     moved = get_policy("soft")(target, source, {"fc1.weight": score}, TransferConfig(policy="soft", threshold=0.3))
-    assert moved == (["fc1.weight"] if weight > 0 else [])
+    assert moved.names == (["fc1.weight"] if weight > 0 else [])
+    assert moved.elements == pytest.approx(weight * target.fc1.weight.numel())
     expected = before["fc1.weight"] + weight * (src["fc1.weight"] - before["fc1.weight"])
     assert torch.allclose(target.state_dict()["fc1.weight"], expected, atol=1e-6)
     assert torch.equal(target.state_dict()["fc2.weight"], before["fc2.weight"])
@@ -97,8 +99,9 @@ def test_soft_transfer_per_row_weights_rows_separately():
     target, source = TinyMLP(), TinyMLP()
     before, src = _state(target), _state(source)
     rows = torch.tensor([1.0, 0.0, 0.65, 0.3, 0.3, 0.3, 0.3, 0.3])
-    get_policy("soft")(target, source, {"fc1.weight": rows}, TransferConfig(policy="soft", threshold=0.3))
+    moved = get_policy("soft")(target, source, {"fc1.weight": rows}, TransferConfig(policy="soft", threshold=0.3))
     w = soft_weight(rows, 0.3).view(-1, 1)
+    assert moved.elements == pytest.approx(float(w.mean()) * target.fc1.weight.numel())  # 1 + 0.5 of 8 rows
     expected = before["fc1.weight"] + w * (src["fc1.weight"] - before["fc1.weight"])
     assert torch.allclose(target.state_dict()["fc1.weight"], expected, atol=1e-6)
 
