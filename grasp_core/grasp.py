@@ -40,8 +40,8 @@ class TargetLoaders:
 
 
 def check_plugins(cfg: Config) -> None:
-    """Look up the policy and the alignment criterion `cfg` names, so a misspelt name fails before any
-    training, listing the registered names (the registries, not the config, know them)."""
+    """Look up the policy and the alignment criterion `cfg` names, so a misspelt name fails before the
+    target trains, listing the registered names (the registries, not the config, know them)."""
     get_policy(cfg.transfer.policy)
     get_alignment(cfg.align.criterion)
 
