@@ -2,13 +2,15 @@
 
 Concurrency: one run holds the workspace lock; the other is refused (exit 75, busy) with a message naming
 the owner's PID and age, registers nothing, and the registry and DVC stay consistent. The overlap is made
-certain, not hoped for: the first run is paused (SIGSTOP) once its lock file names it, the second runs
-against it, then the first is resumed (SIGCONT). Determinism: the same seed and
+certain, not hoped for: the first run and its children are paused (SIGSTOP) once its lock file names it, the
+second runs against it and must leave every file of the workspace as it found it, then the first is resumed
+(SIGCONT). Determinism: the same seed and
 config in two fresh workspaces give identical checkpoint hashes (base, sources) and accuracies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -28,6 +31,25 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 def _start(ws: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "flows.cli", "run", *args], cwd=ws, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _pause_tree(pid: int) -> list[int]:
+    """SIGSTOP `pid`, then its descendants until no new one appears (a stopped parent spawns none, but a child
+    may still have been starting one). Returns the stopped PIDs, parent first."""
+    os.kill(pid, signal.SIGSTOP)
+    stopped = [pid]
+    while new := [c.pid for c in psutil.Process(pid).children(recursive=True) if c.pid not in stopped]:
+        for child in new:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGSTOP)
+        stopped.extend(new)
+    return stopped
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root` with its size and mtime: the before/after picture of "nothing written"."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+            if p.is_file()}
 
 
 def test_two_runs_at_once_one_is_refused_and_stores_stay_consistent(tmp_path, tmp_params):
@@ -41,12 +63,18 @@ def test_two_runs_at_once_one_is_refused_and_stores_stay_consistent(tmp_path, tm
     while (owner := read_owner(ws / LOCK_NAME)) is None or owner.get("pid") != first.pid:
         assert first.poll() is None, first.communicate()[1][-2000:]  # waits for an event: the lock names it
         time.sleep(0.05)  # polling interval only; nothing has to happen before it ends
-    os.kill(first.pid, signal.SIGSTOP)  # it cannot release the lock while the second one runs
+    paused = _pause_tree(first.pid)  # it cannot release the lock while the second one runs
     try:
+        # stopped now, so this cannot change: the overlap is certain, not hoped for
+        assert (read_owner(ws / LOCK_NAME) or {}).get("pid") == first.pid, "the first run ended before it was paused"
+        frozen = _tree(ws)  # the first run and its children are stopped: only the second run could change it
         second = _start(ws, "--quiet")
         refused_out, refused_err = second.communicate(timeout=900)
+        assert _tree(ws) == frozen, "the refused run wrote into the workspace"
     finally:
-        os.kill(first.pid, signal.SIGCONT)
+        for pid in reversed(paused):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
     out, err = first.communicate(timeout=900)
     codes = [first.returncode, second.returncode]
     assert codes == [0, 75], (codes, err[-2000:], refused_err[-2000:])

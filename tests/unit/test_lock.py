@@ -92,25 +92,29 @@ def test_lock_of_another_host_is_never_stolen(tmp_path: Path):
         RunLock(tmp_path).__enter__()
 
 
-def _contend(ws: str, barrier, results) -> None:
+def _contend(ws: str, barrier, results, release) -> None:
     barrier.wait()
     try:
         with RunLock(Path(ws)):
             results.put(("won", os.getpid()))
-            time.sleep(1.0)  # hold it while the other one tries
+            release.wait()  # held until the test has both outcomes: the other one tried while it was held
     except RunLockedError:
         results.put(("refused", os.getpid()))
 
 
 def test_two_processes_at_once_exactly_one_wins(tmp_path: Path):
     ctx = multiprocessing.get_context("spawn")  # no fork of a threaded pytest process
-    barrier, results = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_contend, args=(str(tmp_path), barrier, results)) for _ in range(2)]
+    barrier, results, release = ctx.Barrier(2), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_contend, args=(str(tmp_path), barrier, results, release)) for _ in range(2)]
     for proc in procs:
         proc.start()
-    outcomes = [results.get(timeout=60) for _ in procs]
+    try:
+        outcomes = [results.get(timeout=600) for _ in procs]  # a hang guard only
+        assert (tmp_path / ".grasp" / "run.lock").exists(), "the winner still holds it"
+    finally:
+        release.set()
     for proc in procs:
-        proc.join(timeout=30)
+        proc.join(timeout=600)
         assert proc.exitcode == 0
     assert sorted(kind for kind, _ in outcomes) == ["refused", "won"]
     assert not (tmp_path / ".grasp" / "run.lock").exists()
