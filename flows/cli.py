@@ -195,6 +195,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_flow(args: argparse.Namespace) -> int:
     from flows.runtime.interrupts import stop_cleanly_on_signals
     from flows.runtime.lock import RunLock
+    from grasp_core.config import load_config
+
+    load_config(args.params)  # a bad params.yaml is bad input: refused before the lock, a server or any file
 
     # The workspace lock first: a refused run starts no Prefect server (two on one SQLite only contend).
     # The flow takes the same lock again (re-entrant in this process; scheduled runs take it there).

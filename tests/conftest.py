@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,24 @@ import yaml
 from torch import nn
 
 from grasp_core.data import DomainData, Split
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root` with its size and mtime: the before/after picture of "nothing written"."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@contextmanager
+def writes_nothing(root: Path, allow: Collection[str] = ()) -> Iterator[None]:
+    """Assert that the block leaves every file under `root` as it was (`allow`: relative paths it may add).
+    Put any `pytest.raises` inside it, so the check runs after the refusal."""
+    before = tree(root)
+    yield
+    after = {k: v for k, v in tree(root).items() if k not in allow or k in before}
+    changed = sorted(k for k in set(after) | set(before) if after.get(k) != before.get(k))
+    assert not changed, f"written under {root}: {changed}"
+
 
 TINY_PARAMS = {
     "seed": 0,

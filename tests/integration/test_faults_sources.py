@@ -21,6 +21,7 @@ from flows.cli import main
 from flows.pipeline.workspace import Workspace
 from grasp_core.checkpoints import CheckpointHeader, load_checkpoint, save_checkpoint
 from grasp_core.models import build_model
+from tests.conftest import tree, writes_nothing
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 TARGET = "2022"
@@ -103,7 +104,8 @@ def test_add_source_refuses_each_bad_kind_naming_the_file(workspace, tmp_path, c
     marker = tmp_path / "pwned"
     files = _bad_files(Workspace(workspace).source("2020"), tmp_path / "incoming", marker)
     for kind, path in files.items():
-        code = main(["add-source", str(path), "--domain", "2019", "--workdir", str(workspace)])
+        with writes_nothing(workspace, allow={".grasp/run.lock.guard"}):  # the flock's empty guard file only
+            code = main(["add-source", str(path), "--domain", "2019", "--workdir", str(workspace)])
         err = capsys.readouterr().err
         assert code == 2, kind
         assert path.name in err and err.startswith("grasp: error: "), (kind, err)
@@ -117,6 +119,7 @@ def test_run_fails_on_bad_sources_then_skip_merges_the_rest_and_records_it(works
     files = _bad_files(Workspace(workspace).source("2020"), sources, marker)
     _variant(Workspace(workspace).source("2020"), sources / "2023-good.safetensors", poison=0.01)  # one good newcomer
     before = _versions(workspace)
+    targets = tree(workspace / "checkpoints" / "targets")
 
     failed = grasp("run", "--quiet", cwd=workspace)
     assert failed.returncode == 2, failed.stderr[-2000:]
@@ -125,6 +128,7 @@ def test_run_fails_on_bad_sources_then_skip_merges_the_rest_and_records_it(works
         assert path.name in failed.stderr, path.name
     assert "Traceback" not in failed.stderr
     assert _versions(workspace) == before, "a refused run registers nothing"
+    assert tree(workspace / "checkpoints" / "targets") == targets, "a refused run merges nothing"
 
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     (workspace / "params.yaml").write_text(yaml.safe_dump({**params, "on_bad_source": "skip"}))

@@ -16,6 +16,7 @@ from PIL import Image
 
 from flows.stores.validation import RESULT_FILE, DataValidationError, validate_dataset
 from grasp_core.errors import GraspError
+from tests.conftest import writes_nothing
 
 pytestmark = pytest.mark.integration
 
@@ -135,8 +136,9 @@ def test_each_breakage_fails_naming_where(good_root, tmp_path, name):
     root = shutil.copytree(good_root, tmp_path / "data")
     breakage, failed, needles = BREAKAGES[name]
     breakage(root)
-    with pytest.raises(DataValidationError) as info:
+    with writes_nothing(root), pytest.raises(DataValidationError) as info:  # the data is read, never "fixed"
         validate_dataset(root, tmp_path / "out")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [RESULT_FILE]  # the report only, no temporary
     message = str(info.value)
     assert message.startswith(f"data validation failed: {failed} of "), message
     assert len(message.splitlines()) == failed + 2, message
@@ -148,11 +150,13 @@ def test_each_breakage_fails_naming_where(good_root, tmp_path, name):
 
 @pytest.mark.faults
 def test_missing_root_or_no_domain_is_a_user_error(tmp_path):
-    with pytest.raises(GraspError, match=f"{tmp_path / 'nope'}: data folder not found"):
-        validate_dataset(tmp_path / "nope", tmp_path / "out")
     (tmp_path / "data" / "_base").mkdir(parents=True)
-    with pytest.raises(DataValidationError, match=f"{tmp_path / 'data'}: no domain folders"):
-        validate_dataset(tmp_path / "data", tmp_path / "out")
+    with writes_nothing(tmp_path):
+        with pytest.raises(GraspError, match=f"{tmp_path / 'nope'}: data folder not found"):
+            validate_dataset(tmp_path / "nope", tmp_path / "out")
+        with pytest.raises(DataValidationError, match=f"{tmp_path / 'data'}: no domain folders"):
+            validate_dataset(tmp_path / "data", tmp_path / "out")
+    assert not (tmp_path / "nope").exists()
 
 
 @pytest.mark.faults

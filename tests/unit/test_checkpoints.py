@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 from grasp_core.checkpoints import CheckpointHeader, load_checkpoint, read_header, save_checkpoint
 from grasp_core.errors import CheckpointMismatchError, UnknownArchitectureError
 from grasp_core.models import ARCHITECTURES, build_model
+from tests.conftest import writes_nothing
 
 HEADER = CheckpointHeader("small_cnn", 3, ("a", "b", "c"), (1, 8, 8), {"domain": "2020"})
 
@@ -38,7 +39,7 @@ def test_round_trip_restores_every_tensor_and_the_header(saved):
 def test_mismatch_against_target_is_refused(saved, field, value, fragment):
     _, ckpt = saved
     like = CheckpointHeader(**{**HEADER.__dict__, field: value})
-    with pytest.raises(CheckpointMismatchError, match=str(ckpt.path)) as err:
+    with writes_nothing(ckpt.path.parent), pytest.raises(CheckpointMismatchError, match=str(ckpt.path)) as err:
         load_checkpoint(ckpt.path, like=like)
     assert fragment in str(err.value)
 
@@ -47,7 +48,8 @@ def test_mismatch_against_target_is_refused(saved, field, value, fragment):
 def test_wrong_tensor_shape_names_the_tensor(tmp_path):
     model = build_model("small_cnn", 4, (1, 8, 8))  # head has 4 outputs, header claims 3
     path = save_checkpoint(model, tmp_path / "x.safetensors", HEADER).path
-    with pytest.raises(CheckpointMismatchError, match="tensor 'head.(weight|bias)' has shape"):
+    refused = pytest.raises(CheckpointMismatchError, match="tensor 'head.(weight|bias)' has shape")
+    with writes_nothing(tmp_path), refused:
         load_checkpoint(path)
 
 
@@ -62,7 +64,7 @@ def test_pickle_is_never_loaded(tmp_path):
     for name in ("evil.pt", "evil.safetensors"):
         path = tmp_path / name
         path.write_bytes(pickle.dumps(Payload()))
-        with pytest.raises(CheckpointMismatchError, match=name):
+        with writes_nothing(tmp_path), pytest.raises(CheckpointMismatchError, match=name):
             load_checkpoint(path)
     assert not marker.exists()
 
@@ -72,22 +74,23 @@ def test_empty_corrupt_nan_and_headerless_files_are_refused(saved, tmp_path):
     _, ckpt = saved
     empty = tmp_path / "empty.safetensors"
     empty.write_bytes(b"")
-    with pytest.raises(CheckpointMismatchError, match="empty file"):
-        load_checkpoint(empty)
     truncated = tmp_path / "cut.safetensors"
     truncated.write_bytes(ckpt.path.read_bytes()[:-100])
-    with pytest.raises(CheckpointMismatchError, match="cut.safetensors"):
-        load_checkpoint(truncated)
     bare = tmp_path / "bare.safetensors"
     save_file({"w": torch.zeros(2)}, str(bare))
-    with pytest.raises(CheckpointMismatchError, match="header lacks"):
-        read_header(bare)
     model = build_model("small_cnn", 3, (1, 8, 8))
     with torch.no_grad():
         model.head.weight[0, 0] = float("nan")
     nan_path = save_checkpoint(model, tmp_path / "nan.safetensors", HEADER).path
-    with pytest.raises(CheckpointMismatchError, match="'head.weight' holds NaN or Inf"):
-        load_checkpoint(nan_path)
+    with writes_nothing(tmp_path):  # a refusal neither repairs, moves nor quarantines the file
+        with pytest.raises(CheckpointMismatchError, match="empty file"):
+            load_checkpoint(empty)
+        with pytest.raises(CheckpointMismatchError, match="cut.safetensors"):
+            load_checkpoint(truncated)
+        with pytest.raises(CheckpointMismatchError, match="header lacks"):
+            read_header(bare)
+        with pytest.raises(CheckpointMismatchError, match="'head.weight' holds NaN or Inf"):
+            load_checkpoint(nan_path)
 
 
 @pytest.mark.faults
@@ -97,7 +100,7 @@ def test_edited_tensor_bytes_fail_the_header_hash(saved, tmp_path):
     data[-5] ^= 0xFF  # flip bits inside the last tensor's payload
     edited = tmp_path / "edited.safetensors"
     edited.write_bytes(bytes(data))
-    with pytest.raises(CheckpointMismatchError, match="does not match its header hash"):
+    with writes_nothing(tmp_path), pytest.raises(CheckpointMismatchError, match="does not match its header hash"):
         load_checkpoint(edited)
 
 

@@ -4,6 +4,7 @@ import pytest
 
 from grasp_core.config import Config, config_hash, flatten, load_config
 from grasp_core.errors import ConfigError
+from tests.conftest import writes_nothing
 
 
 def test_repository_params_yaml_loads_and_matches_the_dataclass_defaults(request):
@@ -30,7 +31,7 @@ def test_repository_params_yaml_loads_and_matches_the_dataclass_defaults(request
 ])
 def test_config_errors_name_the_key(tmp_params, overrides, fragment):
     path = tmp_params(overrides)
-    with pytest.raises(ConfigError) as err:
+    with writes_nothing(path.parent), pytest.raises(ConfigError) as err:
         load_config(path)
     assert fragment in str(err.value)
     assert str(path) in str(err.value)
@@ -39,12 +40,13 @@ def test_config_errors_name_the_key(tmp_params, overrides, fragment):
 
 @pytest.mark.faults
 def test_missing_file_and_bad_yaml_are_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match="not found"):
-        load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: [unclosed")
-    with pytest.raises(ConfigError, match="not valid YAML"):
-        load_config(bad)
+    with writes_nothing(tmp_path):  # neither a default params.yaml nor a repaired one
+        with pytest.raises(ConfigError, match="not found"):
+            load_config(tmp_path / "nope.yaml")
+        with pytest.raises(ConfigError, match="not valid YAML"):
+            load_config(bad)
 
 
 def test_int_is_accepted_for_float_and_hash_is_stable(tmp_params):

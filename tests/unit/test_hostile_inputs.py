@@ -28,6 +28,7 @@ from grasp_core.checkpoints import (
 from grasp_core.config import LimitsConfig
 from grasp_core.models import build_model
 from grasp_core.names import UnsafeNameError, check_name, path_inside
+from tests.conftest import writes_nothing
 
 pytestmark = pytest.mark.faults
 
@@ -125,9 +126,10 @@ def test_the_integrity_hash_covers_the_metadata(field, good, ws, tmp_path):
     edited = tmp_path / "edited.safetensors"
     edited.write_bytes(good.read_bytes())
     _edit_metadata(edited, **{field: "resnet50" if field == "arch" else "forged"})
-    with pytest.raises(CheckpointMismatchError, match="does not match its header_sha256"):
-        read_header(edited)
-    code = main(["add-source", str(edited), "--domain", "2019", "--workdir", str(ws.root)])
+    with writes_nothing(tmp_path, allow={"ws/.grasp/run.lock.guard"}):
+        with pytest.raises(CheckpointMismatchError, match="does not match its header_sha256"):
+            read_header(edited)
+        code = main(["add-source", str(edited), "--domain", "2019", "--workdir", str(ws.root)])
     assert code == 2 and not ws.source("2019").exists()
 
 
@@ -183,27 +185,29 @@ def test_declared_tensor_bytes_over_the_cap_are_refused_before_any_tensor_is_rea
     big = tmp_path / "big.safetensors"
     _sparse_safetensors(big, 3 * 2**30)  # under the file cap, over this tensor cap
     before = _rss()
-    with pytest.raises(CheckpointTooLargeError, match="limits.tensor_max_bytes"):
+    with writes_nothing(tmp_path), pytest.raises(CheckpointTooLargeError, match="limits.tensor_max_bytes"):
         load_checkpoint(big, limits=LimitsConfig(tensor_max_bytes=2**30))
     assert _rss() - before < 64 * 2**20
 
 
 def test_a_header_over_its_cap_is_refused(good, tmp_path):
-    with pytest.raises(CheckpointTooLargeError, match="limits.header_max_bytes"):
+    with writes_nothing(tmp_path), pytest.raises(CheckpointTooLargeError, match="limits.header_max_bytes"):
         read_header(good, LimitsConfig(header_max_bytes=64))
 
 
 def test_a_header_length_past_the_end_of_the_file_is_refused(tmp_path):
     path = tmp_path / "lies.safetensors"
     path.write_bytes((10**6).to_bytes(8, "little") + b"{}")
-    with pytest.raises(CheckpointMismatchError, match="not a readable safetensors file"):
+    with writes_nothing(tmp_path), pytest.raises(CheckpointMismatchError, match="not a readable safetensors file"):
         read_header(path)
 
 
 def test_params_limits_reach_add_source(ws, good, tmp_path, capsys):
     params = tmp_path / "params.yaml"
     params.write_text("limits:\n  checkpoint_max_bytes: 1000\n")
-    code = main(["add-source", str(good), "--domain", "2019", "--workdir", str(ws.root), "--params", str(params)])
+    with writes_nothing(tmp_path):
+        code = main(["add-source", str(good), "--domain", "2019", "--workdir", str(ws.root), "--params",
+                     str(params)])
     assert code == 2 and "limits.checkpoint_max_bytes 1000" in capsys.readouterr().err
     assert not ws.source("2019").exists()
 
@@ -255,3 +259,20 @@ def test_a_truncated_generator_marker_means_the_data_is_regenerated(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / GENERATOR_MARKER).write_text('{"gener')
     assert not data_is_current(Config(), ws)
+
+
+@pytest.mark.parametrize("text", ["transfer:\n  treshold: 0.3\n", "data: [unclosed", "finetune:\n  epochs: -1\n",
+                                  "on_bad_source: ignore\n", None])
+def test_a_bad_params_yaml_stops_grasp_run_before_any_file_is_written(text, tmp_path, capsys):
+    """Bad input is refused before the lock, the Prefect server or the data: no file appears in the workspace
+    (before, a bad key was found inside the flow, after the server had written `.cache/prefect`)."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    params = ws / "params.yaml"
+    if text is not None:
+        params.write_text(text)
+    before = _tree(tmp_path)
+    code = main(["run", "--quiet", "--params", str(params), "--workdir", str(ws)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"grasp: error: {params}: ") and err.count("\n") == 1, err
+    assert _tree(tmp_path) == before, "a refused run wrote a file"

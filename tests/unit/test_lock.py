@@ -17,6 +17,7 @@ import pytest
 
 from flows.runtime.lock import RunLock, RunLockedError
 from grasp_core.errors import GraspError
+from tests.conftest import writes_nothing
 
 pytestmark = pytest.mark.faults
 
@@ -51,8 +52,9 @@ def test_second_acquirer_is_refused_with_the_owner_pid(tmp_path: Path):
                 errors.append(caught)
 
         worker = threading.Thread(target=other_thread)
-        worker.start()
-        worker.join()
+        with writes_nothing(tmp_path):  # the refused one leaves our lock file as it was
+            worker.start()
+            worker.join()
         assert len(errors) == 1
         err = errors[0]
         assert re.search(rf"another grasp run \(pid {os.getpid()}, started \d+ s ago\)", str(err))
@@ -88,8 +90,9 @@ def test_lock_of_another_host_is_never_stolen(tmp_path: Path):
     path = tmp_path / ".grasp" / "run.lock"
     path.parent.mkdir()
     path.write_text(json.dumps({"pid": 1, "hostname": "elsewhere", "started": "2020-01-01T00:00:00+00:00"}))
-    with pytest.raises(RunLockedError, match="pid 1 on host elsewhere"):
-        RunLock(tmp_path).__enter__()
+    with writes_nothing(tmp_path, allow={".grasp/run.lock.guard"}):
+        with pytest.raises(RunLockedError, match="pid 1 on host elsewhere"):
+            RunLock(tmp_path).__enter__()
 
 
 def _contend(ws: str, barrier, results, release) -> None:
