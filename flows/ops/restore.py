@@ -72,7 +72,7 @@ def _download_pointers(client, name: str, version: str, run_id: str, tmp: Path) 
 
 def _prepare_copy(ws: Path, dest: Path) -> None:
     """`dest` as a DVC project without git, reading the workspace's remote and sharing its cache."""
-    from flows.stores.versioning import REMOTE_NAME, VersioningError, remote_url, run_dvc
+    from flows.stores.versioning import REMOTE_NAME, VersioningError, cache_dir, remote_url, run_dvc
 
     url = remote_url(ws)
     if url is None:
@@ -81,7 +81,7 @@ def _prepare_copy(ws: Path, dest: Path) -> None:
     init = [] if (dest / ".dvc").is_dir() else [("init", "--no-scm")]
     run_dvc(dest, *init, ("config", "core.analytics", "false"), ("remote", "add", "--force", "--default",
                                                                REMOTE_NAME, url),
-         ("cache", "dir", str(ws / ".dvc" / "cache")))
+         ("cache", "dir", cache_dir(ws)))
 
 
 def _pull(dest: Path, pointers: list[str]) -> None:

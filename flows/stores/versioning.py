@@ -2,15 +2,19 @@
 
 DVC takes a repo lock, so every DVC command here runs alone (one module lock). Analytics are always off
 (`DVC_NO_ANALYTICS=1`): DVC 3.67's analytics daemon crashes on import and leaves a /tmp/tmpXXXX report per command.
+Nothing here reads or writes DVC's cache or remote layout: commands go through DVC's CLI, the hashes recorded
+inside a tracked folder come from `dvc.api.DVCFileSystem`, and .dvc files are read as DVC documents them.
 """
 
 from __future__ import annotations
 
 import configparser
+import functools
 import hashlib
 import json
 import logging
 import os
+import posixpath
 import subprocess
 import sys
 import threading
@@ -29,6 +33,7 @@ _log = logging.getLogger(__name__)
 REMOTE_NAME = "local"
 REMOTE_ENV = "GRASP_DVC_REMOTE"
 DEFAULT_REMOTE_DIR = ".dvc-remote"
+STAMPS = Path(".grasp") / "dvc-track"  # grasp's own record of what DVC added and pushed (not inside .dvc/)
 # dvc.yaml: params.yaml as a top-level params file (`dvc params diff` shows every changed key) and no stage, so
 # `dvc status` is clean after a run; grasp <= 0.1 wrote a `grasp` stage that never ran (OLD_DVC_YAML, replaced)
 DVC_YAML = {"params": ["params.yaml"]}
@@ -88,6 +93,11 @@ def _dvc(ws: Path, *commands: tuple[str, ...]) -> None:
 def run_dvc(ws: Path, *commands: tuple[str, ...]) -> None:
     """Run DVC CLI `commands` in `ws`, in order, in one process; a failure is a VersioningError naming it."""
     _dvc(ws, *commands)
+
+
+def cache_dir(ws: Path) -> str:
+    """The cache folder of DVC project `ws`, as DVC reports it (`dvc cache dir`)."""
+    return _run(ws, "dvc", [sys.executable, "-m", "dvc"], ("cache", "dir")).stdout.strip()
 
 
 def _git_top(ws: Path) -> Path | None:
@@ -247,17 +257,13 @@ def fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _object_path(root: Path, md5: str) -> Path:
-    return root / "files" / "md5" / md5[:2] / md5[2:]
-
-
-def _is_unchanged(ws: Path, stamp_file: Path, stamp: dict[str, str | None], dvcfile: Path,
-                  pushed_too: bool = True) -> bool:
-    """Added since the last change (in the cache) and, with `pushed_too`, pushed as well (the stamp says so,
-    and a local remote holds the object)."""
+def _is_unchanged(stamp_file: Path, stamp: dict[str, str | None], dvcfile: Path, pushed_too: bool = True) -> bool:
+    """Added since the last change and, with `pushed_too`, pushed as well: the stamp records what DVC itself
+    reported (written only after its `dvc add` / `dvc push` succeeded) for these very files (fingerprint), this
+    .dvc file and this remote. An object deleted behind DVC's back (a wiped remote) is not re-checked here: that
+    costs a DVC process per output on every run; `dvc status --cloud` finds it and `dvc push` mends it."""
     if not stamp_file.exists() or not dvcfile.exists():
         return False
-    md5, url = read_dvc_hash(dvcfile), stamp["remote"]
     try:
         recorded = json.loads(stamp_file.read_text())
     except (OSError, ValueError):  # truncated or garbled (a crash mid-write before 0.2): add and push again
@@ -266,10 +272,7 @@ def _is_unchanged(ws: Path, stamp_file: Path, stamp: dict[str, str | None], dvcf
     if not isinstance(recorded, dict):
         return False
     was_pushed = recorded.pop("pushed", True) is True  # stamps before add/push were split: written after a push
-    on_remote = url is None or "://" in url or _object_path(Path(url), md5).exists()
-    pushed = not pushed_too or (was_pushed and on_remote)
-    cached = _object_path(ws / ".dvc" / "cache", md5).exists()
-    return recorded == {**stamp, "md5": md5} and pushed and cached
+    return recorded == {**stamp, "md5": read_dvc_hash(dvcfile)} and (was_pushed or not pushed_too)
 
 
 def _tracked(dvcfile: Path) -> TrackedOutput:
@@ -292,7 +295,7 @@ def track(ws: Path, target: str, first: list[tuple[str, ...]] | None = None, pus
     if not (ws / target).exists():
         raise VersioningError(f"{ws / target}: nothing to track; create it first (e.g. `grasp data`)")
     dvcfile, stamp_file, stamp = _stamp(ws, target)
-    if not first and _is_unchanged(ws, stamp_file, stamp, dvcfile, pushed_too=push):
+    if not first and _is_unchanged(stamp_file, stamp, dvcfile, pushed_too=push):
         return _tracked(dvcfile)
     rel = dvcfile.relative_to(ws).as_posix()
     _dvc(ws, *(first or []), ("add", target), *([("push", rel)] if push else []))
@@ -307,7 +310,7 @@ def push_tracked(ws: Path, tracked: TrackedOutput) -> TrackedOutput:
     ws = ws.resolve()
     target = (tracked.path.parent / _read_out(tracked.path)["path"]).resolve().relative_to(ws).as_posix()
     dvcfile, stamp_file, stamp = _stamp(ws, target)
-    if not _is_unchanged(ws, stamp_file, stamp, dvcfile):
+    if not _is_unchanged(stamp_file, stamp, dvcfile):
         _dvc(ws, ("push", dvcfile.relative_to(ws).as_posix()))
         _write_stamp(stamp_file, stamp, tracked)
     return _tracked(dvcfile)
@@ -326,7 +329,7 @@ def ignore_temporaries(ws: Path) -> None:
 def _stamp(ws: Path, target: str) -> tuple[Path, Path, dict[str, str | None]]:
     """(.dvc file, stamp file, stamp): the stamp of the last push lets an unchanged output skip add and push."""
     dvcfile = _dvcfile_for(ws, target)
-    stamp_file = ws / ".dvc" / "tmp" / "grasp-track" / f"{target.replace('/', '-')}.json"
+    stamp_file = ws / STAMPS / f"{target.replace('/', '-')}.json"
     return dvcfile, stamp_file, {"dvcfile": dvcfile.name, "remote": remote_url(ws),
                                  "fingerprint": fingerprint(ws / target)}
 
@@ -336,23 +339,34 @@ def _write_stamp(stamp_file: Path, stamp: dict[str, str | None], tracked: Tracke
     write_text_durably(stamp_file, json.dumps({**stamp, "md5": tracked.md5, "pushed": pushed}))
 
 
-def _manifest(ws: Path, dvcfile: Path, md5: str) -> dict[str, str]:
-    path = _object_path(ws.resolve() / ".dvc" / "cache", md5)
+def recorded_files(ws: Path, dvcfile: Path) -> dict[str, str]:
+    """{path inside the tracked output: md5} as DVC recorded them at `dvc add`; a single file has the path ''.
+
+    DVC resolves a folder's listing itself (`dvc.api.DVCFileSystem`: from its cache, else from its remote).
+    """
+    out = _read_out(dvcfile)
+    if not out["md5"].endswith(".dir"):
+        return {"": out["md5"]}
+    root = (dvcfile.parent / out["path"]).resolve().relative_to(ws.resolve()).as_posix()
+    return dict(_listing(str(ws.resolve()), root, out["md5"], dvcfile.name))
+
+
+@functools.lru_cache(maxsize=8)
+def _listing(ws: str, root: str, md5: str, dvcfile: str) -> tuple[tuple[str, str], ...]:
+    """The files DVC recorded under `root` of project `ws`; keyed by the folder's md5, so each is read once."""
+    from dvc.api import DVCFileSystem
+
     try:
-        return {entry["relpath"]: entry["md5"] for entry in json.loads(path.read_text())}
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise VersioningError(
-            f"{dvcfile}: manifest {md5} unreadable in the DVC cache ({err!r}); run `dvc fetch {dvcfile.name}`"
-        ) from None
+        found = DVCFileSystem(ws).find(root, detail=True, dvc_only=True)
+        return tuple(sorted((posixpath.relpath(path, root), info["md5"]) for path, info in found.items()))
+    except Exception as err:  # DVC raises its own errors (object missing, remote unreachable) and OSError
+        raise VersioningError(f"{Path(ws) / dvcfile}: listing {md5} is neither in the DVC cache nor on the remote "
+                              f"({err!r}); run `dvc fetch {dvcfile}`") from None
 
 
 def _expected(ws: Path, dvcfile: Path) -> tuple[Path, dict[str, str]]:
     """The tracked output's path and {relpath inside it: md5}; a single file has the relpath ''."""
-    out = _read_out(dvcfile)
-    root = (dvcfile.parent / out["path"]).resolve()
-    if out["md5"].endswith(".dir"):
-        return root, _manifest(ws, dvcfile, out["md5"])
-    return root, {"": out["md5"]}
+    return output_path(dvcfile), recorded_files(ws, dvcfile)
 
 
 def file_md5_in_dir(ws: Path, dvcfile: Path, relpath: str) -> str | None:

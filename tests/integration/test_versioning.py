@@ -85,7 +85,7 @@ def test_add_now_push_later_and_one_batch_for_a_new_repo(tmp_path, monkeypatch):
     assert clean.returncode == 0 and json.loads(clean.stdout) == {}, clean.stdout
 
     (ws / ".dvc" / "config").write_text((ws / ".dvc" / "config").read_text().replace("url = ", "url = s3://b/"))
-    stamp = ws / ".dvc" / "tmp" / "grasp-track" / "data.json"
+    stamp = ws / ".grasp" / "dvc-track" / "data.json"
     recorded = json.loads(stamp.read_text())
     stamp.write_text(json.dumps({**recorded, "remote": "s3://b/../.dvc-remote", "pushed": False}))
     monkeypatch.setattr(versioning, "_dvc", lambda w, *commands: batches.append(commands))
@@ -119,7 +119,7 @@ def test_track_pushes_rehashes_and_verifies_a_fresh_folder(tmp_path, monkeypatch
     manifest = json.loads((objects / data.md5[:2] / data.md5[2:]).read_text())
     assert len(manifest) == 24 and all((objects / e["md5"][:2] / e["md5"][2:]).is_file() for e in manifest)
     assert track(ws, "data") == data
-    shutil.rmtree(ws / ".dvc" / "tmp" / "grasp-track")  # force the real `dvc add` + `dvc push` path
+    shutil.rmtree(ws / ".grasp" / "dvc-track")  # force the real `dvc add` + `dvc push` path
     assert track(ws, "data") == data
 
     png = ws / "data" / "2021" / "val" / "1" / "0.png"
@@ -188,7 +188,7 @@ def test_a_truncated_stamp_is_rebuilt_and_temporaries_never_enter_the_snapshot(t
     ws = make_workspace(tmp_path / "ws")
     first = track(ws, "checkpoints/sources", first=ensure_repo(ws, defer=True))
     assert ".*.tmp" in (ws / ".dvcignore").read_text().splitlines()
-    stamp = next((ws / ".dvc" / "tmp" / "grasp-track").glob("*.json"))
+    stamp = next((ws / ".grasp" / "dvc-track").glob("*.json"))
     stamp.write_text(stamp.read_text()[:7])  # a crash mid-write (before writes were atomic)
     leftover = ws / "checkpoints" / "sources" / ".b.safetensors.4242.tmp"
     leftover.write_bytes(b"half a checkpoint")  # what a SIGKILL mid-write can leave
