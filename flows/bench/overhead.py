@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -15,18 +16,31 @@ from typing import Any
 from flows.runtime.options import json_file_args, positive_int
 
 
-def _timed(args: list[str], cwd: Path) -> float:
+def _timed(args: list[str], cwd: Path) -> tuple[float, float]:
+    """(wall seconds of `grasp ARGS` in `cwd`, the 1-minute load average when it started)."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"`grasp {' '.join(args)}` failed in {cwd}:\n{out.stderr[-2000:]}")
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, load
 
 
 PHASES = ("cold", "nothing_new", "warm")
 
 
-def overhead(params: Path, keep: bool = False, repeat: int = 1) -> list[dict[str, object]]:
+def parse_phases(text: str) -> tuple[str, ...]:
+    """`cold,warm` -> the phases to run, in PHASES order; `cold` is required (the others re-use its folder)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if unknown := [name for name in names if name not in PHASES]:
+        raise ValueError(f"--phases: unknown phase '{unknown[0]}'; choose from {', '.join(PHASES)}")
+    if "cold" not in names:
+        raise ValueError("--phases: 'cold' is required (nothing_new and warm re-use the folder it fills)")
+    return tuple(phase for phase in PHASES if phase in names)
+
+
+def overhead(params: Path, keep: bool = False, repeat: int = 1,
+             phases: tuple[str, ...] = PHASES) -> list[dict[str, object]]:
     """Wall time of the Prefect flow vs the core run on the same config, each in a fresh folder, in seconds.
 
     `cold`: the first `grasp run` of a workspace (data generated, sources trained, merge, registration);
@@ -36,22 +50,28 @@ def overhead(params: Path, keep: bool = False, repeat: int = 1) -> list[dict[str
     alternate core and flow, and each figure is the median (the range is printed beside it): on a small shared
     machine one run varies by +-20 %. `overhead_s` (flow - core, medians) is what orchestration costs; the ratio
     is printed for reference only, since it moves with the core run itself (a faster core run raises it).
+    `phases` (see parse_phases) cuts a long workload to its cold runs. Each row gives the 1-minute load
+    average at the start of its runs (`load_1m`, min-max): on a shared machine the figures move with it.
     """
     root = Path(tempfile.mkdtemp(prefix="grasp-overhead-"))
     try:
         walls: dict[tuple[str, str], list[float]] = {}
+        loads: dict[str, list[float]] = {}
         for round_ in range(repeat):
             for engine, extra in (("core", ["--engine", "core", "--methods", "grasp"]), ("prefect", [])):
                 ws = root / f"{engine}-{round_}"
                 ws.mkdir()
                 shutil.copy(params, ws / "params.yaml")
-                for phase in PHASES:
+                for phase in phases:
                     if engine == "core" and phase == "nothing_new":
                         continue
                     # the warm flow merges from scratch again (--full): the same work as the core run's second call
                     again = ["--full"] if engine == "prefect" and phase == "warm" else []
-                    walls.setdefault((engine, phase), []).append(_timed(["run", "--quiet", *extra, *again], ws))
-        return [_row(phase, walls, repeat) for phase in PHASES]
+                    wall, load = _timed(["run", "--quiet", *extra, *again], ws)
+                    walls.setdefault((engine, phase), []).append(wall)
+                    loads.setdefault(phase, []).append(load)
+        return [{**_row(phase, walls, repeat), "load_1m": f"{min(loads[phase]):.1f}-{max(loads[phase]):.1f}"}
+                for phase in phases]
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -83,7 +103,17 @@ def register(bench_sub: Any) -> None:
     over.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to copy in")
     over.add_argument("--repeat", type=positive_int, default=1, metavar="N",
                       help="rounds (core and flow alternate); prints medians and ranges (default 1)")
+    over.add_argument("--phases", type=_phases_arg, default=PHASES, metavar="LIST",
+                      help=f"comma-separated, 'cold' required (default {','.join(PHASES)}); a long workload "
+                      "(--params params/workload-5min.yaml) may run its cold phase only")
     over.set_defaults(handler=cmd_bench_overhead)
+
+
+def _phases_arg(text: str) -> tuple[str, ...]:
+    try:
+        return parse_phases(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--phases: ")) from None
 
 
 def cmd_bench_overhead(args: argparse.Namespace) -> int:
@@ -91,7 +121,7 @@ def cmd_bench_overhead(args: argparse.Namespace) -> int:
 
     if args.repeat < 1:
         raise SystemExit(f"grasp bench overhead: --repeat {args.repeat}: must be 1 or more")
-    rows = overhead(args.params.resolve(), repeat=args.repeat)
+    rows = overhead(args.params.resolve(), repeat=args.repeat, phases=args.phases)
     print(format_rows(rows))
     if args.json:
         write_json(rows, args.json)
