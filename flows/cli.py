@@ -233,13 +233,16 @@ def _run_flow_on_api(args: argparse.Namespace) -> int:
     from flows.runtime.settings import prefect_api_in_background
 
     # Prefect's API (its ephemeral server: a process that imports and migrates) comes up on the other core
-    # while this one imports torch and the pipeline; the flow starts once it answers
+    # while this one imports torch, MLflow (every run opens the registry) and the pipeline; the flow starts
+    # once it answers
     api_ready = prefect_api_in_background()
     try:
         execution.check()  # a bad --device/--amp fails before any work
     except BaseException:
         api_ready.quietly()  # the boot ends (its server registered for Prefect's own stop at exit) before we do
         raise
+    import mlflow  # noqa: F401
+
     from flows.pipeline.run import run_pipeline
     from flows.reports.tables import COLUMNS, format_rows, stage_row, write_json
 
