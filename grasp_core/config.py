@@ -129,12 +129,13 @@ class AlignConfig:
 
 GRANULARITIES = ("tensor", "channel")
 ORDERS = ("given", "nearest", "aligned", "scored")
+STARTS = ("first", "mean", "auto")
 
 
 @dataclass(frozen=True)
 class TransferConfig:
     """The transfer rule. Defaults are the winner of `grasp bench ablation` (docs/results.md); the official rule,
-    bit for bit, is policy paper, threshold 0.3, granularity tensor, order given, bn_recalibrate,
+    bit for bit, is policy paper, threshold 0.3, granularity tensor, order given, start first, bn_recalibrate,
     rollback and keep_global_best false (with align.batches 1, align.eval_mode false,
     align.criterion gradient)."""
 
@@ -142,7 +143,7 @@ class TransferConfig:
     threshold: float = 0.0  # copy a tensor when its alignment (a cosine) exceeds this (strict >); paper: 0.3
     granularity: str = "tensor"  # "tensor" (paper): one cosine per tensor; "channel": one per output row of
     #                              every tensor of >= 2 dims (conv filter / linear row); 1-D tensors stay whole
-    order: str = "nearest"  # merge order: "given" (paper: as listed), "nearest" (time nearest the target first,
+    order: str = "scored"  # merge order: "given" (paper: as listed), "nearest" (time nearest the target first,
     #                       time = the data's domain list), "aligned" (streaming pre-pass: cos(task vector, -target
     #                       gradient at the base), high first), "scored" (streaming pre-pass: zero-shot target-val
     #                       accuracy, best first: the source best_single picks starts; ties: lower val loss, then
@@ -152,6 +153,9 @@ class TransferConfig:
     rollback: bool = True  # reject a source whose merge + fine-tune lowers val accuracy: restore the weights
     #                         from before the merge and mark the stage `rejected` (one extra weight copy)
     keep_global_best: bool = False  # end on the best-val stage's weights across stages (one extra copy)
+    start: str = "auto"  # the model step 1 adopts: "first" (paper: the order's first source), "mean" (streaming
+    #                       parameter mean of every source), "auto" (the better of the two on target val,
+    #                       zero-shot; grasp_core/start.py). The order's other sources are merged after it.
 
     def __post_init__(self) -> None:
         _check(-1.0 <= self.threshold <= 1.0,
@@ -159,6 +163,7 @@ class TransferConfig:
         _check(self.granularity in GRANULARITIES,
                f"'transfer.granularity' = '{self.granularity}' must be one of: {', '.join(GRANULARITIES)}")
         _check(self.order in ORDERS, f"'transfer.order' = '{self.order}' must be one of: {', '.join(ORDERS)}")
+        _check(self.start in STARTS, f"'transfer.start' = '{self.start}' must be one of: {', '.join(STARTS)}")
 
 
 @dataclass(frozen=True)

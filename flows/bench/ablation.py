@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 PAPER: dict[str, Any] = {"align.batches": 1, "align.eval_mode": False, "align.criterion": "gradient",
                          "transfer.policy": "paper", "transfer.threshold": 0.3, "transfer.granularity": "tensor",
                          "transfer.order": "given", "transfer.bn_recalibrate": False, "transfer.rollback": False,
-                         "transfer.keep_global_best": False}
+                         "transfer.keep_global_best": False, "transfer.start": "first"}
 OPTIONS: dict[str, dict[str, Any]] = {  # one atom per option of issue 8; variants combine them with "+"
     "paper": {},
     "batches4": {"align.batches": 4},
@@ -64,6 +64,8 @@ OPTIONS: dict[str, dict[str, Any]] = {  # one atom per option of issue 8; varian
     "aligned": {"transfer.order": "aligned"},
     "scored": {"transfer.order": "scored"},  # best zero-shot target-val source first, then descending
     "rollback": {"transfer.rollback": True},
+    "auto": {"transfer.start": "auto"},  # start from the first source or the sources' mean, the better on val
+    "mean": {"transfer.start": "mean"},
     "best": {"transfer.keep_global_best": True},
     "thr0": {"transfer.threshold": 0.0},  # transfer whatever is positively aligned (soft: weight = cos)
     "thr6": {"transfer.threshold": 0.6},

@@ -377,6 +377,9 @@ def _in_merge_order(cfg, ws: Workspace, target: str, classes: list[str], to_merg
     else:
         ordered = order_sources(names, target, cfg.transfer.order, timeline=timeline)
     progress.say(f"merge order ({cfg.transfer.order}): {', '.join(ordered)}")
+    if cfg.transfer.start != "first":  # the mean start has no source checkpoint for lineage/resume to point at yet
+        progress.say(f"transfer.start '{cfg.transfer.start}': the pipeline starts from the order's first source; "
+                     "the mean start runs in `grasp run --engine core` and the benches (docs/methods.md)")
     return [by_name[name] for name in ordered]
 
 

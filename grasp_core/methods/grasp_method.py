@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Iterator
 from typing import Any
+
+from torch import nn
 
 from grasp_core.config import Config
 from grasp_core.grasp import run_grasp
 from grasp_core.memory import MemoryTracker, peak_of
 from grasp_core.methods.common import MethodContext, MethodOutput, register_method
 from grasp_core.order import alignment_prepass, order_sources, score_sources
+from grasp_core.start import MEAN_NAME, StartChoice, choose_start
 
 
 def merge_order(ctx: MethodContext) -> list[str]:
@@ -35,15 +39,39 @@ def merge_order(ctx: MethodContext) -> list[str]:
 def ingredients(cfg: Config) -> dict[str, str]:
     """What a GRASP-schedule method gets besides its transfer policy: the same for GRASP and transfer_off."""
     tr = cfg.transfer
-    return {"order": tr.order, "guard": "rollback" if tr.rollback else "none",
+    return {"order": tr.order, "start": tr.start, "guard": "rollback" if tr.rollback else "none",
             "bn_recalibrate": str(tr.bn_recalibrate).lower(), "keep_global_best": str(tr.keep_global_best).lower()}
+
+
+def start_choice(ctx: MethodContext, names: list[str]) -> StartChoice:
+    """`transfer.start` over the sources in merge order (grasp_core/start.py); validation only."""
+    loaders, tr = ctx.loaders, ctx.cfg.transfer
+    return choose_start(tr.start, names, ctx.open_source, loaders.val, loaders.num_classes,
+                        loaders.train.split.x, tr.bn_recalibrate)
+
+
+def _stream(ctx: MethodContext, names: list[str], choice: StartChoice) -> Iterator[tuple[str, nn.Module]]:
+    """The start model, then the order's other sources, each opened only when GRASP asks for it."""
+    if choice.model is None:
+        yield from dataclasses.replace(ctx, source_names=tuple(names)).sources()
+        return
+    yield MEAN_NAME, choice.model
+    yield from dataclasses.replace(ctx, source_names=tuple(names[1:])).sources()
+
+
+def _start_detail(choice: StartChoice) -> dict[str, str]:
+    return {"start_chosen": choice.kind, "start_val_first": f"{choice.first_val_accuracy:.4f}",
+            "start_val_mean": f"{choice.mean_val_accuracy:.4f}"}
 
 
 def _run(ctx: MethodContext, tracker: MemoryTracker) -> MethodOutput:
     names = merge_order(ctx)
-    ordered = dataclasses.replace(ctx, source_names=tuple(names))
+    choice = start_choice(ctx, names)
+    tracker.sample()
+    stream = _stream(ctx, names, choice)
+    choice = dataclasses.replace(choice, model=None)  # the stream holds the live mean now, and drops it
     steps, last, best_val, rejected = 0, None, -1.0, []
-    for last in run_grasp(ordered.sources(), ctx.loaders, ctx.cfg, tracker, ctx.on_epoch):
+    for last in run_grasp(stream, ctx.loaders, ctx.cfg, tracker, ctx.on_epoch):
         steps += last.steps
         best_val = max(best_val, last.val_accuracy)
         if last.rejected:
@@ -54,7 +82,8 @@ def _run(ctx: MethodContext, tracker: MemoryTracker) -> MethodOutput:
     assert last is not None and last.target is not None
     val = best_val if ctx.cfg.transfer.keep_global_best else last.val_accuracy  # the restored stage's
     return MethodOutput(last.target, val, steps, {"policy": ctx.cfg.transfer.policy, **ingredients(ctx.cfg),
-                                                  "order": ",".join(names), "rejected": ",".join(rejected)})
+                                                  "order": ",".join(names), "rejected": ",".join(rejected),
+                                                  **_start_detail(choice)})
 
 
 @register_method("grasp")
