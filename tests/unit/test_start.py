@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from grasp_core.baselines import METHODS, MethodContext
 from grasp_core.checkpoints import tensors_sha256
 from grasp_core.config import Config
 from grasp_core.finetune import evaluate
 from grasp_core.grasp import target_loaders
 from grasp_core.memory import MemoryTracker, model_param_bytes, param_shapes_of
+from grasp_core.methods import METHODS, MethodContext
 from grasp_core.start import choose_start, streaming_mean
 from tests.conftest import TinyMLP
 
