@@ -196,8 +196,11 @@ def _run_flow(args: argparse.Namespace) -> int:
     from flows.runtime.interrupts import stop_cleanly_on_signals
     from flows.runtime.lock import RunLock
     from grasp_core.config import load_config
+    from grasp_core.grasp import check_plugins
 
-    load_config(args.params)  # a bad params.yaml is bad input: refused before the lock, a server or any file
+    # a bad params.yaml (or a policy/criterion no registry knows) is bad input: refused before the lock,
+    # a server or any file
+    check_plugins(load_config(args.params))
 
     # The workspace lock first: a refused run starts no Prefect server (two on one SQLite only contend).
     # The flow takes the same lock again (re-entrant in this process; scheduled runs take it there).

@@ -24,7 +24,7 @@ from flows.runtime import execution
 from grasp_core.checkpoints import load_checkpoint, read_header
 from grasp_core.config import Config
 from grasp_core.data import input_shape, list_domains
-from grasp_core.grasp import target_loaders
+from grasp_core.grasp import check_plugins, target_loaders
 from grasp_core.memory import model_param_bytes, param_shapes_of, settle
 from grasp_core.methods import MethodContext, MethodResult, run_method
 
@@ -40,6 +40,7 @@ class RunSummary:
 
 def prepare_sources(cfg: Config, ws: Workspace, progress: Progress) -> tuple[str, list[str], list[str], int]:
     """Materialise data and train the missing base/source models. Returns (target, sources, classes, trained)."""
+    check_plugins(cfg)  # a misspelt policy or criterion fails here, before any data or model is written
     domains, generated = materialise_data(cfg, ws)
     if generated:
         progress.say(f"wrote the embedded benchmark: {len(domains)} domains under {ws.data(cfg)}")

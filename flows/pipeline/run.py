@@ -25,6 +25,7 @@ from flows.runtime.settings import code_commit, route_run_logs
 from flows.stores.validation import prewarmed_gx
 from grasp_core.config import config_hash, flatten, load_config
 from grasp_core.config import replace as replace_config
+from grasp_core.grasp import check_plugins
 from grasp_core.memory import settle
 from grasp_core.names import check_name
 
@@ -95,6 +96,7 @@ def grasp_all_targets_flow(params_path: str, workdir: str = ".", tracking_uri: s
 
     with RunLock(Path(workdir), command="grasp run --all-targets"):
         ws, cfg = Workspace(Path(workdir)), load_config(Path(params_path))
+        check_plugins(cfg)  # a misspelt policy or criterion fails before any data or model is written
         progress = Progress(quiet, verbose, run_log=True)
         with prewarmed_gx(ws.root / VALIDATION_DIR) as gx:
             target, sources, classes = tasks.materialise_task(cfg, ws, progress)
@@ -143,6 +145,7 @@ def _prepare(params_path: str, workdir: str, tracking_uri: str | None, dvc_remot
 
     ws, progress = Workspace(Path(workdir)), Progress(quiet, verbose, run_log=True)
     cfg = load_config(Path(params_path))
+    check_plugins(cfg)  # a misspelt policy or criterion fails before any data or model is written
     if target_override:
         cfg = replace_config(cfg, data__target=target_override)
     # Tool work runs beside the critical path (GX gate -> training -> merge) and is awaited where needed:

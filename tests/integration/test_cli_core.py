@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import writes_nothing
+
 pytestmark = pytest.mark.integration
 
 
@@ -52,6 +54,19 @@ def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, tmp_params, edit, f
     assert fragment in out.stderr and "Traceback" not in out.stderr
     debug = grasp("--debug", "run", "--engine", "core", cwd=tmp_path)
     assert "Traceback" in debug.stderr
+
+
+@pytest.mark.parametrize("engine", ["core", "prefect"])
+@pytest.mark.parametrize("edit, message", [
+    ({"align.criterion": "hessian"}, "'align.criterion' = 'hessian' is unknown; choose one of: direction, gradient"),
+    ({"transfer.policy": "copy_all"}, "'transfer.policy' = 'copy_all' is unknown; choose one of: none, paper, soft"),
+])
+def test_a_plugin_no_registry_knows_is_refused_before_anything_is_written(tmp_path, tmp_params, engine, edit, message):
+    tmp_params(edit)
+    with writes_nothing(tmp_path):
+        out = grasp("run", "--engine", engine, cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == f"grasp: error: {message}", out.stderr
 
 
 def test_broken_layout_is_named(tmp_path, tmp_params):
