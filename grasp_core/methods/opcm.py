@@ -21,7 +21,7 @@ from torch import nn
 
 from grasp_core.memory import MemoryTracker
 from grasp_core.methods.common import MethodContext, register_merge
-from grasp_core.methods.task_arithmetic import TaskVector, task_vectors
+from grasp_core.methods.task_vectors import TaskVector, merge_task_vectors
 
 
 def principal_subspace(matrix: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,6 +70,7 @@ class OrthogonalMerge:
     @torch.no_grad()
     def apply(self, base: nn.Module) -> nn.Module:
         """theta_base + lambda S for matrices, theta_base + mean tau for the rest, in place on `base`."""
+        assert self.count > 0, "OPCM needs at least one source"
         for name, p in base.named_parameters():
             merged = self.merged[name]
             scale = 1.0
@@ -81,13 +82,7 @@ class OrthogonalMerge:
 
 
 @register_merge("opcm", lambda cfg: {"alpha": str(cfg.baselines.opcm_alpha)})
-@torch.no_grad()
 def continual_opcm(ctx: MethodContext, tracker: MemoryTracker) -> nn.Module:
-    base = ctx.open_base()
-    state = OrthogonalMerge(ctx.cfg.baselines.opcm_alpha)
-    for vector in task_vectors(ctx, base, tracker):
-        state.add(vector)
-        del vector
-    assert state.count > 0, "OPCM needs at least one source"
-    return state.apply(base)
+    """Base + OPCM's orthogonally projected, rescaled sum of the task vectors."""
+    return merge_task_vectors(ctx, tracker, OrthogonalMerge(ctx.cfg.baselines.opcm_alpha))
 

@@ -8,43 +8,34 @@ stay the base's, as in FusionBench (it merges `named_parameters()` only).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
 from grasp_core.memory import MemoryTracker
 from grasp_core.methods.common import MethodContext, register_merge
-
-TaskVector = dict[str, torch.Tensor]  # param_name -> theta_source - theta_base
-
-
-@torch.no_grad()
-def task_vectors(ctx: MethodContext, base: nn.Module, tracker: MemoryTracker) -> Iterator[TaskVector]:
-    """Each source's task vector against `base`, one source loaded at a time (dropped before the yield)."""
-    base_params = dict(base.named_parameters())
-    for _, source in ctx.sources():
-        vector = {name: p - base_params[name] for name, p in source.named_parameters()}
-        tracker.sample()
-        del source
-        yield vector
+from grasp_core.methods.task_vectors import TaskVector, add_scaled, merge_task_vectors
 
 
-@torch.no_grad()
-def add_scaled(base: nn.Module, vector: TaskVector, scale: float) -> nn.Module:
-    """theta_base + scale * vector, in place on `base`."""
-    for name, p in base.named_parameters():
-        p.add_(scale * vector[name])
-    return base
+class TaskVectorSum:
+    """The running sum of the task vectors; applied as theta_base + scale * sum."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+        self.total: TaskVector = {}
+
+    @torch.no_grad()
+    def add(self, vector: TaskVector) -> None:
+        for name, value in vector.items():
+            self.total.setdefault(name, torch.zeros_like(value)).add_(value)
+
+    @torch.no_grad()
+    def apply(self, base: nn.Module) -> nn.Module:
+        total = self.total or {name: torch.zeros_like(p) for name, p in base.named_parameters()}  # no source
+        return add_scaled(base, total, self.scale)
 
 
 @register_merge("task_arithmetic", lambda cfg: {"scale": str(cfg.baselines.task_arithmetic_scale)})
-@torch.no_grad()
 def continual_task_arithmetic(ctx: MethodContext, tracker: MemoryTracker) -> nn.Module:
-    base = ctx.open_base()
-    total: TaskVector = {name: torch.zeros_like(p) for name, p in base.named_parameters()}
-    for vector in task_vectors(ctx, base, tracker):
-        for name, value in vector.items():
-            total[name].add_(value)
-    return add_scaled(base, total, ctx.cfg.baselines.task_arithmetic_scale)
+    """Base + scale x the sum of the task vectors (FusionBench's continual task arithmetic)."""
+    return merge_task_vectors(ctx, tracker, TaskVectorSum(ctx.cfg.baselines.task_arithmetic_scale))
 

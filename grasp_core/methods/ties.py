@@ -21,7 +21,7 @@ from torch import nn
 
 from grasp_core.memory import MemoryTracker
 from grasp_core.methods.common import MethodContext, register_merge
-from grasp_core.methods.task_arithmetic import add_scaled, task_vectors
+from grasp_core.methods.task_vectors import TaskVector, add_scaled, merge_task_vectors
 
 
 def trim_top(vectors: torch.Tensor, keep_frac: float) -> torch.Tensor:
@@ -43,23 +43,33 @@ def ties_merge(vectors: torch.Tensor, keep_frac: float) -> torch.Tensor:
     return (trimmed * agree).sum(dim=0)
 
 
+class ContinualTies:
+    """FusionBench's two-vector TIES recursion over the flattened merged task vector M."""
+
+    def __init__(self, scale: float, keep_frac: float) -> None:
+        self.scale, self.keep_frac = scale, keep_frac
+        self.merged: torch.Tensor | None = None  # (d,) flattened M, in named_parameters() order
+
+    @torch.no_grad()
+    def add(self, vector: TaskVector) -> None:
+        flat = torch.cat([value.flatten() for value in vector.values()])  # the source's named_parameters() order
+        if self.merged is None:
+            self.merged = self.scale * flat
+        else:
+            self.merged = self.merged + self.scale * ties_merge(torch.stack([self.merged, flat]), self.keep_frac)
+
+    @torch.no_grad()
+    def apply(self, base: nn.Module) -> nn.Module:
+        assert self.merged is not None, "TIES needs at least one source"
+        return add_scaled(base, unflatten(self.merged, base), 1.0)
+
+
 @register_merge("ties", lambda cfg: {"scale": str(cfg.baselines.ties_scale),
                                    "keep_frac": str(cfg.baselines.ties_keep_frac)})
-@torch.no_grad()
 def continual_ties(ctx: MethodContext, tracker: MemoryTracker) -> nn.Module:
-    base = ctx.open_base()
+    """Base + M, M folded by FusionBench's continual TIES recursion."""
     b = ctx.cfg.baselines
-    names = [name for name, _ in base.named_parameters()]
-    merged: torch.Tensor | None = None  # (d,) flattened M
-    for vector in task_vectors(ctx, base, tracker):
-        flat = torch.cat([vector[name].flatten() for name in names])
-        del vector
-        if merged is None:
-            merged = b.ties_scale * flat
-        else:
-            merged = merged + b.ties_scale * ties_merge(torch.stack([merged, flat]), b.ties_keep_frac)
-    assert merged is not None, "TIES needs at least one source"
-    return add_scaled(base, unflatten(merged, base), 1.0)
+    return merge_task_vectors(ctx, tracker, ContinualTies(b.ties_scale, b.ties_keep_frac))
 
 
 def unflatten(flat: torch.Tensor, like: nn.Module) -> dict[str, torch.Tensor]:
