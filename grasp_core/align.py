@@ -44,21 +44,6 @@ def get_alignment(name: str) -> Alignment:
     return lookup(ALIGNMENTS, name, "align.criterion")
 
 
-def alignment_scores(target: nn.Module, source: nn.Module, batches: list[Batch],
-                     eval_mode: bool = False) -> dict[str, float]:
-    """Cosine between the source's and the target's flattened gradients, per parameter tensor.
-
-    As in the official code: the source runs in eval mode (its BatchNorm statistics, no dropout), the
-    target in train mode (batch statistics; this also updates its BN running statistics), unless
-    `eval_mode` (see `align.eval_mode`). A tensor without a gradient in either model scores 0.
-    Gradients are freed before returning, so at most two models and their two gradients are alive here.
-
-    Returns:
-        param_name (as `named_parameters()` gives it) -> cosine in [-1, 1].
-    """
-    return gradient_alignment(target, source, batches, eval_mode=eval_mode)[0]
-
-
 def _cosines(a: torch.Tensor, b: torch.Tensor, per_row: bool) -> tuple[float, Score]:
     """cos(a, b) over the whole tensor and, with `per_row` and >= 2 dims, per output row `a[i]`."""
     whole = float(torch.dot(a.flatten(), b.flatten()) / (a.norm() * b.norm() + EPS))
@@ -71,13 +56,19 @@ def _cosines(a: torch.Tensor, b: torch.Tensor, per_row: bool) -> tuple[float, Sc
 @register_alignment("gradient")
 def gradient_alignment(target: nn.Module, source: nn.Module, batches: list[Batch], *, eval_mode: bool = False,
                        per_row: bool = False) -> tuple[dict[str, float], dict[str, Score]]:
-    """Per-tensor cosines (as `alignment_scores`) and, with `per_row`, per-output-row cosines.
+    """`align.criterion: gradient` (the paper's): cosine between the source's and the target's flattened
+    gradients, per parameter tensor and, with `per_row`, per output row.
 
+    As in the official code: the source runs in eval mode (its BatchNorm statistics, no dropout), the
+    target in train mode (batch statistics; this also updates its BN running statistics), unless
+    `eval_mode` (see `align.eval_mode`). A tensor without a gradient in either model scores 0.
+    Gradients are freed before returning, so at most two models and their two gradients are alive here.
     A row is `g[i]` of a gradient with >= 2 dims (a conv filter, a linear row); a 1-D tensor (bias,
     BatchNorm affine) keeps its whole-tensor cosine, because the cosine of one scalar is only its sign.
 
     Returns:
-        (param_name -> cosine, param_name -> cosine or (rows,) cosines); the second is empty without `per_row`.
+        (param_name (as `named_parameters()` gives it) -> cosine in [-1, 1], param_name -> cosine or (rows,)
+        cosines); the second is empty without `per_row`.
     """
     accumulate_gradients(source, batches, train_mode=False)
     accumulate_gradients(target, batches, train_mode=not eval_mode)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grasp_core.align import alignment_scores
+from grasp_core.align import gradient_alignment
 from grasp_core.config import TransferConfig
 from grasp_core.errors import ConfigError
 from grasp_core.transfer import POLICIES, get_policy
@@ -41,7 +41,7 @@ def test_alignment_equals_hand_computed_cosine():
         g_t, g_s = _hand_grads(target, x, y), _hand_grads(source, x, y)
     expected = {n: float(torch.dot(g_t[n].flatten(), g_s[n].flatten()) / (g_t[n].norm() * g_s[n].norm() + 1e-8))
                 for n in g_t}
-    scores = alignment_scores(target, source, batches)
+    scores = gradient_alignment(target, source, batches)[0]
     assert scores.keys() == expected.keys()
     for name in expected:
         assert scores[name] == pytest.approx(expected[name], abs=1e-5), name
@@ -52,7 +52,7 @@ def test_alignment_equals_hand_computed_cosine():
 def test_identical_models_align_to_one():
     torch.manual_seed(1)
     target = TinyMLP()
-    scores = alignment_scores(target, copy.deepcopy(target), _batch())
+    scores = gradient_alignment(target, copy.deepcopy(target), _batch())[0]
     assert all(s == pytest.approx(1.0, abs=1e-5) for s in scores.values())
 
 
@@ -67,7 +67,7 @@ def test_anti_aligned_source_transfers_nothing():
             m.fc2.weight.zero_()
             m.fc2.bias.zero_()
         source.fc2.weight.copy_(torch.full_like(source.fc2.weight, 0.0))
-    scores = alignment_scores(target, source, _batch())
+    scores = gradient_alignment(target, source, _batch())[0]
     assert scores["fc2.weight"] == pytest.approx(-1.0, abs=1e-5)
     assert all(s <= 0.0 for s in scores.values())
     before = copy.deepcopy(target.state_dict())
