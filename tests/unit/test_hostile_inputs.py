@@ -73,6 +73,7 @@ def test_a_hostile_name_is_refused_and_no_path_is_built_from_it(name, tmp_path):
 def test_plain_names_stay_inside_their_folder(name, tmp_path):
     path = path_inside(tmp_path, name, "domain", "stage00-", ".safetensors")
     assert path.parent == tmp_path and path.name == f"stage00-{name}.safetensors"
+    assert _tree(tmp_path) == {}, "checking a name creates nothing"
 
 
 @pytest.mark.parametrize("domain", ["../../escaped", "/tmp/abs", "a/../../b", ".."])
@@ -136,7 +137,8 @@ def test_the_integrity_hash_covers_the_metadata(field, good, ws, tmp_path):
 def test_forged_base_and_origin_become_claims_not_lineage(ws, good):
     _forge(good, ws.source("2019"), base_sha256="f" * 64, origin="added")
     saved = ws.source("2019")
-    tags = lineage_tags(ws, "2019", file_sha256(saved), read_header(saved))
+    with writes_nothing(ws.root):  # a claim is not written into the ledger that vouches for files
+        tags = lineage_tags(ws, "2019", file_sha256(saved), read_header(saved))
     assert tags["base_sha256"] == "" and tags["claimed_base_sha256"] == "f" * 64
     assert tags["source_origin"] == "unverified" and tags["claimed_origin"] == "added"
 
@@ -258,7 +260,8 @@ def test_a_truncated_generator_marker_means_the_data_is_regenerated(tmp_path):
     ws = Workspace(tmp_path)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / GENERATOR_MARKER).write_text('{"gener')
-    assert not data_is_current(Config(), ws)
+    with writes_nothing(tmp_path):  # detected here; rebuilt by the run that regenerates the data
+        assert not data_is_current(Config(), ws)
 
 
 @pytest.mark.parametrize("text", ["transfer:\n  treshold: 0.3\n", "data: [unclosed", "finetune:\n  epochs: -1\n",
