@@ -260,3 +260,41 @@ def test_two_concurrent_promotes_each_end_with_a_recorded_decision(run, worse):
 
         Tracker(ws, tracking_uri=uri).set_alias(summary.model_name, "champion", original)
         params.unlink()
+
+
+@pytest.mark.faults
+def test_a_refused_promote_exits_3_records_the_decision_and_moves_no_alias(run, worse, capsys):
+    """Exit 3 (docs/operations.md): the gate refused; the decision is recorded, nothing else is written."""
+    import mlflow
+
+    from flows.cli import main
+    from flows.stores.tracking import Tracker
+
+    ws, uri, summary = run
+    aliases = _aliases(uri, summary.model_name)
+    versions = [v["version"] for v in Tracker(ws, tracking_uri=uri).versions(summary.model_name)]
+    tags = mlflow.MlflowClient(uri).get_model_version(summary.model_name, worse).tags
+    decisions = len(json.loads(tags.get("promotion_history", "[]")))  # earlier tests may have decided on it
+    code = main(["promote", worse, "--workdir", str(ws), "--tracking-uri", uri, "--lock-wait", "600"])
+    out = capsys.readouterr().out
+    assert code == 3, out
+    assert f"refused: candidate v{worse}" in out
+    assert _aliases(uri, summary.model_name) == aliases, "a refused promotion moved an alias"
+    assert [v["version"] for v in Tracker(ws, tracking_uri=uri).versions(summary.model_name)] == versions
+    history = _history(uri, summary.model_name, worse)
+    assert len(history) == decisions + 1 and history[-1]["action"] == "refused"
+    assert not (ws / ".grasp" / "run.lock").exists()
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("model", ["../../escaped", "/tmp/abs", "grasp-2022/../x"])
+def test_a_hostile_model_name_is_refused_and_no_report_is_written(run, model, capsys):
+    """`--model` becomes part of report paths (`reports/lineage-<model>.png`): refused as one line, exit 2."""
+    from flows.cli import main
+    from tests.conftest import writes_nothing
+
+    ws, uri, _ = run
+    with writes_nothing(ws.parent):  # nothing inside the workspace, nothing beside it
+        code = main(["lineage", "--model", model, "--workdir", str(ws), "--tracking-uri", uri])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("grasp: error: --model: ") and err.count("\n") == 1, err
