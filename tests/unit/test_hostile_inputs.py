@@ -279,3 +279,25 @@ def test_a_bad_params_yaml_stops_grasp_run_before_any_file_is_written(text, tmp_
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(f"grasp: error: {params}: ") and err.count("\n") == 1, err
     assert _tree(tmp_path) == before, "a refused run wrote a file"
+
+
+@pytest.mark.parametrize("folder", ["a b", "-flag", "~root", "$HOME", "ünïcode", "a..b"])
+def test_a_hostile_domain_folder_is_refused_naming_it(folder, tmp_path):
+    """A data folder's name becomes part of checkpoint, model and report paths: refused when listed."""
+    from grasp_core.data import list_domains
+
+    (tmp_path / "data" / "2020").mkdir(parents=True)
+    (tmp_path / "data" / folder).mkdir()
+    with writes_nothing(tmp_path), pytest.raises(UnsafeNameError, match="domain folder"):
+        list_domains(tmp_path / "data")
+
+
+def test_an_escaping_name_in_the_domain_order_file_is_refused(tmp_path):
+    from grasp_core.data import list_domains
+    from grasp_core.data.layout import DOMAIN_ORDER_FILE
+
+    (tmp_path / "data" / "2020").mkdir(parents=True)
+    (tmp_path / "data" / DOMAIN_ORDER_FILE).write_text("../../escaped\n2020\n")
+    with writes_nothing(tmp_path), pytest.raises(UnsafeNameError, match=f"{DOMAIN_ORDER_FILE}: domain"):
+        list_domains(tmp_path / "data")
+    assert not (tmp_path / "escaped").exists()
