@@ -15,6 +15,7 @@ from pathlib import Path
 
 from flows.ops.commands import EXIT_MISMATCH, EXIT_REFUSED
 from flows.runtime.options import (
+    RunOptions,
     dvc_args,
     json_file_args,
     lock_args,
@@ -170,9 +171,11 @@ def cmd_add_source(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.runtime import execution
-    execution.apply(args.device, args.amp, args.threads)
+
+    opts = RunOptions.from_args(args)  # once: everything below reads where/how from it
+    execution.apply(opts.device, opts.amp, opts.threads)
     if args.engine == "prefect":
-        return _run_flow(args)
+        return _run_flow(args, opts)
     execution.check()
     from flows.pipeline.core_run import core_run
     from flows.pipeline.workspace import Workspace
@@ -180,9 +183,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.reports.tables import format_table, result_row, write_json
     from grasp_core.config import load_config
 
-    cfg = load_config(args.params)
+    cfg = load_config(opts.params)
     methods = args.methods.split(",") if args.methods else None
-    summary = core_run(cfg, Workspace(args.workdir), Progress(args.quiet, args.verbose), methods)
+    summary = core_run(cfg, Workspace(opts.workdir), Progress(opts.quiet, opts.verbose), methods)
     rows = [result_row(r, summary.target) for r in summary.results]
     print(f"target {summary.target} | sources {', '.join(summary.sources)} | wall {summary.wall_s:.1f}s")
     print(format_table(rows))
@@ -192,7 +195,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_flow(args: argparse.Namespace) -> int:
+def _run_flow(args: argparse.Namespace, opts: RunOptions) -> int:
     from flows.runtime.interrupts import stop_cleanly_on_signals
     from flows.runtime.lock import RunLock
     from grasp_core.config import load_config
@@ -200,38 +203,38 @@ def _run_flow(args: argparse.Namespace) -> int:
 
     # a bad params.yaml (or a policy/criterion no registry knows) is bad input: refused before the lock,
     # a server or any file
-    check_plugins(load_config(args.params))
+    check_plugins(load_config(opts.params))
 
     # The workspace lock first: a refused run starts no Prefect server (two on one SQLite only contend).
     # The flow takes the same lock again (re-entrant in this process; scheduled runs take it there).
     # SIGTERM/SIGINT unwind through the lock (released) before the children are stopped.
     command = "grasp run" + (" --all-targets" if args.all_targets else "")
-    with stop_cleanly_on_signals(command), RunLock(args.workdir, wait_s=args.lock_wait, command=command):
-        return _run_flow_locked(args)
+    with stop_cleanly_on_signals(command), RunLock(opts.workdir, wait_s=args.lock_wait, command=command):
+        return _run_flow_locked(args, opts)
 
 
-def _run_flow_locked(args: argparse.Namespace) -> int:
+def _run_flow_locked(args: argparse.Namespace, opts: RunOptions) -> int:
     from flows.runtime.settings import apply_defaults
 
-    apply_defaults(args.workdir, args.verbose)
+    apply_defaults(opts.workdir, opts.verbose)
     from flows.runtime.runners import parse_runner
 
-    spec = parse_runner(args.runner)  # a bad --runner fails before any work
+    spec = parse_runner(opts.runner)  # a bad --runner fails before any work
     from flows.ops.scheduling import check_prefect_db, workspace_api
 
     # before prefect is imported: the workspace's running server (grasp serve's), one for Dask workers, or none
     # (Prefect's ephemeral mode, on the workspace's database: a corrupt one is one line, not a server traceback)
-    server = workspace_api(args.workdir, start=spec.kind == "dask")
+    server = workspace_api(opts.workdir, start=spec.kind == "dask")
     if server is None:
         check_prefect_db()
     try:
-        return _run_flow_on_api(args)
+        return _run_flow_on_api(args, opts)
     finally:
         if server is not None:
             server.stop()  # only a server this run started
 
 
-def _run_flow_on_api(args: argparse.Namespace) -> int:
+def _run_flow_on_api(args: argparse.Namespace, opts: RunOptions) -> int:
     from flows.runtime import execution
     from flows.runtime.settings import prefect_api_in_background
 
@@ -252,10 +255,8 @@ def _run_flow_on_api(args: argparse.Namespace) -> int:
     api_ready()
 
     if args.all_targets:
-        return _run_all_targets(args)
-    summary = run_pipeline(args.params, args.workdir, baselines=args.baselines, tracking_uri=args.tracking_uri,
-                           dvc_remote=args.dvc_remote, full=args.full, auto_promote=args.auto_promote, quiet=args.quiet,
-                           verbose=args.verbose, runner=args.runner)
+        return _run_all_targets(args, opts)
+    summary = run_pipeline(opts, baselines=args.baselines, auto_promote=args.auto_promote)
     if not summary.versions and summary.resumed:
         print(f"resumed: v{summary.parent_version} of {summary.model_name} already held every stage of the "
               f"interrupted run; aliases {', '.join(summary.aliases)} -> v{summary.parent_version}")
@@ -324,16 +325,14 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_all_targets(args: argparse.Namespace) -> int:
+def _run_all_targets(args: argparse.Namespace, opts: RunOptions) -> int:
     from flows.pipeline.run import all_targets_rows, run_all_targets
     from flows.reports.tables import format_rows, write_json
 
     if args.auto_promote:
         raise GraspError("--all-targets: --auto-promote is not supported; promote each grasp-<domain> model "
                          "with `grasp promote --model grasp-<domain>`")
-    summaries = run_all_targets(args.params, args.workdir, baselines=args.baselines, tracking_uri=args.tracking_uri,
-                                dvc_remote=args.dvc_remote, full=args.full, quiet=args.quiet, verbose=args.verbose,
-                                runner=args.runner)
+    summaries = run_all_targets(opts, baselines=args.baselines)
     rows = all_targets_rows(summaries)
     print(f"leave-one-domain-out: {len(summaries)} targets, models "
           f"{', '.join(s.model_name for s in summaries)}")

@@ -21,6 +21,7 @@ from flows.pipeline.source_ledger import lineage_tags
 from flows.pipeline.stage import StepArtifact
 from flows.pipeline.workspace import Workspace
 from flows.reports.progress import Progress, link_mlflow_run
+from flows.runtime.options import RunOptions
 from flows.runtime.settings import code_commit, route_run_logs
 from flows.stores.validation import prewarmed_gx
 from grasp_core.config import config_hash, flatten, load_config
@@ -408,28 +409,18 @@ def _lineage_start(tracker, summary: FlowSummary) -> str:  # type: ignore[no-unt
     return by_version.get(summary.parent_version, {}).get("incremental_from", "")
 
 
-def run_pipeline(params: Path, workdir: Path, baselines: bool = False, tracking_uri: str | None = None,
-                 dvc_remote: str | None = None, full: bool = False, auto_promote: bool = False,
-                 quiet: bool = False, verbose: bool = False, runner: str | None = None) -> FlowSummary:
-    """Run the flow (on Prefect's ephemeral API unless PREFECT_API_URL is set). `runner`: see flows/runtime/runners.py
-    (default: $GRASP_RUNNER, else local threads)."""
-    import os
-
-    return grasp_run_flow(params_path=str(params), workdir=str(workdir), tracking_uri=tracking_uri,
-                          dvc_remote=dvc_remote, baselines=baselines, full=full,
-                          auto_promote=auto_promote, quiet=quiet, verbose=verbose,
-                          runner=runner or os.environ.get("GRASP_RUNNER", "") or "local")
+def run_pipeline(opts: RunOptions, baselines: bool = False, auto_promote: bool = False) -> FlowSummary:
+    """Run the flow (on Prefect's ephemeral API unless PREFECT_API_URL is set) where and how `opts` say."""
+    return grasp_run_flow(params_path=str(opts.params), workdir=str(opts.workdir), tracking_uri=opts.tracking_uri,
+                          dvc_remote=opts.dvc_remote, baselines=baselines, full=opts.full,
+                          auto_promote=auto_promote, quiet=opts.quiet, verbose=opts.verbose, runner=opts.runner)
 
 
-def run_all_targets(params: Path, workdir: Path, baselines: bool = False, tracking_uri: str | None = None,
-                    dvc_remote: str | None = None, full: bool = False, quiet: bool = False, verbose: bool = False,
-                    runner: str | None = None) -> list[FlowSummary]:
+def run_all_targets(opts: RunOptions, baselines: bool = False) -> list[FlowSummary]:
     """`grasp run --all-targets`: the leave-one-domain-out sweep (see grasp_all_targets_flow)."""
-    import os
-
-    return grasp_all_targets_flow(params_path=str(params), workdir=str(workdir), tracking_uri=tracking_uri,
-                                  dvc_remote=dvc_remote, baselines=baselines, full=full, quiet=quiet,
-                                  verbose=verbose, runner=runner or os.environ.get("GRASP_RUNNER", "") or "local")
+    return grasp_all_targets_flow(params_path=str(opts.params), workdir=str(opts.workdir),
+                                  tracking_uri=opts.tracking_uri, dvc_remote=opts.dvc_remote, baselines=baselines,
+                                  full=opts.full, quiet=opts.quiet, verbose=opts.verbose, runner=opts.runner)
 
 
 def all_targets_rows(summaries: list[FlowSummary]) -> list[dict]:

@@ -5,10 +5,40 @@ shares, declared once as argparse parent parsers (`grasp run --help` and `grasp 
 from __future__ import annotations
 
 import argparse
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db)"
 DVC_HELP = "DVC remote URL or folder (default: $GRASP_DVC_REMOTE, else <workdir>/.dvc-remote)"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how one `grasp` command runs (never what: that is params.yaml). Built once, by the CLI from its
+    flags (and the user's GRASP_* defaults, read there and only there), then passed down unchanged."""
+
+    workdir: Path = Path(".")
+    params: Path = Path("params.yaml")
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db
+    dvc_remote: str | None = None  # None: $GRASP_DVC_REMOTE, else <workdir>/.dvc-remote
+    runner: str = "local"  # local | dask | dask=tcp://HOST:PORT (flows/runtime/runners.py)
+    device: str | None = None  # auto | cpu | cuda | mps; None: $GRASP_DEVICE, else auto
+    amp: bool = False
+    threads: int | None = None
+    quiet: bool = False
+    verbose: bool = False
+    full: bool = False  # merge every source from scratch instead of starting from the champion
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunOptions:
+        """The options of parsed `args`; a flag a command does not take keeps its default."""
+        a = vars(args)
+        return cls(workdir=a.get("workdir") or Path("."), params=a.get("params") or Path("params.yaml"),
+                   tracking_uri=a.get("tracking_uri"), dvc_remote=a.get("dvc_remote"),
+                   runner=a.get("runner") or os.environ.get("GRASP_RUNNER", "") or "local",
+                   device=a.get("device"), amp=bool(a.get("amp")), threads=a.get("threads"),
+                   quiet=bool(a.get("quiet")), verbose=bool(a.get("verbose")), full=bool(a.get("full")))
 
 
 def positive_int(text: str) -> int:

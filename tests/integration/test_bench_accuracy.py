@@ -106,13 +106,14 @@ def test_matrix_of_a_pipeline_lineage(tmp_path, prefect_harness):
 
     from flows.pipeline.run import run_pipeline
     from flows.reports.accuracy_matrix import matrix_for_lineage
+    from flows.runtime.options import RunOptions
     from flows.stores.registry import lineage
     from tests.conftest import TINY_PARAMS
 
     # merged oldest first (`transfer.order: given`), so BwT and FwT below read in time order
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**TINY_PARAMS, "transfer": {"order": "given"}}))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    summary = run_pipeline(tmp_path / "params.yaml", tmp_path, tracking_uri=uri, quiet=True)
+    summary = run_pipeline(RunOptions(tmp_path, tmp_path / "params.yaml", tracking_uri=uri, quiet=True))
     result = matrix_for_lineage(tmp_path, uri)
     rows, domains, target = result["rows"], result["domains"], result["target"]
     assert (len(rows), len(domains)) == (len(summary.versions), 3) and target == "2022"

@@ -38,12 +38,13 @@ print(json.dumps({{"shape": list(logits.shape), "grasp_core": sys.modules["grasp
 def run(tmp_path_factory, prefect_harness):
     """(workspace, tracking URI, model name) of one tiny run whose last version is champion."""
     from flows.pipeline.run import run_pipeline
+    from flows.runtime.options import RunOptions
     from tests.conftest import TINY_PARAMS
 
     ws = tmp_path_factory.mktemp("deploy")
     (ws / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
     uri = f"sqlite:///{ws}/mlflow.db"
-    summary = run_pipeline(ws / "params.yaml", ws, tracking_uri=uri, quiet=True)
+    summary = run_pipeline(RunOptions(ws, ws / "params.yaml", tracking_uri=uri, quiet=True))
     return ws, uri, summary.model_name
 
 

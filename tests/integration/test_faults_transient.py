@@ -28,12 +28,13 @@ FAST = {"retry_delay_seconds": [0.2] * len(RETRY_DELAYS_S)}  # same retries and 
 def done(tmp_path_factory, prefect_harness):
     """A workspace after one pipeline run: tracker, summary."""
     from flows.pipeline.run import run_pipeline
+    from flows.runtime.options import RunOptions
     from flows.stores.tracking import Tracker
     from tests.conftest import TINY_PARAMS
 
     ws = tmp_path_factory.mktemp("transient")
     (ws / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
-    summary = run_pipeline(ws / "params.yaml", ws, tracking_uri=f"sqlite:///{ws}/mlflow.db", quiet=True)
+    summary = run_pipeline(RunOptions(ws, ws / "params.yaml", tracking_uri=f"sqlite:///{ws}/mlflow.db", quiet=True))
     return ws, Tracker(ws, tracking_uri=f"sqlite:///{ws}/mlflow.db"), summary
 
 

@@ -17,12 +17,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def run(tmp_path_factory, prefect_harness):
     """(workspace, tracking URI, flow summary) of one tiny run: 2 sources -> versions 1 and 2."""
     from flows.pipeline.run import run_pipeline
+    from flows.runtime.options import RunOptions
     from tests.conftest import TINY_PARAMS
 
     ws = tmp_path_factory.mktemp("ops")
     (ws / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
     uri = f"sqlite:///{ws}/mlflow.db"
-    return ws, uri, run_pipeline(ws / "params.yaml", ws, tracking_uri=uri, quiet=True)
+    return ws, uri, run_pipeline(RunOptions(ws, ws / "params.yaml", tracking_uri=uri, quiet=True))
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,10 @@ STEP_TAGS = {"parent_version", "source_domain", "source_sha256", "source_dvc_md5
 
 def _run(ws: Path, **kwargs):
     from flows.pipeline.run import run_pipeline
+    from flows.runtime.options import RunOptions
 
-    return run_pipeline(ws / "params.yaml", ws, tracking_uri=f"sqlite:///{ws}/mlflow.db", quiet=True, **kwargs)
+    uri = f"sqlite:///{ws}/mlflow.db"
+    return run_pipeline(RunOptions(ws, ws / "params.yaml", tracking_uri=uri, quiet=True, **kwargs))
 
 
 @pytest.fixture(scope="module")
