@@ -23,18 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flows.bench.accuracy import (
-    Row,
-    _ordered,
-    accuracies,
     accuracy_plot,
     add_source_order,
     bench_target,
     check_choices,
-    markdown_table,
     parse_list,
     prepare_seed,
     seed_workspace,
-    summary_table,
     write_csv,
 )
 from flows.bench.protocol import (
@@ -44,6 +39,7 @@ from flows.bench.protocol import (
     confirmation_section,
     selection_section,
 )
+from flows.bench.summaries import Row, accuracies, markdown_table, ordered, summary_table
 from grasp_core.errors import GraspError
 
 if TYPE_CHECKING:
@@ -130,12 +126,12 @@ def run_ablation(params: Path, workdir: Path, seeds: list[int], targets: list[st
 
 def losses_of(rows: list[Row], method: str = "default") -> list[str]:
     """Plain statements of every (target, competitor) where `method`'s mean accuracy is not the higher."""
-    if method not in _ordered(rows, "method"):
+    if method not in ordered(rows, "method"):
         return []
     lines = []
-    for target in [*_ordered(rows, "target"), None]:
+    for target in [*ordered(rows, "target"), None]:
         ours = statistics.fmean(accuracies(rows, method, target).values())
-        for other in _ordered(rows, "method"):
+        for other in ordered(rows, "method"):
             if other == method or not (other == "paper" or other.startswith("off:") or other in CONTROL_NAMES):
                 continue  # other GRASP variants are the ablation, not competitors
             theirs = statistics.fmean(accuracies(rows, other, target).values())
@@ -160,12 +156,12 @@ def format_markdown(rows: list[Row], overrides: dict[str, str], protocol: Protoc
                     wall_s: float | None = None) -> str:
     """The command, the confirmation table (test), the selection table (val), paired differences and where the
     choice loses."""
-    seeds = _ordered(rows, "seed")
+    seeds = ordered(rows, "seed")
     steps = sorted({r["target_steps"] for r in rows if r["target_steps"]})
-    compared = [m for m in dict.fromkeys([protocol.chosen, "default"]) if m in _ordered(rows, "method")]
+    compared = [m for m in dict.fromkeys([protocol.chosen, "default"]) if m in ordered(rows, "method")]
     out = [*([f"Command: `{protocol.command}`", ""] if protocol.command else []),
            f"Test accuracy (%) on the confirmation seeds ({', '.join(map(str, seeds))}), mean ± std, target(s) "
-           f"{', '.join(map(str, _ordered(rows, 'target')))}; every training run spends the same target budget "
+           f"{', '.join(map(str, ordered(rows, 'target')))}; every training run spends the same target budget "
            f"({'/'.join(map(str, steps))} optimizer "
            f"steps). `mean`: per seed over targets, then mean ± std over seeds. `{protocol.chosen}` was chosen on "
            "validation accuracy over the selection seeds below.", "",
@@ -173,7 +169,7 @@ def format_markdown(rows: list[Row], overrides: dict[str, str], protocol: Protoc
            "Variants: GRASP with the paper's settings plus the listed options (`off:` = transfer switched off); "
            "`default` = params.yaml: " + ", ".join(f"{k}={v}" for k, v in overrides.items()), "",
            *selection_section(protocol.select_rows, protocol.candidates, protocol.chosen), "",
-           *confirmation_section(rows, compared, _ordered(rows, "method"))]
+           *confirmation_section(rows, compared, ordered(rows, "method"))]
     for method in compared:
         losses = losses_of(rows, method)
         out += ["", f"Where `{method}` does not win on the confirmation seeds (its mean test ≤ the other's):", "",

@@ -16,12 +16,20 @@ import argparse
 import csv
 import dataclasses
 import math
-import statistics
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flows.bench.summaries import (
+    Row,
+    accuracies,
+    markdown_table,
+    mean_std,
+    ordered,
+    paired_differences,
+    summary_table,
+)
 from grasp_core.errors import GraspError
 
 if TYPE_CHECKING:
@@ -33,7 +41,6 @@ DEFAULT_METHODS = ("grasp", "transfer_off", "target_only", "best_single", "fusio
                    "task_arithmetic", "ties", "opcm", "ensemble")
 ROW_KEYS = ("method", "target", "seed", "test_accuracy", "val_accuracy", "target_steps", "peak_models_alive",
             "peak_rss_mb", "wall_s", "source_order")
-Row = dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -179,80 +186,23 @@ def run_accuracy_bench(params: Path, workdir: Path, seeds: list[int], targets: l
         torch.set_num_threads(previous)
 
 
-# ---------------------------------------------------------------------------------------------- summaries
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """(mean, sample standard deviation); the deviation is 0.0 for fewer than two values, NaN for none."""
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def format_mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 1, signed: bool = False) -> str:
-    """`"65.1 ± 1.2"` (accuracies as percent by default); `signed` writes a leading + on gains; "-" if empty."""
-    if not values:
-        return "-"
-    mean, std = mean_std(values)
-    return f"{mean * scale:{'+' if signed else ''}.{digits}f} ± {std * scale:.{digits}f}"
-
-
-def _ordered(rows: list[Row], key: str) -> list[Any]:
-    return list(dict.fromkeys(r[key] for r in rows))
-
-
-def accuracies(rows: list[Row], method: str, target: str | None = None, key: str = "test_accuracy") -> dict[int, float]:
-    """seed -> `key` (test accuracy) of `method` on `target`; with target None, seed -> its mean over targets."""
-    if target is not None:
-        return {r["seed"]: r[key] for r in rows if r["method"] == method and r["target"] == target}
-    per_seed: dict[int, list[float]] = {}
-    for r in rows:
-        if r["method"] == method:
-            per_seed.setdefault(r["seed"], []).append(r[key])
-    return {seed: statistics.fmean(values) for seed, values in per_seed.items()}
-
-
-def paired_differences(rows: list[Row], method: str, control: str, target: str | None = None) -> list[float]:
-    """`method` minus `control`, seed by seed (only seeds both ran), on `target` or on the mean over targets."""
-    ours, theirs = accuracies(rows, method, target), accuracies(rows, control, target)
-    return [ours[s] - theirs[s] for s in sorted(ours) if s in theirs]
-
-
-def summary_table(rows: list[Row], key: str = "test_accuracy") -> list[dict[str, str]]:
-    """One row per method: `mean ± std` over seeds per target, and `mean` (per seed over targets, then seeds)."""
-    targets = _ordered(rows, "target")
-    table = []
-    for method in _ordered(rows, "method"):
-        cells = {t: format_mean_std(list(accuracies(rows, method, t, key).values())) for t in targets}
-        table.append({"method": method, **cells,
-                      "mean": format_mean_std(list(accuracies(rows, method, key=key).values()))})
-    return table
-
-
-def markdown_table(table: list[dict[str, str]]) -> str:
-    """A GitHub markdown table of `summary_table` rows."""
-    columns = list(table[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|"]
-    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in table]
-    return "\n".join(lines)
-
-
 def format_markdown(rows: list[Row], wall_s: float | None = None, select_rows: list[Row] | None = None,
                     chosen: str = "", command: str = "") -> str:
     """The report: the command that ran it, the accuracy table; the selection (when `select_rows` chose `chosen`
     on validation); `chosen` and GRASP minus each control, paired by seed (flows/bench/protocol.py)."""
     from flows.bench.protocol import confirmation_section, selection_section
 
-    seeds = _ordered(rows, "seed")
+    seeds = ordered(rows, "seed")
     head = [*([f"Command: `{command}`", ""] if command else []),
             f"Test accuracy (%), mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); every "
             "training method has GRASP's target budget (steps below). `mean`: per seed over targets, then "
             "mean ± std over seeds."]
-    steps = {m: sorted({r["target_steps"] for r in rows if r["method"] == m}) for m in _ordered(rows, "method")}
+    steps = {m: sorted({r["target_steps"] for r in rows if r["method"] == m}) for m in ordered(rows, "method")}
     body = ["", markdown_table(summary_table(rows)), "",
             "Target optimizer steps per run: " + ", ".join(f"{m} {'/'.join(map(str, s))}" for m, s in steps.items())]
-    methods = _ordered(rows, "method")
+    methods = ordered(rows, "method")
     if select_rows:
-        body += ["", *selection_section(select_rows, _ordered(select_rows, "method"), chosen)]
+        body += ["", *selection_section(select_rows, ordered(select_rows, "method"), chosen)]
     if compared := [m for m in dict.fromkeys([chosen, "grasp"]) if m in methods]:
         body += ["", *confirmation_section(rows, compared, methods)]
     if wall_s is not None:
@@ -276,7 +226,7 @@ def accuracy_plot(rows: list[Row], path: Path) -> Path:
     """Grouped bars: targets (and the mean) on x, one bar per method, std over seeds as error bars."""
     from matplotlib.figure import Figure  # a bare Figure renders with Agg: no pyplot, no global backend
 
-    targets, methods = _ordered(rows, "target"), _ordered(rows, "method")
+    targets, methods = ordered(rows, "target"), ordered(rows, "method")
     groups = [*targets, None]
     width = 0.8 / len(methods)
     fig = Figure(figsize=(max(6.0, 1.3 * len(groups) + 2.0), 4.5), dpi=100)
@@ -288,7 +238,7 @@ def accuracy_plot(rows: list[Row], path: Path) -> Path:
     ax.set_xticks(range(len(groups)), [str(t) if t else "mean" for t in groups])
     headroom = 15 * math.ceil(len(methods) / 5)  # above 100 %: the legend, five methods a row
     ax.set(xlabel="target domain", ylabel="test accuracy (%)", ylim=(0, 100 + headroom), yticks=range(0, 101, 20),
-           title=f"accuracy per target, mean ± std over {len(_ordered(rows, 'seed'))} seed(s)")
+           title=f"accuracy per target, mean ± std over {len(ordered(rows, 'seed'))} seed(s)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=min(len(methods), 5), loc="upper center")
     fig.tight_layout()
@@ -313,10 +263,10 @@ def write_outputs(rows: list[Row], out: Path, wall_s: float | None = None, selec
 def summary_metrics(rows: list[Row]) -> dict[str, float]:
     """`accuracy/<method>/mean|std`, `accuracy/<method>/<target>/mean` and `paired/grasp_minus_<control>/mean`."""
     metrics: dict[str, float] = {}
-    for method in _ordered(rows, "method"):
+    for method in ordered(rows, "method"):
         metrics[f"accuracy/{method}/mean"], metrics[f"accuracy/{method}/std"] = mean_std(
             list(accuracies(rows, method).values()))
-        for target in _ordered(rows, "target"):
+        for target in ordered(rows, "target"):
             metrics[f"accuracy/{method}/{target}/mean"] = mean_std(list(accuracies(rows, method, target).values()))[0]
         if method != "grasp" and (diffs := paired_differences(rows, "grasp", method)):
             metrics[f"paired/grasp_minus_{method}/mean"] = mean_std(diffs)[0]
@@ -339,9 +289,9 @@ def log_bench(rows: list[Row], files: dict[str, Path], params: Path, tracking_ur
 
     tracker = Tracker(project, experiment="grasp-bench", tracking_uri=tracking_uri)
     config = {key: value for key, value in flatten(load_config(params)).items() if key != "seed"}  # bench.seeds
-    bench = {**config, "bench.seeds": ",".join(map(str, _ordered(rows, "seed"))),
-             "bench.targets": ",".join(map(str, _ordered(rows, "target"))),
-             "bench.methods": ",".join(_ordered(rows, "method")), **(extra or {})}
+    bench = {**config, "bench.seeds": ",".join(map(str, ordered(rows, "seed"))),
+             "bench.targets": ",".join(map(str, ordered(rows, "target"))),
+             "bench.methods": ",".join(ordered(rows, "method")), **(extra or {})}
     with tracker.parent_run("bench-accuracy", bench, {"bench": "accuracy", "code_commit": code_commit()},
                             params_file=params) as run_id:
         tracker.log_metrics(run_id, {**summary_metrics(rows), "bench/wall_s": wall_s, "bench/runs": len(rows)})
@@ -412,7 +362,7 @@ def cmd_bench_accuracy(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     select_rows = run_accuracy_bench(args.params, args.workdir, select, targets, methods, progress,
                                      source_order=args.source_order) if select else []
-    chosen = choose_on_val(select_rows, _ordered(select_rows, "method")) if select_rows else ""
+    chosen = choose_on_val(select_rows, ordered(select_rows, "method")) if select_rows else ""
     rows = run_accuracy_bench(args.params, args.workdir, confirm, targets, methods, progress,
                               source_order=args.source_order)
     wall_s = time.perf_counter() - t0

@@ -32,7 +32,7 @@ def dask_bench(params: Path, say: Any, repeat: int = 1, server: Any = None) -> d
     """
     from distributed import LocalCluster
 
-    from flows.pipeline.run import train_sources
+    from flows.pipeline.fanout import train_sources
     from flows.pipeline.workspace import (
         Workspace,
         ensure_base,

@@ -43,7 +43,7 @@ def fetch_version(ws: Path, tracking_uri: str | None, ref: str, model_name: str 
                   weights_dir: Path | None = None) -> Fetched:
     """Load version `ref` (a number or @alias) of the workspace's grasp model from the registry; its
     safetensors file is kept as `weights_dir/weights.safetensors` when `weights_dir` is given."""
-    from flows.stores.tracking import download_weights
+    from flows.stores.registry import download_weights
     from grasp_core.checkpoints import load_checkpoint
 
     tracker = open_registry(ws, tracking_uri)

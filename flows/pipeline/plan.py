@@ -60,7 +60,7 @@ def plan_merge(tracker, model_name: str, area: list[AreaSource], out_dir: Path, 
 
 def _continue_from(tracker, model_name: str, area: list[AreaSource], out_dir: Path, version: str,  # type: ignore[no-untyped-def]
                    resumed: bool) -> MergePlan:
-    from flows.stores.tracking import download_weights
+    from flows.stores.registry import download_weights
 
     chain = lineage_sources(tracker, model_name, version)
     merged = {tags.get("source_sha256") for tags in chain}

@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flows.stores.registry import open_registry, parse_history, resolve_model_name, resolve_version
-from flows.stores.tracking import TrackingError, load_model
+from flows.stores.registry import load_model, open_registry, parse_history, resolve_model_name, resolve_version
+from flows.stores.tracking import TrackingError
 from grasp_core.config import Config, PromoteConfig
 from grasp_core.errors import GraspError
 

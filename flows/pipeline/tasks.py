@@ -179,8 +179,7 @@ def register_task(tracker, parent_run_id: str, model_name: str, step: StepArtifa
     registration) and the DVC outputs `data_v`, `sources_v` may be futures that Prefect resolves first.
     """
     from flows.reports.confusion_plot import confusion_png
-    from flows.stores.stage_runs import dataset_input, epoch_history, version_description
-    from flows.stores.tracking import alignment_csv, step_metrics
+    from flows.stores.stage_runs import alignment_csv, dataset_input, epoch_history, step_metrics, version_description
     from flows.stores.versioning import file_md5_in_dir, output_path
 
     result = step.result

@@ -160,7 +160,7 @@ def _base_accuracy(ws: Path, chain: list[Row], splits: Mapping[str, Split]) -> d
 
 
 def _versions(uri: str, name: str, chain: list[Row]) -> Iterable[tuple[str, nn.Module]]:
-    from flows.stores.tracking import load_model
+    from flows.stores.registry import load_model
 
     for r in chain:
         yield f"v{r['version']}", load_model(f"models:/{name}/{r['version']}", uri)  # no local: one model alive
@@ -170,7 +170,7 @@ def matrix_for_lineage(ws: Path, tracking_uri: str | None, model_name: str | Non
                        version: str = "@champion", params: Path | None = None, out: Path | None = None) -> Row:
     """R for the lineage of `version` (a number or @alias), its summaries, a CSV and a heatmap PNG.
 
-    Loads one registered version at a time with `flows.stores.tracking.load_model`. The files (default folder
+    Loads one registered version at a time with `flows.stores.registry.load_model`. The files (default folder
     `<ws>/reports/matrix-<model>-v<version>/`) and the metrics `cl/average_accuracy`, `cl/average_accuracy_all`,
     `cl/bwt`, `cl/fwt` are logged to the run of the newest version.
 

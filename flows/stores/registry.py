@@ -8,16 +8,21 @@ promotion through the gate in flows/pipeline/promotion.py, the lineage plot in f
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flows.stores.tracking import Tracker, TrackingError, resolve_tracking_uri
+import yaml
+
+from flows.stores.tracking import _MODEL_URI, Tracker, TrackingError, _client, _mlflow, resolve_tracking_uri
 from grasp_core.names import check_name
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
+    from torch import nn
 
 SOURCES_DIR = Path("checkpoints") / "sources"
 _TAGS = ("target_domain", "source_domain", "parent_version", "checkpoint_sha256", "chain_sha256", "source_sha256",
@@ -162,3 +167,56 @@ def lineage(ws: Path, tracking_uri: str | None, ref: str = "@champion",
     tracker = open_registry(ws, tracking_uri)
     name = resolve_model_name(tracker.client, model_name, tracker.tracking_uri)
     return walk_lineage(tracker.client, name, resolve_version(tracker.client, name, ref))
+
+
+# ---------------------------------------------------------------------------------------------- weights
+
+def load_model(model_uri: str, tracking_uri: str | None = None) -> nn.Module:
+    """Our own nn.Module (e.g. `SmallCNN`, in eval mode) for `models:/<name>@<alias>` or `models:/<name>/<version>`.
+
+    Downloads only the version's safetensors `weights` and loads it with grasp_core's checked loader; nothing
+    is unpickled. The tracking URI is the argument, else $MLFLOW_TRACKING_URI, else ./mlflow.db.
+    """
+    from grasp_core.checkpoints import load_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, _ = load_checkpoint(download_weights(model_uri, Path(tmp) / "weights.safetensors", tracking_uri))
+    return model.eval()
+
+
+def download_weights(model_uri: str, dest: Path, tracking_uri: str | None = None) -> Path:
+    """Copy a registered version's safetensors weights to `dest` (checked against `checkpoint_sha256`)."""
+    from grasp_core.checkpoints import file_sha256
+
+    uri = resolve_tracking_uri(Path.cwd(), tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise TrackingError(f"{uri}: no MLflow database there; pass tracking_uri or set MLFLOW_TRACKING_URI")
+    client = _client(uri)
+    version = _model_version(client, model_uri, uri)
+    root = client.get_model_version_download_uri(version.name, version.version)  # where the files are
+    download = _mlflow().artifacts.download_artifacts
+    with tempfile.TemporaryDirectory() as tmp:
+        mlmodel = yaml.safe_load(Path(download(artifact_uri=f"{root}/MLmodel", dst_path=tmp)).read_text())
+        weights = mlmodel["flavors"]["python_function"]["artifacts"]["weights"]["path"]
+        path = Path(download(artifact_uri=f"{root}/{weights}", dst_path=tmp))
+        expected = version.tags.get("checkpoint_sha256")
+        if expected is not None and file_sha256(path) != expected:
+            raise TrackingError(f"{model_uri}: downloaded weights do not match the version's checkpoint_sha256")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), dest)
+    return dest
+
+
+def _model_version(client: MlflowClient, model_uri: str, tracking_uri: str) -> ModelVersion:
+    match = _MODEL_URI.match(model_uri)
+    if match is None:
+        raise TrackingError(f"'{model_uri}': not a registry URI; use models:/<name>@<alias> or "
+                            "models:/<name>/<version>")
+    name, alias, number = match["name"], match["alias"], match["version"]
+    try:
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
+    except _mlflow().MlflowException as err:
+        if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise TrackingError(f"'{model_uri}': not in the registry at {tracking_uri}; check the model name, "
+                            "version or alias") from None

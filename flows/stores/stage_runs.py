@@ -4,10 +4,13 @@ failed attempt created (its run, its LoggedModel, its version) instead of making
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
+import statistics
 import time
 from collections.abc import Mapping
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -110,3 +113,31 @@ def log_pointers(dvcfiles: list[Path], ws: Path, out_dir: Path) -> Path:
         (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(dvcfile, out_dir / rel)
     return out_dir
+
+
+def step_metrics(result: StepResult) -> dict[str, float]:
+    """A GRASP stage as MLflow metrics: accuracy, memory, transfer, alignment statistics and timings."""
+    metrics = {"val/accuracy": result.val_accuracy, "test/accuracy": result.test_accuracy,
+               "finetune/steps": result.steps, "transfer/tensors": len(result.transferred),
+               "transfer/tensors_frac": result.tensors_frac, "transfer/params": result.params_transferred,
+               "transfer/params_frac": result.params_frac, "time/step_s": result.wall_s}
+    metrics.update({f"test/class_{i}_accuracy": acc for i, acc in enumerate(result.per_class_accuracy)})
+    metrics.update({f"memory/{key}": value for key, value in asdict(result.memory).items()})
+    metrics.update({f"time/{key}_s": seconds for key, seconds in result.timings_s.items()})
+    if scores := list(result.scores.values()):
+        metrics.update({"align/mean": statistics.fmean(scores), "align/min": min(scores), "align/max": max(scores),
+                        "align/median": statistics.median(scores)})
+    return {key: float(value) for key, value in metrics.items()}
+
+
+def alignment_csv(result: StepResult, path: Path) -> Path:
+    """Write one row per parameter tensor: param_name, alignment (blank at stage 0), transferred, numel."""
+    moved = set(result.transferred)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["param_name", "alignment", "transferred", "numel"])
+        for name, numel in result.param_numels.items():
+            score = result.scores.get(name)
+            writer.writerow([name, "" if score is None else repr(score), name in moved, numel])
+    return path

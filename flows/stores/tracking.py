@@ -8,33 +8,24 @@ Metric keys are `<split>/<metric>` or `<group>/<metric>`; param keys are dotted 
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import os
 import re
-import shutil
-import statistics
 import tempfile
 import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, TypedDict
-
-import yaml
 
 from grasp_core.errors import GraspError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from mlflow import MlflowClient
-    from mlflow.entities.model_registry import ModelVersion
-    from torch import nn
 
-    from grasp_core.grasp import StepResult
 
 _QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
               "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
@@ -394,85 +385,6 @@ class Tracker:
         return [VersionRecord(version=str(v.version), run_id=v.run_id, tags=dict(v.tags),
                               aliases=sorted(by_version.get(str(v.version), [])))
                 for v in sorted(found, key=lambda v: int(v.version))]
-
-
-def load_model(model_uri: str, tracking_uri: str | None = None) -> nn.Module:
-    """Our own nn.Module (e.g. `SmallCNN`, in eval mode) for `models:/<name>@<alias>` or `models:/<name>/<version>`.
-
-    Downloads only the version's safetensors `weights` and loads it with grasp_core's checked loader; nothing
-    is unpickled. The tracking URI is the argument, else $MLFLOW_TRACKING_URI, else ./mlflow.db.
-    """
-    from grasp_core.checkpoints import load_checkpoint
-
-    with tempfile.TemporaryDirectory() as tmp:
-        model, _ = load_checkpoint(download_weights(model_uri, Path(tmp) / "weights.safetensors", tracking_uri))
-    return model.eval()
-
-
-def download_weights(model_uri: str, dest: Path, tracking_uri: str | None = None) -> Path:
-    """Copy a registered version's safetensors weights to `dest` (checked against `checkpoint_sha256`)."""
-    from grasp_core.checkpoints import file_sha256
-
-    uri = resolve_tracking_uri(Path.cwd(), tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise TrackingError(f"{uri}: no MLflow database there; pass tracking_uri or set MLFLOW_TRACKING_URI")
-    client = _client(uri)
-    version = _model_version(client, model_uri, uri)
-    root = client.get_model_version_download_uri(version.name, version.version)  # where the files are
-    download = _mlflow().artifacts.download_artifacts
-    with tempfile.TemporaryDirectory() as tmp:
-        mlmodel = yaml.safe_load(Path(download(artifact_uri=f"{root}/MLmodel", dst_path=tmp)).read_text())
-        weights = mlmodel["flavors"]["python_function"]["artifacts"]["weights"]["path"]
-        path = Path(download(artifact_uri=f"{root}/{weights}", dst_path=tmp))
-        expected = version.tags.get("checkpoint_sha256")
-        if expected is not None and file_sha256(path) != expected:
-            raise TrackingError(f"{model_uri}: downloaded weights do not match the version's checkpoint_sha256")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(path), dest)
-    return dest
-
-
-def _model_version(client: MlflowClient, model_uri: str, tracking_uri: str) -> ModelVersion:
-    match = _MODEL_URI.match(model_uri)
-    if match is None:
-        raise TrackingError(f"'{model_uri}': not a registry URI; use models:/<name>@<alias> or "
-                            "models:/<name>/<version>")
-    name, alias, number = match["name"], match["alias"], match["version"]
-    try:
-        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
-    except _mlflow().MlflowException as err:
-        if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise
-        raise TrackingError(f"'{model_uri}': not in the registry at {tracking_uri}; check the model name, "
-                            "version or alias") from None
-
-
-def step_metrics(result: StepResult) -> dict[str, float]:
-    """A GRASP stage as MLflow metrics: accuracy, memory, transfer, alignment statistics and timings."""
-    metrics = {"val/accuracy": result.val_accuracy, "test/accuracy": result.test_accuracy,
-               "finetune/steps": result.steps, "transfer/tensors": len(result.transferred),
-               "transfer/tensors_frac": result.tensors_frac, "transfer/params": result.params_transferred,
-               "transfer/params_frac": result.params_frac, "time/step_s": result.wall_s}
-    metrics.update({f"test/class_{i}_accuracy": acc for i, acc in enumerate(result.per_class_accuracy)})
-    metrics.update({f"memory/{key}": value for key, value in asdict(result.memory).items()})
-    metrics.update({f"time/{key}_s": seconds for key, seconds in result.timings_s.items()})
-    if scores := list(result.scores.values()):
-        metrics.update({"align/mean": statistics.fmean(scores), "align/min": min(scores), "align/max": max(scores),
-                        "align/median": statistics.median(scores)})
-    return {key: float(value) for key, value in metrics.items()}
-
-
-def alignment_csv(result: StepResult, path: Path) -> Path:
-    """Write one row per parameter tensor: param_name, alignment (blank at stage 0), transferred, numel."""
-    moved = set(result.transferred)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["param_name", "alignment", "transferred", "numel"])
-        for name, numel in result.param_numels.items():
-            score = result.scores.get(name)
-            writer.writerow([name, "" if score is None else repr(score), name in moved, numel])
-    return path
 
 
 def _released(model_input: object) -> None:

@@ -27,7 +27,7 @@ def test_runner_setting_is_parsed_or_refused_naming_it(monkeypatch):
 
 
 def test_dask_local_cluster_trains_the_same_checkpoints_as_local_threads(tmp_path, prefect_harness):
-    from flows.pipeline.run import train_sources
+    from flows.pipeline.fanout import train_sources
     from flows.pipeline.workspace import Workspace, ensure_base, layout_classes, materialise_data, resolve_roles
     from grasp_core.checkpoints import file_sha256
     from grasp_core.config import load_config

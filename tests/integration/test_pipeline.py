@@ -33,7 +33,8 @@ def first_run(tmp_path_factory, prefect_harness):
 
 
 def test_flow_registers_one_version_per_step_with_every_tag(first_run):
-    from flows.stores.tracking import Tracker, load_model
+    from flows.stores.registry import load_model
+    from flows.stores.tracking import Tracker
 
     ws, summary = first_run
     tracker = Tracker(ws, tracking_uri=f"sqlite:///{ws}/mlflow.db")

@@ -13,14 +13,9 @@ import torch
 import yaml
 
 from flows.reports.confusion_plot import confusion_png
-from flows.stores.tracking import (
-    Tracker,
-    TrackingError,
-    alignment_csv,
-    flatten_params,
-    load_model,
-    step_metrics,
-)
+from flows.stores.registry import load_model
+from flows.stores.stage_runs import alignment_csv, step_metrics
+from flows.stores.tracking import Tracker, TrackingError, flatten_params
 from grasp_core.checkpoints import CheckpointHeader, save_checkpoint
 from grasp_core.config import Config, flatten
 from grasp_core.data import DomainData

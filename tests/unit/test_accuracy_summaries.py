@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from flows.bench import accuracy as ba
+from flows.bench import summaries as bs
 from flows.reports import accuracy_matrix as am
 from grasp_core.errors import GraspError
 from tests.conftest import tiny_split
@@ -37,28 +38,28 @@ BENCH = _rows({("grasp", "x"): [0.80, 0.90], ("grasp", "y"): [0.60, 0.70],
 
 
 def test_mean_std_and_its_format():
-    assert ba.mean_std([0.6, 0.7]) == pytest.approx((0.65, math.sqrt(0.005)))
-    assert ba.mean_std([0.6]) == (0.6, 0.0)
-    assert all(math.isnan(v) for v in ba.mean_std([]))
-    assert ba.format_mean_std([0.6, 0.7]) == "65.0 ± 7.1"
-    assert ba.format_mean_std([0.05, 0.03], signed=True) == "+4.0 ± 1.4"
-    assert ba.format_mean_std([-0.05], signed=True) == "-5.0 ± 0.0"
-    assert ba.format_mean_std([]) == "-"
+    assert bs.mean_std([0.6, 0.7]) == pytest.approx((0.65, math.sqrt(0.005)))
+    assert bs.mean_std([0.6]) == (0.6, 0.0)
+    assert all(math.isnan(v) for v in bs.mean_std([]))
+    assert bs.format_mean_std([0.6, 0.7]) == "65.0 ± 7.1"
+    assert bs.format_mean_std([0.05, 0.03], signed=True) == "+4.0 ± 1.4"
+    assert bs.format_mean_std([-0.05], signed=True) == "-5.0 ± 0.0"
+    assert bs.format_mean_std([]) == "-"
 
 
 def test_paired_differences_per_target_and_over_targets():
-    assert ba.paired_differences(BENCH, "grasp", "fusion", "x") == pytest.approx([0.10, 0.20])
-    assert ba.paired_differences(BENCH, "grasp", "fusion", "y") == pytest.approx([-0.05, -0.05])
+    assert bs.paired_differences(BENCH, "grasp", "fusion", "x") == pytest.approx([0.10, 0.20])
+    assert bs.paired_differences(BENCH, "grasp", "fusion", "y") == pytest.approx([-0.05, -0.05])
     # over targets: per seed, mean over targets first (seed 0: 0.70 vs 0.675; seed 1: 0.80 vs 0.725)
-    assert ba.paired_differences(BENCH, "grasp", "fusion") == pytest.approx([0.025, 0.075])
-    assert ba.paired_differences(BENCH, "grasp", "missing", "x") == []
+    assert bs.paired_differences(BENCH, "grasp", "fusion") == pytest.approx([0.025, 0.075])
+    assert bs.paired_differences(BENCH, "grasp", "missing", "x") == []
 
 
 def test_summary_table_and_markdown():
-    table = ba.summary_table(BENCH)
+    table = bs.summary_table(BENCH)
     assert table == [{"method": "grasp", "x": "85.0 ± 7.1", "y": "65.0 ± 7.1", "mean": "75.0 ± 7.1"},
                      {"method": "fusion", "x": "70.0 ± 0.0", "y": "70.0 ± 7.1", "mean": "70.0 ± 3.5"}]
-    md = ba.markdown_table(table).splitlines()
+    md = bs.markdown_table(table).splitlines()
     assert md[0] == "| method | x | y | mean |" and md[1] == "|---|---:|---:|---:|"
     assert md[2] == "| grasp | 85.0 ± 7.1 | 65.0 ± 7.1 | 75.0 ± 7.1 |"
 

@@ -1,0 +1,108 @@
+"""The sequential heart of a run: the merge order of its sources, one stage per source with its registration
+submitted beside the next stage, and the version the aliases point at."""
+
+from __future__ import annotations
+
+from prefect.futures import wait
+
+from flows.pipeline import tasks
+from flows.pipeline.source_ledger import lineage_tags
+from flows.pipeline.summary import FlowSummary
+from flows.pipeline.workspace import Workspace
+from flows.reports.progress import Progress
+from grasp_core.memory import settle
+
+
+def merge_all(cfg, ws, summary, classes, plan, dvc_outputs, tracker, run_tags, progress, computed=None) -> None:  # type: ignore[no-untyped-def]
+    """The sequential part: one stage per source. Each stage's registration is submitted as a future and
+    runs while the next stage trains; registrations chain (each waits for its parent's version)."""
+    data_v, src_v = dvc_outputs
+    registrations: list = []
+    settle()  # imports are done and no model is alive: make live-tensor scans cheap
+    try:
+        _stages(cfg, ws, summary, classes, plan, data_v, src_v, tracker, run_tags, progress, registrations, computed)
+    except BaseException:
+        wait(registrations)  # the stages before the failure stay registered, as in a sequential run
+        raise
+    wait(registrations)
+    raise_failed_dvc(data_v, src_v)  # else a registration that never ran reports only "PENDING"
+    summary.versions.extend(f.result() for f in registrations)  # raises the first failed registration
+
+
+def raise_failed_dvc(*outputs) -> None:  # type: ignore[no-untyped-def]
+    """Raise the error of a failed DVC future. The tasks that take a DVC output never run when it failed:
+    Prefect leaves them Pending ("NotReady"), and their `.result()` would raise UnfinishedRun instead."""
+    for output in outputs:
+        if output is not None:
+            output.result()
+
+
+def _stages(cfg, ws, summary, classes, plan, data_v, src_v, tracker, run_tags, progress, registrations,  # type: ignore[no-untyped-def]
+            computed=None) -> None:
+    """Compute each stage here (or take it from `computed`, a fan-out's chain) and submit its registration."""
+    parent, parent_version = plan.parent, plan.parent_version
+    for i, (stage, source) in enumerate(enumerate(plan.to_merge, start=plan.start_stage)):
+        ckpt, name = source.checkpoint, source.domain
+        if computed is not None:
+            step = computed[i]
+            progress.step(step.result)
+        else:
+            if registrations:  # registering loads the model once more (MLflow checks the input example):
+                registrations[-1].wait()  # beside a stage that would be a third model alive in this process
+            step = tasks.grasp_stage_task(cfg, ws, summary.target, classes, ckpt, name, stage, parent, progress)
+        tags = {**run_tags, "stage": str(stage), "source_domain": name, "source_sha256": ckpt.sha256,
+                **lineage_tags(ws, name, ckpt.sha256, ckpt.header),  # header claims kept apart from facts
+                "checkpoint_sha256": step.checkpoint.sha256, "chain_sha256": step.chain_sha256}
+        parent_version = tasks.register_task.submit(tracker, summary.parent_run_id, summary.model_name, step,
+                                                    classes, tags, ws.root / "reports" / summary.parent_run_id,
+                                                    parent_version, data_v, src_v)
+        registrations.append(parent_version)
+        summary.steps.append(step)
+        parent = step
+
+
+def in_merge_order(cfg, ws: Workspace, target: str, classes: list[str], to_merge: list, progress: Progress) -> list:  # type: ignore[no-untyped-def]
+    """The sources of this run in `transfer.order` (given = the data's time order, nearest in time first, most
+    aligned first, or best scored first); time is the data's domain list (`_domains.txt`)."""
+    from grasp_core.data import list_domains
+    from grasp_core.order import in_time_order, order_sources
+
+    timeline = list_domains(ws.data(cfg))
+    by_name = {s.domain: s for s in to_merge}
+    names = in_time_order(list(by_name), timeline)
+    if cfg.transfer.order == "given" or len(names) < 2:
+        return [by_name[name] for name in names]
+    if cfg.transfer.order in ("aligned", "scored"):  # a streaming pre-pass over the sources: two models at most
+        from flows.pipeline.core_run import method_context
+        from grasp_core.methods.grasp_method import merge_order
+
+        ordered = merge_order(method_context(cfg, ws, target, names, classes, progress))
+    else:
+        ordered = order_sources(names, target, cfg.transfer.order, timeline=timeline)
+    progress.say(f"merge order ({cfg.transfer.order}): {', '.join(ordered)}")
+    if cfg.transfer.start != "first":  # the mean start has no source checkpoint for lineage/resume to point at yet
+        progress.say(f"transfer.start '{cfg.transfer.start}': the pipeline starts from the order's first source; "
+                     "the mean start runs in `grasp run --engine core` and the benches (docs/methods.md)")
+    return [by_name[name] for name in ordered]
+
+
+def final_version(cfg, summary: FlowSummary) -> str:  # type: ignore[no-untyped-def]
+    """The version the run's aliases point at: the last stage, or with `transfer.keep_global_best` the
+    stage of this run with the best validation accuracy (the earliest on a tie)."""
+    if not cfg.transfer.keep_global_best:
+        return summary.versions[-1]
+    vals = [s.result.val_accuracy for s in summary.steps]
+    return summary.versions[vals.index(max(vals))]
+
+
+def skipped_tag(skipped: list[dict]) -> str:
+    """The refused files of this run as a JSON tag (reasons cut so the tag stays within MLflow's limit)."""
+    import json
+
+    return json.dumps([{"file": s["file"], "reason": s["reason"][-300:]} for s in skipped][:20]) if skipped else ""
+
+
+def lineage_start(tracker, summary: FlowSummary) -> str:  # type: ignore[no-untyped-def]
+    """A resumed run keeps the `incremental_from` of the run it continues (its lineage's starting champion)."""
+    by_version = {v["version"]: v["tags"] for v in tracker.versions(summary.model_name)}
+    return by_version.get(summary.parent_version, {}).get("incremental_from", "")
