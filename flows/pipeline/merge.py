@@ -3,33 +3,40 @@ submitted beside the next stage, and the version the aliases point at."""
 
 from __future__ import annotations
 
-from prefect.futures import wait
+from typing import TYPE_CHECKING, Any
+
+from prefect.futures import PrefectFuture, wait
 
 from flows.pipeline import tasks
 from flows.pipeline.source_ledger import lineage_tags
-from flows.pipeline.summary import FlowSummary
+from flows.pipeline.summary import FlowSummary, Prepared
 from flows.pipeline.workspace import Workspace
 from flows.reports.progress import Progress
 from grasp_core.memory import settle
 
+if TYPE_CHECKING:
+    from flows.pipeline.sources import AreaSource
+    from flows.pipeline.stage import StepArtifact
+    from flows.stores.tracking import Tracker
+    from grasp_core.config import Config
 
-def merge_all(cfg, ws, summary, classes, plan, dvc_outputs, tracker, run_tags, progress, computed=None) -> None:  # type: ignore[no-untyped-def]
+
+def merge_all(prep: Prepared, computed: list[StepArtifact] | None = None) -> None:
     """The sequential part: one stage per source. Each stage's registration is submitted as a future and
     runs while the next stage trains; registrations chain (each waits for its parent's version)."""
-    data_v, src_v = dvc_outputs
-    registrations: list = []
+    registrations: list[PrefectFuture[str]] = []
     settle()  # imports are done and no model is alive: make live-tensor scans cheap
     try:
-        _stages(cfg, ws, summary, classes, plan, data_v, src_v, tracker, run_tags, progress, registrations, computed)
+        _stages(prep, registrations, computed)
     except BaseException:
         wait(registrations)  # the stages before the failure stay registered, as in a sequential run
         raise
     wait(registrations)
-    raise_failed_dvc(data_v, src_v)  # else a registration that never ran reports only "PENDING"
-    summary.versions.extend(f.result() for f in registrations)  # raises the first failed registration
+    raise_failed_dvc(prep.data_v, prep.src_v)  # else a registration that never ran reports only "PENDING"
+    prep.summary.versions.extend(f.result() for f in registrations)  # raises the first failed registration
 
 
-def raise_failed_dvc(*outputs) -> None:  # type: ignore[no-untyped-def]
+def raise_failed_dvc(*outputs: PrefectFuture[Any] | None) -> None:
     """Raise the error of a failed DVC future. The tasks that take a DVC output never run when it failed:
     Prefect leaves them Pending ("NotReady"), and their `.result()` would raise UnfinishedRun instead."""
     for output in outputs:
@@ -37,9 +44,9 @@ def raise_failed_dvc(*outputs) -> None:  # type: ignore[no-untyped-def]
             output.result()
 
 
-def _stages(cfg, ws, summary, classes, plan, data_v, src_v, tracker, run_tags, progress, registrations,  # type: ignore[no-untyped-def]
-            computed=None) -> None:
+def _stages(prep: Prepared, registrations: list[PrefectFuture[str]], computed: list[StepArtifact] | None) -> None:
     """Compute each stage here (or take it from `computed`, a fan-out's chain) and submit its registration."""
+    cfg, ws, summary, classes, plan, progress = prep.cfg, prep.ws, prep.summary, prep.classes, prep.plan, prep.progress
     parent, parent_version = plan.parent, plan.parent_version
     for i, (stage, source) in enumerate(enumerate(plan.to_merge, start=plan.start_stage)):
         ckpt, name = source.checkpoint, source.domain
@@ -50,18 +57,20 @@ def _stages(cfg, ws, summary, classes, plan, data_v, src_v, tracker, run_tags, p
             if registrations:  # registering loads the model once more (MLflow checks the input example):
                 registrations[-1].wait()  # beside a stage that would be a third model alive in this process
             step = tasks.grasp_stage_task(cfg, ws, summary.target, classes, ckpt, name, stage, parent, progress)
-        tags = {**run_tags, "stage": str(stage), "source_domain": name, "source_sha256": ckpt.sha256,
+        tags = {**prep.run_tags, "stage": str(stage), "source_domain": name, "source_sha256": ckpt.sha256,
                 **lineage_tags(ws, name, ckpt.sha256, ckpt.header),  # header claims kept apart from facts
                 "checkpoint_sha256": step.checkpoint.sha256, "chain_sha256": step.chain_sha256}
-        parent_version = tasks.register_task.submit(tracker, summary.parent_run_id, summary.model_name, step,
-                                                    classes, tags, ws.root / "reports" / summary.parent_run_id,
-                                                    parent_version, data_v, src_v)
-        registrations.append(parent_version)
+        registration = tasks.register_task.submit(prep.tracker, summary.parent_run_id, summary.model_name, step,
+                                                  classes, tags, ws.root / "reports" / summary.parent_run_id,
+                                                  parent_version, prep.data_v, prep.src_v)
+        registrations.append(registration)
+        parent_version = registration
         summary.steps.append(step)
         parent = step
 
 
-def in_merge_order(cfg, ws: Workspace, target: str, classes: list[str], to_merge: list, progress: Progress) -> list:  # type: ignore[no-untyped-def]
+def in_merge_order(cfg: Config, ws: Workspace, target: str, classes: list[str], to_merge: list[AreaSource],
+                   progress: Progress) -> list[AreaSource]:
     """The sources of this run in `transfer.order` (given = the data's time order, nearest in time first, most
     aligned first, or best scored first); time is the data's domain list (`_domains.txt`)."""
     from grasp_core.data import list_domains
@@ -86,7 +95,7 @@ def in_merge_order(cfg, ws: Workspace, target: str, classes: list[str], to_merge
     return [by_name[name] for name in ordered]
 
 
-def final_version(cfg, summary: FlowSummary) -> str:  # type: ignore[no-untyped-def]
+def final_version(cfg: Config, summary: FlowSummary) -> str:
     """The version the run's aliases point at: the last stage, or with `transfer.keep_global_best` the
     stage of this run with the best validation accuracy (the earliest on a tie)."""
     if not cfg.transfer.keep_global_best:
@@ -102,7 +111,7 @@ def skipped_tag(skipped: list[dict]) -> str:
     return json.dumps([{"file": s["file"], "reason": s["reason"][-300:]} for s in skipped][:20]) if skipped else ""
 
 
-def lineage_start(tracker, summary: FlowSummary) -> str:  # type: ignore[no-untyped-def]
+def lineage_start(tracker: Tracker, summary: FlowSummary) -> str:
     """A resumed run keeps the `incremental_from` of the run it continues (its lineage's starting champion)."""
     by_version = {v["version"]: v["tags"] for v in tracker.versions(summary.model_name)}
     return by_version.get(summary.parent_version, {}).get("incremental_from", "")

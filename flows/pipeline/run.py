@@ -11,7 +11,7 @@ from dataclasses import replace as replace_plan
 from pathlib import Path
 
 from prefect import flow
-from prefect.futures import wait
+from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.pipeline import tasks
@@ -182,7 +182,7 @@ def _finish(prep: Prepared, baselines: bool, computed: list[StepArtifact] | None
     return summary
 
 
-def _finish_merge(prep: Prepared, computed: list[StepArtifact] | None):  # type: ignore[no-untyped-def]
+def _finish_merge(prep: Prepared, computed: list[StepArtifact] | None) -> PrefectFuture[str]:
     """Merge and register under the parent run; aliases move once the data is on the DVC remote.
 
     Returns the future of the lineage plot (report_task): it needs only the registered versions, so it
@@ -193,8 +193,7 @@ def _finish_merge(prep: Prepared, computed: list[StepArtifact] | None):  # type:
                             params_file=Path(prep.params_path)) as parent_id:
         summary.parent_run_id = parent_id
         link_mlflow_run(tracker.tracking_uri, tracker.experiment_id, parent_id)
-        merge_all(cfg, ws, summary, prep.classes, prep.plan, (prep.data_v, prep.src_v), tracker, run_tags,
-                   prep.progress, computed)
+        merge_all(prep, computed)
         report = tasks.report_task.submit(ws, tracker.tracking_uri, summary.model_name, summary.versions[-1])
         try:
             _move_aliases(prep)
