@@ -96,7 +96,8 @@ def _source_findings(ws: Path, rows: list[dict[str, Any]]) -> list[dict[str, str
 
 
 def _dataset_findings(ws: Path, rows: list[dict[str, Any]], data_dvc: str) -> list[dict[str, str]]:
-    from flows.stores.versioning import file_md5_in_dir, read_dvc_hash, verify
+    from flows.stores.dvc_audit import file_md5_in_dir, verify
+    from flows.stores.versioning import read_dvc_hash
 
     dvcfile = ws / data_dvc
     if not dvcfile.is_file():

@@ -179,8 +179,9 @@ def register_task(tracker, parent_run_id: str, model_name: str, step: StepArtifa
     registration) and the DVC outputs `data_v`, `sources_v` may be futures that Prefect resolves first.
     """
     from flows.reports.confusion_plot import confusion_png
+    from flows.stores.dvc_audit import file_md5_in_dir
     from flows.stores.stage_runs import alignment_csv, dataset_input, epoch_history, step_metrics, version_description
-    from flows.stores.versioning import file_md5_in_dir, output_path
+    from flows.stores.versioning import output_path
 
     result = step.result
     tags = {**tags, "parent_version": parent_version, "rejected": "true" if result.rejected else "false"}

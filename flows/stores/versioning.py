@@ -9,12 +9,10 @@ inside a tracked folder come from `dvc.api.DVCFileSystem`, and .dvc files are re
 from __future__ import annotations
 
 import configparser
-import functools
 import hashlib
 import json
 import logging
 import os
-import posixpath
 import subprocess
 import sys
 import threading
@@ -206,7 +204,7 @@ def _write_dvc_yaml(ws: Path) -> None:
     path.write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
 
 
-def _read_out(dvcfile: Path) -> dict[str, Any]:
+def read_out(dvcfile: Path) -> dict[str, Any]:
     try:
         out = yaml.safe_load(dvcfile.read_text())["outs"][0]
         if not isinstance(out.get("md5"), str) or not isinstance(out.get("path"), str):
@@ -220,12 +218,12 @@ def _read_out(dvcfile: Path) -> dict[str, Any]:
 
 def output_path(dvcfile: Path) -> Path:
     """The folder or file a .dvc file tracks."""
-    return (dvcfile.parent / _read_out(dvcfile)["path"]).resolve()
+    return (dvcfile.parent / read_out(dvcfile)["path"]).resolve()
 
 
 def read_dvc_hash(dvcfile: Path) -> str:
     """The md5 a .dvc file records for its output (`<32 hex>.dir` for a folder)."""
-    return _read_out(dvcfile)["md5"]
+    return read_out(dvcfile)["md5"]
 
 
 def _dvcfile_for(ws: Path, target: str) -> Path:
@@ -276,7 +274,7 @@ def _is_unchanged(stamp_file: Path, stamp: dict[str, str | None], dvcfile: Path,
 
 
 def _tracked(dvcfile: Path) -> TrackedOutput:
-    out = _read_out(dvcfile)
+    out = read_out(dvcfile)
     return TrackedOutput(path=dvcfile, md5=out["md5"], size=int(out.get("size", 0)), nfiles=int(out.get("nfiles", 1)))
 
 
@@ -308,7 +306,7 @@ def track(ws: Path, target: str, first: list[tuple[str, ...]] | None = None, pus
 def push_tracked(ws: Path, tracked: TrackedOutput) -> TrackedOutput:
     """`dvc push` an output that `track(..., push=False)` added (a no-op when it was unchanged and pushed)."""
     ws = ws.resolve()
-    target = (tracked.path.parent / _read_out(tracked.path)["path"]).resolve().relative_to(ws).as_posix()
+    target = (tracked.path.parent / read_out(tracked.path)["path"]).resolve().relative_to(ws).as_posix()
     dvcfile, stamp_file, stamp = _stamp(ws, target)
     if not _is_unchanged(stamp_file, stamp, dvcfile):
         _dvc(ws, ("push", dvcfile.relative_to(ws).as_posix()))
@@ -337,68 +335,6 @@ def _stamp(ws: Path, target: str) -> tuple[Path, Path, dict[str, str | None]]:
 def _write_stamp(stamp_file: Path, stamp: dict[str, str | None], tracked: TrackedOutput,
                  pushed: bool = True) -> None:
     write_text_durably(stamp_file, json.dumps({**stamp, "md5": tracked.md5, "pushed": pushed}))
-
-
-def recorded_files(ws: Path, dvcfile: Path) -> dict[str, str]:
-    """{path inside the tracked output: md5} as DVC recorded them at `dvc add`; a single file has the path ''.
-
-    DVC resolves a folder's listing itself (`dvc.api.DVCFileSystem`: from its cache, else from its remote).
-    """
-    out = _read_out(dvcfile)
-    if not out["md5"].endswith(".dir"):
-        return {"": out["md5"]}
-    root = (dvcfile.parent / out["path"]).resolve().relative_to(ws.resolve()).as_posix()
-    return dict(_listing(str(ws.resolve()), root, out["md5"], dvcfile.name))
-
-
-@functools.lru_cache(maxsize=8)
-def _listing(ws: str, root: str, md5: str, dvcfile: str) -> tuple[tuple[str, str], ...]:
-    """The files DVC recorded under `root` of project `ws`; keyed by the folder's md5, so each is read once."""
-    from dvc.api import DVCFileSystem
-
-    try:
-        found = DVCFileSystem(ws).find(root, detail=True, dvc_only=True)
-        return tuple(sorted((posixpath.relpath(path, root), info["md5"]) for path, info in found.items()))
-    except Exception as err:  # DVC raises its own errors (object missing, remote unreachable) and OSError
-        raise VersioningError(f"{Path(ws) / dvcfile}: listing {md5} is neither in the DVC cache nor on the remote "
-                              f"({err!r}); run `dvc fetch {dvcfile}`") from None
-
-
-def _expected(ws: Path, dvcfile: Path) -> tuple[Path, dict[str, str]]:
-    """The tracked output's path and {relpath inside it: md5}; a single file has the relpath ''."""
-    return output_path(dvcfile), recorded_files(ws, dvcfile)
-
-
-def file_md5_in_dir(ws: Path, dvcfile: Path, relpath: str) -> str | None:
-    """The md5 DVC recorded for one file of a tracked folder, or None if the folder holds no such file.
-
-    Args:
-        relpath: Path inside the tracked folder (`a.safetensors`) or relative to `ws`
-            (`checkpoints/sources/a.safetensors`).
-    """
-    root, expected = _expected(ws, dvcfile)
-    prefix = root.relative_to(ws.resolve()).as_posix()
-    rel = Path(relpath).as_posix()
-    rel = "" if rel == prefix else rel.removeprefix(f"{prefix}/")
-    return expected.get(rel)
-
-
-def _file_md5(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "md5").hexdigest()
-
-
-def verify(ws: Path, dvcfile: Path) -> list[str]:
-    """Re-hash a tracked output; return the paths (relative to `ws`) changed, missing or added since `dvc add`."""
-    root, expected = _expected(ws, dvcfile)
-    if root.is_dir():
-        on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
-    else:
-        on_disk = {""} if root.is_file() else set()
-    bad = {rel for rel, md5 in expected.items() if rel not in on_disk or _file_md5(root / rel) != md5}
-    bad |= on_disk - expected.keys()
-    base = root.relative_to(ws.resolve())
-    return sorted((base / rel).as_posix() for rel in bad)
 
 
 def git_commit(ws: Path, paths: list[str], message: str) -> str | None:

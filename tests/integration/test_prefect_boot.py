@@ -1,4 +1,5 @@
-"""flows.runtime.settings.prefect_api_in_background: `grasp run` brings Prefect's API up in a thread while it imports."""
+"""flows.runtime.settings.prefect_api_in_background: `grasp run` brings Prefect's API up in a thread while it
+imports."""
 
 from __future__ import annotations
 

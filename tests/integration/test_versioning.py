@@ -16,16 +16,8 @@ import yaml
 from PIL import Image
 from safetensors.torch import save_file
 
-from flows.stores.versioning import (
-    VersioningError,
-    ensure_repo,
-    file_md5_in_dir,
-    git_commit,
-    push_tracked,
-    read_dvc_hash,
-    track,
-    verify,
-)
+from flows.stores.dvc_audit import file_md5_in_dir, verify
+from flows.stores.versioning import VersioningError, ensure_repo, git_commit, push_tracked, read_dvc_hash, track
 
 pytestmark = pytest.mark.integration
 
