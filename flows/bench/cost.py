@@ -181,8 +181,11 @@ def format_cost(bench: dict[str, Any]) -> str:
 
 def register(bench_sub: Any) -> None:
     """Add `grasp bench cost` to the `grasp bench` sub-parsers."""
+    from flows.runtime.options import bench_output_args
+
     cmd = bench_sub.add_parser(
-        "cost", help="per merge step: align, transfer, fine-tune, evaluate, checkpoint IO, tracking and registry",
+        "cost", parents=[bench_output_args()],
+        help="per merge step: align, transfer, fine-tune, evaluate, checkpoint IO, tracking and registry",
         description="Merge every source of params.yaml's config in a temporary workspace exactly as the pipeline "
         "does (flows.pipeline.stage.target_step, then flows.pipeline.tasks.register_task against a temporary "
         "SQLite MLflow) and "
@@ -190,8 +193,6 @@ def register(bench_sub: Any) -> None:
         "artifacts, the nested MLflow run and the registration.")
     cmd.add_argument("--params", type=Path, default=Path("params.yaml"),
                      help="params.yaml to run (defaults if missing); base and sources are trained 1 epoch")
-    cmd.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
-    cmd.add_argument("--quiet", action="store_true", help="no progress lines")
     cmd.set_defaults(handler=cmd_bench_cost)
 
 

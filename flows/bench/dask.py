@@ -162,15 +162,14 @@ def format_dask(out: dict[str, Any]) -> str:
 
 def register(bench_sub: Any) -> None:
     """Add `grasp bench dask` to the `grasp bench` sub-parsers."""
-    from flows.runtime.options import positive_int
+    from flows.runtime.options import bench_output_args, positive_int
 
-    cmd = bench_sub.add_parser("dask", help="source training: sequential vs local threads vs a local Dask cluster",
+    cmd = bench_sub.add_parser("dask", parents=[bench_output_args("the figures")],
+                               help="source training: sequential vs local threads vs a local Dask cluster",
                                description=__doc__)
     cmd.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to run")
     cmd.add_argument("--repeat", type=positive_int, default=1, metavar="N",
                      help="rounds of every runner; figures are medians (default 1)")
-    cmd.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
-    cmd.add_argument("--quiet", action="store_true", help="no progress lines")
     cmd.set_defaults(handler=cmd_bench_dask)
 
 

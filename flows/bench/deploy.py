@@ -82,8 +82,11 @@ def deploy_bench(ws: Path, tracking_uri: str | None, cfg: Any, ref: str, model_n
 
 def register(bench_sub: Any) -> None:
     """Add `grasp bench deploy` to the `grasp bench` sub-parsers."""
+    from flows.runtime.options import bench_output_args
+
     cmd = bench_sub.add_parser(
-        "deploy", help="size, peak RSS, CPU latency and parity of a version as PyTorch, TorchScript and ONNX",
+        "deploy", parents=[bench_output_args()],
+        help="size, peak RSS, CPU latency and parity of a version as PyTorch, TorchScript and ONNX",
         description="Export a registered version (default @champion) to TorchScript and ONNX next to its "
         "safetensors weights; per format, a fresh process loads the file and predicts the target's test images "
         "(cycled to batch 32) and reports its peak RSS and p50/p95 latency at batch 1 and 32 on CPU; parity is "
@@ -91,8 +94,6 @@ def register(bench_sub: Any) -> None:
     cmd.add_argument("version", nargs="?", default="@champion", help="a version number or @alias")
     cmd.add_argument("--iters", type=int, default=100, help="timed calls per batch size (default 100)")
     cmd.add_argument("--threads", type=int, default=1, help="intra-op threads of every runtime (default 1)")
-    cmd.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
-    cmd.add_argument("--quiet", action="store_true", help="no progress lines")
     cmd.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to read")
     cmd.add_argument("--workdir", type=Path, default=Path("."), help="project folder (default: .)")
     cmd.add_argument("--model", help="registered model name (default: the only grasp-* model)")

@@ -326,8 +326,11 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def register(bench_sub: Any) -> None:
     """Add `grasp bench memory` to the `grasp bench` sub-parsers."""
+    from flows.runtime.options import bench_output_args
+
     cmd = bench_sub.add_parser(
-        "memory", help="peak RSS and parameter bytes alive vs number of sources K (GRASP, fusion, ensemble)",
+        "memory", parents=[bench_output_args()],
+        help="peak RSS and parameter bytes alive vs number of sources K (GRASP, fusion, ensemble)",
         description="For K in --ks sources and each method, run the method in a fresh process over K source "
         "checkpoints streamed from disk (perturbed copies of one trained source, in a temporary folder) and "
         "report process peak RSS, peak parameter bytes alive, models alive and the peak parameter-sized "
@@ -341,8 +344,6 @@ def register(bench_sub: Any) -> None:
     cmd.add_argument("--arch", default=BENCH_ARCH, help=f"architecture (default {BENCH_ARCH}: 10.6 MiB of parameters)")
     cmd.add_argument("--jobs", type=int, default=2, help="workers run at once (RSS stays per process; default 2)")
     cmd.add_argument("--plot", type=Path, default=Path("reports/bench-memory.png"), help="log-log PNG to write")
-    cmd.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
-    cmd.add_argument("--quiet", action="store_true", help="no progress lines")
     cmd.set_defaults(handler=cmd_bench_memory)
 
 

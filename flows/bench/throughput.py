@@ -129,8 +129,11 @@ def speedups(rows: list[dict[str, Any]]) -> list[str]:
 
 def register(bench_sub: Any) -> None:
     """Add `grasp bench throughput` to the `grasp bench` sub-parsers."""
+    from flows.runtime.options import bench_output_args
+
     cmd = bench_sub.add_parser(
-        "throughput", help="training images/s: decoded once (grasp) vs a decode-every-epoch DataLoader",
+        "throughput", parents=[bench_output_args()],
+        help="training images/s: decoded once (grasp) vs a decode-every-epoch DataLoader",
         description="Write the embedded benchmark to a temporary folder, then train model.arch on one domain's "
         "train split for --epochs epochs with grasp's loader (PNGs decoded once into memory; epoch 1 includes "
         "the decode) and with a torch DataLoader whose Dataset decodes the PNG in __getitem__ every epoch "
@@ -139,8 +142,6 @@ def register(bench_sub: Any) -> None:
     cmd.add_argument("--epochs", type=int, default=3, help="epochs per loader (>= 2; default 3)")
     cmd.add_argument("--workers", type=int, default=0, help="DataLoader worker processes of the baseline (default 0)")
     cmd.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
-    cmd.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
-    cmd.add_argument("--quiet", action="store_true", help="no progress lines")
     cmd.set_defaults(handler=cmd_bench_throughput)
 
 

@@ -112,6 +112,13 @@ def json_file_args(what: str = "the rows") -> argparse.ArgumentParser:
     return parser
 
 
+def bench_output_args(what: str = "the rows") -> argparse.ArgumentParser:
+    """What every benchmark takes: --json FILE and --quiet."""
+    parser = json_file_args(what)
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
 def ops_parents() -> list[argparse.ArgumentParser]:
     """What every registry command takes: the workspace, the tracking store and the model name."""
     return [workspace_args(), tracking_args()]
