@@ -31,6 +31,16 @@ def writes_nothing(root: Path, allow: Collection[str] = ()) -> Iterator[None]:
     assert not changed, f"written under {root}: {changed}"
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_restored() -> Iterator[None]:
+    """Every test ends with torch's intra-op thread count as it found it: an in-process CLI run sets the
+    count (`--threads`, `execution.apply`), and float sums round by thread count, so a leaked count would
+    change the numbers of whichever test runs next."""
+    saved = torch.get_num_threads()
+    yield
+    torch.set_num_threads(saved)
+
+
 TINY_PARAMS = {
     "seed": 0,
     "data": {"domains": 3, "image_size": 8, "target_train_frac": 0.3},
