@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flows.pipeline.start import start_members
 from flows.stores.registry import SOURCES_DIR
 from grasp_core.names import path_inside
 
@@ -45,6 +46,7 @@ def format_lineage(rows: list[dict[str, Any]]) -> str:
     if skips:
         lines += ["", "refused source files left out (on_bad_source: skip):"]
         lines += [f"  v{v}  {file}: {reason}" for v, file, reason in sorted(skips, key=lambda x: int(x[0]))]
+    lines += _start_lines(rows)
     for r in rows:
         if r.get("resumed_from"):
             lines.append(f"  v{r['version']}: its run resumed an interrupted run at v{r['resumed_from']}")
@@ -53,6 +55,20 @@ def format_lineage(rows: list[dict[str, Any]]) -> str:
         lines += ["", "promotion decisions:"]
         lines += [f"  v{v}  {e.get('when', '?')}  {e.get('who', '?')}: {e.get('reason', e)}" for v, e in decisions]
     return "\n".join(lines)
+
+
+def _start_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """How stage 0 was chosen (`transfer.start`) and, for a mean start, every source it averages."""
+    lines = []
+    for r in rows:
+        if not r.get("start_chosen"):
+            continue
+        members = start_members(r)
+        what = f"mean of {len(members)} sources" if members else "the order's first source"
+        lines += ["", f"start of v{r['version']}: {what} (zero-shot val: first {r.get('start_val_first', '-')}, "
+                      f"mean {r.get('start_val_mean', '-')})"]
+        lines += [f"  {m['domain']}  sha256 {m['sha256'][:12]}" for m in members]
+    return lines
 
 
 def _skips(row: dict[str, Any]) -> list[dict[str, str]]:
@@ -80,18 +96,28 @@ def _finding(row: dict[str, Any], what: str, path: str, expected: str, actual: s
 
 
 def _source_findings(ws: Path, rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Each version's source file against its recorded hashes; a mean start's: every source it averages."""
     findings = []
     for r in rows:
-        rel = path_inside(SOURCES_DIR, r["source_domain"], f"v{r['version']}: tag source_domain",
-                          suffix=".safetensors").as_posix()
-        if not (ws / rel).is_file():
-            findings.append(_finding(r, "source_checkpoint", rel, r["source_sha256"], "missing"))
-            continue
-        md5, sha = file_digests(ws / rel)
-        if md5 != r["source_dvc_md5"]:
-            findings.append(_finding(r, "source_dvc_md5", rel, r["source_dvc_md5"], md5))
-        if sha != r["source_sha256"]:
-            findings.append(_finding(r, "source_sha256", rel, r["source_sha256"], sha))
+        members = start_members(r)
+        if members:  # no DVC md5 was recorded for these files: their sha256 is the check
+            for m in members:
+                findings += _file_findings(ws, r, m["domain"], m["sha256"], None)
+        else:
+            findings += _file_findings(ws, r, r["source_domain"], r["source_sha256"], r["source_dvc_md5"])
+    return findings
+
+
+def _file_findings(ws: Path, r: dict[str, Any], domain: str, sha256: str, dvc_md5: str | None) -> list[dict[str, str]]:
+    rel = path_inside(SOURCES_DIR, domain, f"v{r['version']}: source domain", suffix=".safetensors").as_posix()
+    if not (ws / rel).is_file():
+        return [_finding(r, "source_checkpoint", rel, sha256, "missing")]
+    md5, sha = file_digests(ws / rel)
+    findings = []
+    if dvc_md5 is not None and md5 != dvc_md5:
+        findings.append(_finding(r, "source_dvc_md5", rel, dvc_md5, md5))
+    if sha != sha256:
+        findings.append(_finding(r, "source_sha256", rel, sha256, sha))
     return findings
 
 

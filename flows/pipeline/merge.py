@@ -9,10 +9,12 @@ from prefect.futures import PrefectFuture, wait
 
 from flows.pipeline import tasks
 from flows.pipeline.source_ledger import lineage_tags
+from flows.pipeline.start import START_SOURCES_TAG
 from flows.pipeline.summary import FlowSummary, Prepared
 from flows.pipeline.workspace import Workspace
 from flows.reports.progress import Progress
 from grasp_core.memory import settle
+from grasp_core.start import MEAN_NAME
 
 if TYPE_CHECKING:
     from flows.pipeline.sources import AreaSource
@@ -58,8 +60,8 @@ def _stages(prep: Prepared, registrations: list[PrefectFuture[str]], computed: l
                 registrations[-1].wait()  # beside a stage that would be a third model alive in this process
             step = tasks.grasp_stage_task(cfg, ws, summary.target, classes, ckpt, name, stage, parent, progress)
         tags = {**prep.run_tags, "stage": str(stage), "source_domain": name, "source_sha256": ckpt.sha256,
-                **lineage_tags(ws, name, ckpt.sha256, ckpt.header),  # header claims kept apart from facts
-                "checkpoint_sha256": step.checkpoint.sha256, "chain_sha256": step.chain_sha256}
+                **_provenance(prep, i, source), "checkpoint_sha256": step.checkpoint.sha256,
+                "chain_sha256": step.chain_sha256}
         registration = tasks.register_task.submit(prep.tracker, summary.parent_run_id, summary.model_name, step,
                                                   classes, tags, ws.root / "reports" / summary.parent_run_id,
                                                   parent_version, prep.data_v, prep.src_v)
@@ -69,30 +71,58 @@ def _stages(prep: Prepared, registrations: list[PrefectFuture[str]], computed: l
         parent = step
 
 
+def _provenance(prep: Prepared, i: int, source: AreaSource) -> dict[str, str]:
+    """Where the `i`-th source of this run comes from: a source file (its verified facts and, apart, its
+    header's claims), or for the chosen start its choice and, for a mean, every source it averages."""
+    start = prep.start_tags if i == 0 else {}
+    if source.domain == MEAN_NAME and START_SOURCES_TAG in start:
+        return {**start, "source_origin": "start-mean"}  # the mean is grasp's own file, made in this run
+    ckpt = source.checkpoint
+    return {**start, **lineage_tags(prep.ws, source.domain, ckpt.sha256, ckpt.header)}
+
+
 def in_merge_order(cfg: Config, ws: Workspace, target: str, classes: list[str], to_merge: list[AreaSource],
-                   progress: Progress) -> list[AreaSource]:
+                   progress: Progress, from_scratch: bool = False) -> tuple[list[AreaSource], dict[str, str]]:
     """The sources of this run in `transfer.order` (given = the data's time order, nearest in time first, most
-    aligned first, or best scored first); time is the data's domain list (`_domains.txt`)."""
+    aligned first, or best scored first); time is the data's domain list (`_domains.txt`).
+
+    A run `from_scratch` then applies `transfer.start` (flows/pipeline/start.py): the list may begin with the
+    mean of the sources instead of the order's first one. Returns the list and stage 0's start tags. Resumed
+    and incremental runs merge into a registered version and never choose a start again.
+    """
     from grasp_core.data import list_domains
     from grasp_core.order import in_time_order, order_sources
 
     timeline = list_domains(ws.data(cfg))
     by_name = {s.domain: s for s in to_merge}
     names = in_time_order(list(by_name), timeline)
+    pick_start = from_scratch and cfg.transfer.start != "first" and bool(names)
+    ctx = None
+    if pick_start or (cfg.transfer.order in ("aligned", "scored") and len(names) > 1):
+        from flows.pipeline.core_run import method_context  # the target's loaders, opened once for both
+
+        ctx = method_context(cfg, ws, target, names, classes, progress)
     if cfg.transfer.order == "given" or len(names) < 2:
-        return [by_name[name] for name in names]
-    if cfg.transfer.order in ("aligned", "scored"):  # a streaming pre-pass over the sources: two models at most
-        from flows.pipeline.core_run import method_context
+        ordered = names
+    elif cfg.transfer.order in ("aligned", "scored"):  # a streaming pre-pass over the sources: two models at most
         from grasp_core.methods.grasp_method import merge_order
 
-        ordered = merge_order(method_context(cfg, ws, target, names, classes, progress))
+        assert ctx is not None
+        ordered = merge_order(ctx)
     else:
         ordered = order_sources(names, target, cfg.transfer.order, timeline=timeline)
-    progress.say(f"merge order ({cfg.transfer.order}): {', '.join(ordered)}")
-    if cfg.transfer.start != "first":  # the mean start has no source checkpoint for lineage/resume to point at yet
-        progress.say(f"transfer.start '{cfg.transfer.start}': the pipeline starts from the order's first source; "
-                     "the mean start runs in `grasp run --engine core` and the benches (docs/methods.md)")
-    return [by_name[name] for name in ordered]
+    if cfg.transfer.order != "given" and len(names) > 1:
+        progress.say(f"merge order ({cfg.transfer.order}): {', '.join(ordered)}")
+    sources = [by_name[name] for name in ordered]
+    if not pick_start:
+        return sources, {}
+    from flows.pipeline.start import choose_start
+
+    assert ctx is not None
+    sources, tags = choose_start(cfg, ws, target, sources, ctx)
+    progress.say(f"start ({cfg.transfer.start}): {tags['start_chosen']} (val: first {tags['start_val_first']}, "
+                 f"mean {tags['start_val_mean']})")
+    return sources, tags
 
 
 def final_version(cfg: Config, summary: FlowSummary) -> str:

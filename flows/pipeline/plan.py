@@ -11,6 +11,7 @@ from pathlib import Path
 
 from flows.pipeline.sources import AreaSource
 from flows.pipeline.stage import StepArtifact
+from flows.pipeline.start import merged_shas
 from grasp_core.checkpoints import SavedCheckpoint, file_sha256, read_header
 
 
@@ -34,6 +35,11 @@ def lineage_sources(tracker, model_name: str, version: str) -> list[dict[str, st
         chain.append({**tags, "version": current})
         current = tags.get("parent_version", "")
     return chain
+
+
+def chain_shas(chain: list[dict[str, str]]) -> set[str]:
+    """The source checkpoints (sha256) a lineage holds: each stage's source, or every source of a mean start."""
+    return set().union(*(merged_shas(tags) for tags in chain)) if chain else set()
 
 
 def plan_merge(tracker, model_name: str, area: list[AreaSource], out_dir: Path,  # type: ignore[no-untyped-def]
@@ -63,15 +69,15 @@ def _continue_from(tracker, model_name: str, area: list[AreaSource], out_dir: Pa
     from flows.stores.registry import download_weights
 
     chain = lineage_sources(tracker, model_name, version)
-    merged = {tags.get("source_sha256") for tags in chain}
+    merged = chain_shas(chain)  # a mean start counts every source it averages: never merged again
     new = [s for s in area if s.checkpoint.sha256 not in merged]
     if not new:
-        return MergePlan(None, version, 0, [], len(chain), resumed)
+        return MergePlan(None, version, 0, [], len(merged), resumed)
     path = download_weights(f"models:/{model_name}/{version}", out_dir / f"parent-v{version}.safetensors",
                             tracker.tracking_uri)
     parent = StepArtifact(SavedCheckpoint(path, file_sha256(path), read_header(path)), None,
                           chain[0].get("chain_sha256", ""))
-    return MergePlan(parent, version, int(chain[0]["stage"]) + 1, new, len(chain), resumed)
+    return MergePlan(parent, version, int(chain[0]["stage"]) + 1, new, len(merged), resumed)
 
 
 def interrupted_head(tracker, model_name: str, area: list[AreaSource], champion: str | None,  # type: ignore[no-untyped-def]
@@ -94,7 +100,7 @@ def interrupted_head(tracker, model_name: str, area: list[AreaSource], champion:
         if params_sha256 and tags.get("params_sha256") != params_sha256:
             continue
         chain = lineage_sources(tracker, model_name, record["version"])
-        if not {t.get("source_sha256") for t in chain} <= area_shas:
+        if not chain_shas(chain) <= area_shas:
             continue
         chain_versions = {t["version"] for t in chain}
         if full and tags.get("incremental_from", ""):

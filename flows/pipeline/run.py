@@ -134,8 +134,9 @@ def _prepare(params_path: str, workdir: str, tracking_uri: str | None, dvc_remot
                      params_path=params_path)
     plan = tasks.plan_task(tracker, summary.model_name, area, ws.targets(target), full,
                            config_hash(cfg))
-    plan = prep.plan = replace_plan(plan, to_merge=in_merge_order(cfg, ws, target, classes, plan.to_merge,
-                                                                   progress))
+    ordered, prep.start_tags = in_merge_order(cfg, ws, target, classes, plan.to_merge, progress,
+                                              from_scratch=plan.parent is None and not plan.parent_version)
+    plan = prep.plan = replace_plan(plan, to_merge=ordered)
     summary.sources, summary.parent_version = [s.domain for s in plan.to_merge], plan.parent_version
     summary.merged_before, summary.all_sources = plan.merged_before, [s.domain for s in area]
     summary.resumed = plan.resumed

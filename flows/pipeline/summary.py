@@ -49,5 +49,6 @@ class Prepared:
     src_v: Any = None
     data_push: Any = None  # and the data pushed (awaited before any alias moves)
     run_tags: dict = field(default_factory=dict)
+    start_tags: dict = field(default_factory=dict)  # stage 0's `transfer.start` choice (flows/pipeline/start.py)
     params_path: str = ""
     done: bool = False  # nothing to merge: `summary` is final

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 SOURCES_DIR = Path("checkpoints") / "sources"
 _TAGS = ("target_domain", "source_domain", "parent_version", "checkpoint_sha256", "chain_sha256", "source_sha256",
          "source_dvc_md5", "base_sha256", "dataset_dvc_md5", "sources_dvc_md5", "params_sha256", "code_commit",
-         "flow_run_id", "policy", "skipped_sources", "resumed_from", "rejected")
+         "flow_run_id", "policy", "skipped_sources", "resumed_from", "rejected",
+         "start_chosen", "start_val_first", "start_val_mean", "start_sources")  # stage 0's `transfer.start`
 _METRICS = {"val_accuracy": "val/accuracy", "test_accuracy": "test/accuracy", "transfer_tensors": "transfer/tensors",
             "transfer_tensors_frac": "transfer/tensors_frac", "transfer_params_frac": "transfer/params_frac",
             "peak_rss_bytes": "memory/peak_rss_bytes", "models_alive": "memory/models_alive",
