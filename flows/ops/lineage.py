@@ -100,9 +100,9 @@ def _source_findings(ws: Path, rows: list[dict[str, Any]]) -> list[dict[str, str
     findings = []
     for r in rows:
         members = start_members(r)
-        if members:  # no DVC md5 was recorded for these files: their sha256 is the check
+        if members:  # a mean start: each source it averages, as if it were the stage's source
             for m in members:
-                findings += _file_findings(ws, r, m["domain"], m["sha256"], None)
+                findings += _file_findings(ws, r, m["domain"], m["sha256"], m.get("md5"))
         else:
             findings += _file_findings(ws, r, r["source_domain"], r["source_sha256"], r["source_dvc_md5"])
     return findings

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from flows.pipeline.sources import AreaSource
 from flows.pipeline.stage import StepArtifact
-from flows.pipeline.start import merged_shas
+from flows.pipeline.start import held_shas, merged_shas
 from grasp_core.checkpoints import SavedCheckpoint, file_sha256, read_header
 
 
@@ -37,9 +37,11 @@ def lineage_sources(tracker, model_name: str, version: str) -> list[dict[str, st
     return chain
 
 
-def chain_shas(chain: list[dict[str, str]]) -> set[str]:
-    """The source checkpoints (sha256) a lineage holds: each stage's source, or every source of a mean start."""
-    return set().union(*(merged_shas(tags) for tags in chain)) if chain else set()
+def chain_shas(chain: list[dict[str, str]], held: bool = False) -> set[str]:
+    """The source checkpoints (sha256) a lineage merged as stages (a mean start stands for the order's first
+    source); with `held`, every source it depends on (all that a mean start averages)."""
+    per_version = held_shas if held else merged_shas
+    return set().union(*(per_version(tags) for tags in chain)) if chain else set()
 
 
 def plan_merge(tracker, model_name: str, area: list[AreaSource], out_dir: Path,  # type: ignore[no-untyped-def]
@@ -69,7 +71,7 @@ def _continue_from(tracker, model_name: str, area: list[AreaSource], out_dir: Pa
     from flows.stores.registry import download_weights
 
     chain = lineage_sources(tracker, model_name, version)
-    merged = chain_shas(chain)  # a mean start counts every source it averages: never merged again
+    merged = chain_shas(chain)
     new = [s for s in area if s.checkpoint.sha256 not in merged]
     if not new:
         return MergePlan(None, version, 0, [], len(merged), resumed)
@@ -100,7 +102,7 @@ def interrupted_head(tracker, model_name: str, area: list[AreaSource], champion:
         if params_sha256 and tags.get("params_sha256") != params_sha256:
             continue
         chain = lineage_sources(tracker, model_name, record["version"])
-        if not chain_shas(chain) <= area_shas:
+        if not chain_shas(chain, held=True) <= area_shas:  # a mean start needs every source it averages
             continue
         chain_versions = {t["version"] for t in chain}
         if full and tags.get("incremental_from", ""):

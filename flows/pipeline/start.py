@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch-free at import: `grasp lineage` reads the tags below without loading a model
@@ -20,7 +21,7 @@ if TYPE_CHECKING:  # torch-free at import: `grasp lineage` reads the tags below 
     from grasp_core.config import Config
     from grasp_core.methods import MethodContext
 
-START_SOURCES_TAG = "start_sources"  # JSON [{"domain": ..., "sha256": ...}] of the sources a mean start holds
+START_SOURCES_TAG = "start_sources"  # JSON [{"domain", "sha256", "md5"}] of the sources a mean start holds
 
 
 def start_members(tags: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -35,9 +36,25 @@ def start_members(tags: Mapping[str, Any]) -> list[dict[str, str]]:
 
 
 def merged_shas(tags: Mapping[str, Any]) -> set[str]:
-    """The source checkpoints one registered version merged: its source, or every source of a mean start."""
+    """The source checkpoint one registered version merged as its stage: its source, or for a mean start the
+    order's first source, whose place it takes (the others it averages are merged again as later stages, so
+    a resumed run still has them to do)."""
+    members = start_members(tags)
+    return {members[0]["sha256"]} if members else {str(tags.get("source_sha256", ""))}
+
+
+def held_shas(tags: Mapping[str, Any]) -> set[str]:
+    """Every source checkpoint a registered version depends on directly: a mean start's are all it averages."""
     members = start_members(tags)
     return {m["sha256"] for m in members} if members else {str(tags.get("source_sha256", ""))}
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def choose_start(cfg: Config, ws: Workspace, target: str, ordered: list[AreaSource],
@@ -60,7 +77,9 @@ def choose_start(cfg: Config, ws: Workspace, target: str, ordered: list[AreaSour
             "start_val_mean": f"{choice.mean_val_accuracy:.4f}"}
     if choice.model is None:
         return ordered, tags
-    members = [{"domain": s.domain, "sha256": s.checkpoint.sha256} for s in ordered]
+    # md5 too: what DVC records for each file, so `grasp lineage --verify` checks a mean's sources as it
+    # checks any stage's source
+    members = [{"domain": s.domain, "sha256": s.checkpoint.sha256, "md5": _md5(s.checkpoint.path)} for s in ordered]
     tags[START_SOURCES_TAG] = json.dumps(members, separators=(",", ":"))
     # The file's name follows from what made it: the same sources, params and target give the same mean.
     key = hashlib.sha256(f"{tags[START_SOURCES_TAG]}|{config_hash(cfg)}|{target}".encode()).hexdigest()

@@ -155,12 +155,15 @@ def test_the_gate_refuses_a_worse_candidate_then_tolerance_lets_it_through(run, 
 
 def test_verify_lineage_is_clean_then_flags_a_tampered_source(run):
     from flows.ops.lineage import format_findings, verify_lineage
+    from flows.pipeline.start import start_members
     from flows.stores.registry import lineage
 
     ws, uri, summary = run
     rows = lineage(ws, uri)
     assert verify_lineage(ws, rows) == []
-    victim = ws / "checkpoints" / "sources" / f"{summary.sources[0]}.safetensors"
+    stage0 = rows[-1]
+    held = start_members(stage0) or [{"domain": stage0["source_domain"], "md5": stage0["source_dvc_md5"]}]
+    victim = ws / "checkpoints" / "sources" / f"{held[0]['domain']}.safetensors"  # a mean start holds every source
     backup = victim.with_suffix(".bak")
     shutil.copy2(victim, backup)
     try:
@@ -170,11 +173,10 @@ def test_verify_lineage_is_clean_then_flags_a_tampered_source(run):
         findings = verify_lineage(ws, rows)
     finally:
         backup.replace(victim)
-    stage0 = rows[-1]
     assert {(f["version"], f["what"]) for f in findings} == {(stage0["version"], "source_dvc_md5"),
                                                              (stage0["version"], "source_sha256")}
-    assert findings[0]["path"] == f"checkpoints/sources/{summary.sources[0]}.safetensors"
-    assert findings[0]["expected"] == stage0["source_dvc_md5"] != findings[0]["actual"]
+    assert findings[0]["path"] == f"checkpoints/sources/{held[0]['domain']}.safetensors"
+    assert findings[0]["expected"] == held[0]["md5"] != findings[0]["actual"]
     assert "NOT verified: 2 findings" in format_findings(findings, rows)
     image = next((ws / "data" / summary.target / "test").rglob("*.png"))
     original = image.read_bytes()
