@@ -13,6 +13,7 @@ from flows.pipeline.start import START_SOURCES_TAG
 from flows.pipeline.summary import FlowSummary, Prepared
 from flows.pipeline.workspace import Workspace
 from flows.reports.progress import Progress
+from flows.runtime import execution
 from grasp_core.memory import settle
 from grasp_core.start import MEAN_NAME
 
@@ -108,7 +109,8 @@ def in_merge_order(cfg: Config, ws: Workspace, target: str, classes: list[str], 
         from grasp_core.methods.grasp_method import merge_order
 
         assert ctx is not None
-        ordered = merge_order(ctx)
+        with execution.compute():  # as the core engine runs it (mixed precision when GRASP_AMP asks)
+            ordered = merge_order(ctx)
     else:
         ordered = order_sources(names, target, cfg.transfer.order, timeline=timeline)
     if cfg.transfer.order != "given" and len(names) > 1:
@@ -119,7 +121,8 @@ def in_merge_order(cfg: Config, ws: Workspace, target: str, classes: list[str], 
     from flows.pipeline.start import choose_start
 
     assert ctx is not None
-    sources, tags = choose_start(cfg, ws, target, sources, ctx)
+    with execution.compute():
+        sources, tags = choose_start(cfg, ws, target, sources, ctx)
     progress.say(f"start ({cfg.transfer.start}): {tags['start_chosen']} (val: first {tags['start_val_first']}, "
                  f"mean {tags['start_val_mean']})")
     return sources, tags
