@@ -12,7 +12,8 @@ from grasp_core.checkpoints import CheckpointHeader, SavedCheckpoint
 MEMBERS = [{"domain": d, "sha256": f"sha-{d}", "md5": f"md5-{d}"} for d in ("b", "a", "c")]  # merge order b, a, c
 MEAN_TAGS = {"stage": "0", "source_domain": "mean", "source_sha256": "sha-mean", "parent_version": "",
              "params_sha256": "p", "start_chosen": "mean", "start_sources": json.dumps(MEMBERS)}
-STAGE1_TAGS = {"stage": "1", "source_domain": "a", "source_sha256": "sha-a", "parent_version": "1", "params_sha256": "p"}
+STAGE1_TAGS = {"stage": "1", "source_domain": "a", "source_sha256": "sha-a", "parent_version": "1",
+               "params_sha256": "p"}
 
 
 def _area(*domains: str) -> list[AreaSource]:
