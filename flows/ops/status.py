@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.ops.lineage import file_digests, fmt_num
+from flows.pipeline.start import merged_shas, start_members
 from flows.stores.registry import (
     SOURCES_DIR,
     aliases_by_version,
@@ -21,9 +22,10 @@ from flows.stores.tracking import Tracker
 
 
 def sources_waiting(ws: Path, chain: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Source checkpoints on disk whose sha256 is nowhere in `chain` (e.g. the champion's lineage)."""
-    merged = {r["source_sha256"] for r in chain}
-    used = {r["source_domain"] for r in chain}
+    """Source checkpoints on disk that `chain` (e.g. the champion's lineage) did not merge: what the next
+    `grasp run` merges (a mean start counts as its order's first source, as in flows/pipeline/plan.py)."""
+    merged = set().union(*(merged_shas(r) for r in chain)) if chain else set()
+    used = {r["source_domain"] for r in chain} | {m["domain"] for r in chain for m in start_members(r)}
     waiting = []
     for path in sorted((ws / SOURCES_DIR).glob("*.safetensors")):
         sha = file_digests(path)[1]
