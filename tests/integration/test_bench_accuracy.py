@@ -110,8 +110,10 @@ def test_matrix_of_a_pipeline_lineage(tmp_path, prefect_harness):
     from flows.stores.registry import lineage
     from tests.conftest import TINY_PARAMS
 
-    # merged oldest first (`transfer.order: given`), so BwT and FwT below read in time order
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**TINY_PARAMS, "transfer": {"order": "given"}}))
+    # merged oldest first (`transfer.order: given`) from the first source (`start: first`: a mean start merges
+    # every source at step 0, which the matrix does not split yet), so BwT and FwT below read in time order
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**TINY_PARAMS,
+                                                          "transfer": {"order": "given", "start": "first"}}))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     summary = run_pipeline(RunOptions(tmp_path, tmp_path / "params.yaml", tracking_uri=uri, quiet=True))
     result = matrix_for_lineage(tmp_path, uri)
