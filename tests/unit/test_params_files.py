@@ -26,7 +26,7 @@ def test_complementary_yaml_is_params_yaml_on_the_complementary_benchmark():
     assert _differences("complementary.yaml") == {"data.generator": "digits_complementary"}
 
 
-def test_workload_5min_yaml_is_params_yaml_with_15_times_the_epochs():
+def test_workload_5min_yaml_is_params_yaml_with_30_times_the_epochs():
     base = flatten(load_config(ROOT / "params.yaml"))
-    assert _differences("workload-5min.yaml") == {key: 15 * base[key] for key in (
+    assert _differences("workload-5min.yaml") == {key: 30 * base[key] for key in (
         "base.epochs", "sources.epochs", "finetune.initial_epochs", "finetune.epochs")}
