@@ -196,20 +196,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_flow(args: argparse.Namespace, opts: RunOptions) -> int:
+    from flows.pipeline.up_to_date import nothing_new, unchanged_inputs
     from flows.runtime.interrupts import stop_cleanly_on_signals
     from flows.runtime.lock import RunLock
     from grasp_core.config import load_config
-    from grasp_core.grasp import check_plugins
 
     # a bad params.yaml (or a policy/criterion no registry knows) is bad input: refused before the lock,
-    # a server or any file
-    check_plugins(load_config(opts.params))
+    # a server or any file. Params the last good run used (same hash, same code) passed that check then, and
+    # the check's import (torch) is what a run with nothing new must not pay.
+    cfg = load_config(opts.params)
+    may_be_current = not (opts.full or args.all_targets) and unchanged_inputs(opts, cfg) is not None
+    if not may_be_current:
+        from grasp_core.grasp import check_plugins
+
+        check_plugins(cfg)
 
     # The workspace lock first: a refused run starts no Prefect server (two on one SQLite only contend).
     # The flow takes the same lock again (re-entrant in this process; scheduled runs take it there).
     # SIGTERM/SIGINT unwind through the lock (released) before the children are stopped.
     command = "grasp run" + (" --all-targets" if args.all_targets else "")
     with stop_cleanly_on_signals(command), RunLock(opts.workdir, wait_s=args.lock_wait, command=command):
+        # nothing new (docs/operations.md): said before Prefect, torch or the flow start; else the flow decides
+        if may_be_current and (message := nothing_new(opts, cfg)) is not None:
+            print(message)
+            return 0
         return _run_flow_locked(args, opts)
 
 

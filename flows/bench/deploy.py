@@ -18,8 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from flows.bench.deploy_probe import BATCHES
 from grasp_core.errors import GraspError
 
@@ -53,6 +51,8 @@ def _files(fetched: Any, tmp: Path) -> dict[str, Path]:
 def deploy_bench(ws: Path, tracking_uri: str | None, cfg: Any, ref: str, model_name: str | None, iters: int,
                  threads: int, say: Callable[[str], None]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(what was measured, one row of COLUMNS per format in flows.ops.export.RUNTIMES)."""
+    import numpy as np  # here, not at import: `grasp` registers this bench's parser on every command
+
     from flows.ops.deploy import fetch_version, target_test_images
     from flows.ops.export import RUNTIMES, load_runner, logits_in_batches, parity
 

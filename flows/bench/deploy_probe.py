@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy too: `grasp bench deploy`'s parser reads BATCHES from here, and `grasp` imports it
+    import numpy as np
 
-if TYPE_CHECKING:
     from flows.ops.export import Runner
 
 BATCHES = (1, 32)
@@ -61,6 +61,8 @@ def probe(fmt: str, path: Path, images: np.ndarray, iters: int, threads: int) ->
 
 
 def main(argv: list[str]) -> int:
+    import numpy as np
+
     fmt, path, images, iters, threads = argv
     batch = np.load(images)  # (N >= 32, C, H, W) float32
     print(json.dumps(probe(fmt, Path(path), batch, int(iters), int(threads))))

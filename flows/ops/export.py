@@ -18,18 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from grasp_core.errors import GraspError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy too: `grasp`'s parser imports this module for FORMATS, and every command pays its imports
+    import numpy as np
     import torch
     from torch import nn
 
 FORMATS = ("onnx", "torchscript")
 RUNTIMES = ("pytorch", *FORMATS)  # what `grasp bench deploy` compares
 PARITY_ATOL = 1e-4  # max |logit difference| an export may show against PyTorch on the test split
-Runner = Callable[[np.ndarray], np.ndarray]  # (N, C, H, W) float32 -> (N, num_classes) float32
+Runner = Callable[["np.ndarray"], "np.ndarray"]  # (N, C, H, W) float32 -> (N, num_classes) float32
 _DEPRECATED = (".*legacy TorchScript-based ONNX export.*", ".*The feature will be removed.*",
                ".*torch.jit.* is deprecated.*")  # torch 2.14 warns on both formats; they still work as documented
 
@@ -130,11 +129,15 @@ def _onnx_runner(path: Path, threads: int) -> Runner:
 
 def logits_in_batches(run: Runner, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """`run` over `images` (N, C, H, W) in slices of `batch_size`; (N, num_classes)."""
+    import numpy as np
+
     return np.concatenate([run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 def parity(reference: np.ndarray, exported: np.ndarray) -> Parity:
     """Compare two (N, num_classes) logit arrays of the same images."""
+    import numpy as np
+
     diff = float(np.abs(reference - exported).max()) if len(reference) else 0.0
     agree = float((reference.argmax(1) == exported.argmax(1)).mean()) if len(reference) else 1.0
     return Parity(images=len(reference), max_abs_logit_diff=diff, agreement_frac=agree)
@@ -155,4 +158,6 @@ def latency_ms(run: Runner, images: np.ndarray, iters: int, warmup: int = 5) -> 
 
 def as_numpy(x: torch.Tensor) -> np.ndarray:
     """A float32, C-contiguous copy for any runtime (ONNX Runtime refuses other layouts and dtypes)."""
+    import numpy as np
+
     return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)

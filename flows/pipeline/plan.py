@@ -2,17 +2,25 @@
 
 GRASP is sequential, so a new source is one more stage on top of the current champion: the old
 sources are never reloaded, and memory stays that of two models however long the lineage is.
+
+`decide` is the one decision, made from the registry: the version to continue from (the champion, or the
+last version of an interrupted run) and its lineage. `plan_merge` (the flow) and `nothing_to_merge` (the
+CLI's check before Prefect starts, flows/pipeline/up_to_date.py) both read it, so they cannot disagree.
+Torch-free at import: the CLI's check must stay cheap.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from flows.pipeline.sources import AreaSource
-from flows.pipeline.stage import StepArtifact
 from flows.pipeline.start import held_shas, merged_shas
-from grasp_core.checkpoints import SavedCheckpoint, file_sha256, read_header
+
+if TYPE_CHECKING:
+    from flows.pipeline.sources import AreaSource
+    from flows.pipeline.stage import StepArtifact
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,20 @@ class MergePlan:
     merged_before: int  # sources already in the champion's lineage
     resumed: bool = False  # `parent` is the last version an interrupted run registered, not the champion
     ended_runs: tuple[str, ...] = ()  # MLflow runs of dead processes, marked KILLED by this plan
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where a run continues: `version` ("" = from scratch), whether it resumes an interrupted run, and that
+    version's lineage (newest first; [] from scratch)."""
+
+    version: str
+    resumed: bool
+    chain: list[dict[str, str]]
+
+    def unmerged(self, area_shas: Iterable[str]) -> set[str]:
+        """The source checkpoints (sha256) of the area that this lineage has not merged yet."""
+        return set(area_shas) - chain_shas(self.chain)
 
 
 def lineage_sources(tracker, model_name: str, version: str) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
@@ -44,6 +66,16 @@ def chain_shas(chain: list[dict[str, str]], held: bool = False) -> set[str]:
     return set().union(*(per_version(tags) for tags in chain)) if chain else set()
 
 
+def decide(tracker, model_name: str, area_shas: set[str], full: bool,  # type: ignore[no-untyped-def]
+           params_sha256: str) -> Decision:
+    """The version a run continues from: the last version of an interrupted run it can resume, else the champion
+    (none with `full`), else none (from scratch). Reads the registry only; `plan_merge` ends dead runs first."""
+    champion = None if full else tracker.get_alias_version(model_name, "champion")
+    head = interrupted_head(tracker, model_name, area_shas, champion, full, params_sha256)
+    version = head or champion or ""
+    return Decision(version, head is not None, lineage_sources(tracker, model_name, version) if version else [])
+
+
 def plan_merge(tracker, model_name: str, area: list[AreaSource], out_dir: Path,  # type: ignore[no-untyped-def]
                full: bool = False, params_sha256: str = "") -> MergePlan:
     """Which sources to merge, into what: everything from scratch, the champion plus what is new, or the
@@ -55,45 +87,56 @@ def plan_merge(tracker, model_name: str, area: list[AreaSource], out_dir: Path, 
     registry ends with one version per stage.
     """
     ended = tuple(tracker.end_dead_runs())
-    champion = None if full else tracker.get_alias_version(model_name, "champion")
-    head = interrupted_head(tracker, model_name, area, champion, full, params_sha256)
-    if head is not None:
-        plan = _continue_from(tracker, model_name, area, out_dir, head, resumed=True)
-    elif champion is None:
+    decision = decide(tracker, model_name, {s.checkpoint.sha256 for s in area}, full, params_sha256)
+    if not decision.version:
         plan = MergePlan(None, "", 0, area, 0)
     else:
-        plan = _continue_from(tracker, model_name, area, out_dir, champion, resumed=False)
+        plan = _continue_from(tracker, model_name, area, out_dir, decision)
     return replace(plan, ended_runs=ended)
 
 
-def _continue_from(tracker, model_name: str, area: list[AreaSource], out_dir: Path, version: str,  # type: ignore[no-untyped-def]
-                   resumed: bool) -> MergePlan:
-    from flows.stores.registry import download_weights
+def nothing_to_merge(tracker, model_name: str, area_shas: set[str],  # type: ignore[no-untyped-def]
+                     params_sha256: str) -> tuple[str, int] | None:
+    """(champion version, sources it holds) when `plan_merge` (without `full`) would end no dead run, resume
+    nothing and merge nothing; else None. Read-only: the registry is left as it is."""
+    if tracker.dead_runs():
+        return None
+    decision = decide(tracker, model_name, area_shas, False, params_sha256)
+    if not decision.version or decision.resumed or decision.unmerged(area_shas):
+        return None
+    return decision.version, len(chain_shas(decision.chain))
 
-    chain = lineage_sources(tracker, model_name, version)
+
+def _continue_from(tracker, model_name: str, area: list[AreaSource], out_dir: Path,  # type: ignore[no-untyped-def]
+                   decision: Decision) -> MergePlan:
+    from flows.pipeline.stage import StepArtifact
+    from flows.stores.registry import download_weights
+    from grasp_core.checkpoints import SavedCheckpoint, file_sha256, read_header
+
+    version, chain = decision.version, decision.chain
     merged = chain_shas(chain)
-    new = [s for s in area if s.checkpoint.sha256 not in merged]
+    unmerged = decision.unmerged(s.checkpoint.sha256 for s in area)
+    new = [s for s in area if s.checkpoint.sha256 in unmerged]
     if not new:
-        return MergePlan(None, version, 0, [], len(merged), resumed)
+        return MergePlan(None, version, 0, [], len(merged), decision.resumed)
     path = download_weights(f"models:/{model_name}/{version}", out_dir / f"parent-v{version}.safetensors",
                             tracker.tracking_uri)
     parent = StepArtifact(SavedCheckpoint(path, file_sha256(path), read_header(path)), None,
                           chain[0].get("chain_sha256", ""))
-    return MergePlan(parent, version, int(chain[0]["stage"]) + 1, new, len(merged), resumed)
+    return MergePlan(parent, version, int(chain[0]["stage"]) + 1, new, len(merged), decision.resumed)
 
 
-def interrupted_head(tracker, model_name: str, area: list[AreaSource], champion: str | None,  # type: ignore[no-untyped-def]
+def interrupted_head(tracker, model_name: str, area_shas: set[str], champion: str | None,  # type: ignore[no-untyped-def]
                      full: bool, params_sha256: str) -> str | None:
     """The newest version registered by a run that did not finish, if a run of these params can continue it.
 
-    It must carry the same params hash, its lineage's sources must all still be in the area, and it must
-    extend the champion (incremental) or start from scratch (`full`).
+    It must carry the same params hash, its lineage's sources must all still be in the area (`area_shas`), and
+    it must extend the champion (incremental) or start from scratch (`full`).
     """
     versions = tracker.versions(model_name)
     if not versions:
         return None
     states = tracker.run_states()
-    area_shas = {s.checkpoint.sha256 for s in area}
     for record in reversed(versions):  # newest first
         _, parent_run = states.get(record["run_id"], ("", ""))
         if states.get(parent_run, ("", ""))[0] not in ("KILLED", "FAILED") or record["aliases"]:

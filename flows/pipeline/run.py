@@ -19,6 +19,7 @@ from flows.pipeline.fanout import merge_targets, train_sources
 from flows.pipeline.merge import final_version, in_merge_order, lineage_start, merge_all, raise_failed_dvc, skipped_tag
 from flows.pipeline.stage import StepArtifact
 from flows.pipeline.summary import FlowSummary, Prepared
+from flows.pipeline.up_to_date import VALIDATION_DIR, RunInputs, code_identity, fingerprint_of, forget, remember
 from flows.pipeline.workspace import Workspace
 from flows.reports.progress import Progress, link_mlflow_run
 from flows.runtime.options import RunOptions
@@ -29,8 +30,6 @@ from grasp_core.config import replace as replace_config
 from grasp_core.grasp import check_plugins
 from grasp_core.memory import settle
 from grasp_core.names import check_name
-
-VALIDATION_DIR = Path("reports") / "validation"  # the GX results, under the workspace
 
 
 @flow(name="grasp-run", task_runner=ThreadPoolTaskRunner(max_workers=6), log_prints=False)
@@ -52,6 +51,7 @@ def grasp_run_flow(params_path: str, workdir: str = ".", tracking_uri: str | Non
     route_run_logs(verbose)  # here, so served (scheduled) runs in their own processes log their stages too
 
     with RunLock(Path(workdir), wait_s=lock_wait_s, command="grasp run"):
+        forget(Path(workdir))  # until this run ends well, `grasp run` knows nothing to be current
         summary = _pipeline(params_path, workdir, tracking_uri, dvc_remote, baselines, full, quiet, verbose, runner)
         if auto_promote and summary.versions:
             summary.promotion = tasks.promote_task(Path(workdir), tracking_uri, load_config(Path(params_path)))
@@ -73,6 +73,7 @@ def grasp_all_targets_flow(params_path: str, workdir: str = ".", tracking_uri: s
     route_run_logs(verbose)  # here, so served (scheduled) runs in their own processes log their stages too
 
     with RunLock(Path(workdir), command="grasp run --all-targets"):
+        forget(Path(workdir))  # it may train sources: the single-target record no longer holds
         ws, cfg = Workspace(Path(workdir)), load_config(Path(params_path))
         check_plugins(cfg)  # a misspelt policy or criterion fails before any data or model is written
         progress = Progress(quiet, verbose, run_log=True)
@@ -94,7 +95,9 @@ def _pipeline(params_path: str, workdir: str, tracking_uri: str | None, dvc_remo
               target_override: str = "") -> FlowSummary:
     """The DAG of one run (see the module docstring): prepare, then merge and register."""
     prep = _prepare(params_path, workdir, tracking_uri, dvc_remote, full, quiet, verbose, runner, target_override)
-    return _finish(prep, baselines)
+    summary = _finish(prep, baselines)
+    remember(prep.ws.root, prep.inputs)  # a later `grasp run` with nothing new can end before Prefect starts
+    return summary
 
 
 def _prepare(params_path: str, workdir: str, tracking_uri: str | None, dvc_remote: str | None, full: bool,
@@ -112,6 +115,7 @@ def _prepare(params_path: str, workdir: str, tracking_uri: str | None, dvc_remot
     # versions the data (a subprocess) and MLflow opens in this process, which would otherwise sit idle.
     with prewarmed_gx(ws.root / VALIDATION_DIR) as gx:
         target, sources, classes = tasks.materialise_task(cfg, ws, progress)
+        data_fp = fingerprint_of(ws.data(cfg))  # each input's fingerprint before anything reads it (up_to_date.py)
         data_v = tasks.dvc_version_data_task.submit(ws, dvc_remote, cfg.data.root)
         tracker_future = tasks.open_tracking_task.submit(ws, tracking_uri)
         try:
@@ -121,7 +125,9 @@ def _prepare(params_path: str, workdir: str, tracking_uri: str | None, dvc_remot
             raise
     progress.say(f"data valid; target {target}; sources {', '.join(sources)}")
     base = tasks.base_task(cfg, ws, classes, sources[0], progress)
+    base_fp = fingerprint_of(ws.base)
     trained = sum(fresh for _, fresh in train_sources(cfg, ws, sources, [*sources, target], classes, base, runner))
+    sources_fp = fingerprint_of(ws.sources)
     area, bad = tasks.area_task(ws, target, cfg.on_bad_source, progress, cfg.limits)
     src_v = tasks.dvc_track_task.submit(ws, "checkpoints/sources", wait_for=[data_v])
     # the data's push (thousands of files) runs beside the merge and registrations; the aliases wait for it
@@ -134,6 +140,8 @@ def _prepare(params_path: str, workdir: str, tracking_uri: str | None, dvc_remot
                      params_path=params_path)
     plan = tasks.plan_task(tracker, summary.model_name, area, ws.targets(target), full,
                            config_hash(cfg))
+    prep.inputs = RunInputs(config_hash(cfg), code_identity(), tracker.tracking_uri, data_fp, base_fp, sources_fp,
+                            summary.model_name, tuple(sorted(s.checkpoint.sha256 for s in area)))
     ordered, prep.start_tags = in_merge_order(cfg, ws, target, classes, plan.to_merge, progress,
                                               from_scratch=plan.parent is None and not plan.parent_version)
     plan = prep.plan = replace_plan(plan, to_merge=ordered)

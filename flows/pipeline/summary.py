@@ -52,3 +52,4 @@ class Prepared:
     start_tags: dict = field(default_factory=dict)  # stage 0's `transfer.start` choice (flows/pipeline/start.py)
     params_path: str = ""
     done: bool = False  # nothing to merge: `summary` is final
+    inputs: Any = None  # flows.pipeline.up_to_date.RunInputs: what this run worked on, recorded when it ends well

@@ -353,12 +353,12 @@ class Tracker:
             return {}
         return {alias: str(version) for alias, version in model.aliases.items()}
 
-    def end_dead_runs(self) -> list[str]:
-        """Mark KILLED the RUNNING runs of this experiment whose owning process died (a SIGKILLed run cannot end
-        its own runs); returns their ids. Runs of live processes or of other hosts are left alone."""
+    def dead_runs(self) -> list[str]:
+        """The RUNNING runs of this experiment whose owning process died (a SIGKILLed run cannot end its own
+        runs); read-only. Runs of live processes or of other hosts are left out."""
         from flows.runtime.lock import is_owner_alive
 
-        ended = []
+        dead = []
         for run in self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
             tags = run.data.tags
             if OWNER_PID not in tags:
@@ -366,8 +366,14 @@ class Tracker:
             owner = {"pid": tags[OWNER_PID], "pid_started": tags.get(OWNER_STARTED) or None,
                      "hostname": tags.get(OWNER_HOST)}
             if not is_owner_alive(owner):
-                self.client.set_terminated(run.info.run_id, "KILLED")
-                ended.append(run.info.run_id)
+                dead.append(run.info.run_id)
+        return dead
+
+    def end_dead_runs(self) -> list[str]:
+        """Mark the `dead_runs` KILLED; returns their ids."""
+        ended = self.dead_runs()
+        for run_id in ended:
+            self.client.set_terminated(run_id, "KILLED")
         return ended
 
     def run_states(self) -> dict[str, tuple[str, str]]:

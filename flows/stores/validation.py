@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from grasp_core.data import summary as _summary_module
-from grasp_core.data.summary import FILE_COLUMNS, SPLIT_COLUMNS, SummaryTables, summarise
 from grasp_core.errors import DataLayoutError, GraspError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # grasp_core.data loads torch: this module stays torch-free at import (`passed_before` is cheap)
     from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
     from great_expectations.expectations import Expectation
+
+    from grasp_core.data.summary import SummaryTables
 
 RESULT_FILE = "gx_validation.json"
 # Columns that name an offending row, per table; GX reports them with each unexpected value.
@@ -94,6 +94,8 @@ def validate_dataset(root: Path, out_dir: Path, min_per_class: int = 1,
 
 def _validate(root: Path, out_dir: Path, expected: Expected, stamp: dict[str, Any]) -> ValidationReport:
     """Summarise `root`, run the suites, write the results (module level: a GxWorker runs it)."""
+    from grasp_core.data.summary import summarise
+
     try:
         tables = summarise(root)
     except DataLayoutError as err:
@@ -170,13 +172,21 @@ def prewarmed_gx(out_dir: Path) -> Iterator[GxWorker | None]:
 def _stamp(root: Path, expected: Expected) -> dict[str, Any]:
     """What a pass depends on: every file's (path, size, mtime, inode) under `root`, the suite's code, its knobs."""
     import hashlib
+    from importlib.resources import files
 
     from flows.stores.versioning import fingerprint
 
-    suite = hashlib.sha256(b"".join(Path(m).read_bytes() for m in (__file__, _summary_module.__file__)))
+    summary_code = (files("grasp_core") / "data" / "summary.py").read_bytes()  # located without importing it
+    suite = hashlib.sha256(Path(__file__).read_bytes() + summary_code)
     return {"data_fingerprint": fingerprint(root) if root.is_dir() else "", "suite_sha256": suite.hexdigest(),
             "min_per_class": expected.min_per_class, "image_size": expected.image_size,
             "channels": expected.channels, "classes": list(expected.classes)}
+
+
+def passed_before(root: Path, out_dir: Path, expected: Expected) -> bool:
+    """True when `validate_dataset(root, out_dir, expected=expected)` would pass without running GX: its last
+    result in `out_dir` passed on exactly this data, suite and knobs. Read-only, and neither GX nor torch loads."""
+    return _passed_before(out_dir / RESULT_FILE, _stamp(root, expected)) is not None
 
 
 def _passed_before(path: Path, stamp: dict[str, Any]) -> ValidationReport | None:
@@ -208,6 +218,8 @@ def _run_suites(tables: SummaryTables, expected: Expected) -> dict[str, Expectat
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)  # else tqdm bars on stderr
     source = context.data_sources.add_pandas("grasp_data")
+    from grasp_core.data.summary import FILE_COLUMNS, SPLIT_COLUMNS
+
     frames = {"splits": pd.DataFrame(tables.splits, columns=list(SPLIT_COLUMNS)),
               "files": pd.DataFrame(tables.files, columns=list(FILE_COLUMNS))}
     results = {}

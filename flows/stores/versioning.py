@@ -134,13 +134,21 @@ def _ensure_ignored(ws: Path, path: Path) -> None:
         gitignore.write_text(text + ("\n" if text and not text.endswith("\n") else "") + f"/{rel}/\n")
 
 
-def _ensure_remote(ws: Path, remote: str | None) -> list[tuple[str, ...]]:
-    """The DVC command that (re-)points the default remote, when needed; git-ignores a folder inside `ws`."""
+def _wanted_remote(ws: Path, remote: str | None) -> tuple[str, Path | None, bool]:
+    """(URL, local folder or None, whether the remote is already the default): what `ensure_repo` points to."""
     url = remote or os.environ.get(REMOTE_ENV) or str(ws / DEFAULT_REMOTE_DIR)
     folder = None if "://" in url else Path(url).resolve()
+    is_set = remote_url(ws) == str(folder or url) and \
+        _dvc_config(ws).get("core", "remote", fallback=None) == REMOTE_NAME
+    return url, folder, is_set
+
+
+def _ensure_remote(ws: Path, remote: str | None) -> list[tuple[str, ...]]:
+    """The DVC command that (re-)points the default remote, when needed; git-ignores a folder inside `ws`."""
+    url, folder, is_set = _wanted_remote(ws, remote)
     inside = folder is not None and folder.is_relative_to(ws)
     commands: list[tuple[str, ...]] = []
-    if remote_url(ws) != str(folder or url) or _dvc_config(ws).get("core", "remote", fallback=None) != REMOTE_NAME:
+    if not is_set:
         # a folder inside the workspace is stored relative to it, so a committed .dvc/config stays portable
         arg = folder.relative_to(ws).as_posix() if folder is not None and inside else str(folder or url)
         commands.append(("remote", "add", "--force", "--default", REMOTE_NAME, arg))
@@ -301,6 +309,24 @@ def track(ws: Path, target: str, first: list[tuple[str, ...]] | None = None, pus
     _, _, stamp = _stamp(ws, target)  # after `dvc add`, which may relink files; `first` may set the remote
     _write_stamp(stamp_file, stamp, tracked, pushed=push)
     return tracked
+
+
+def is_current(ws: Path, target: str, remote: str | None = None) -> bool:
+    """True when `ensure_repo(ws, remote)` then `track(ws, target)` would run no DVC command: a DVC repo whose
+    default remote is already `remote`, and `target` added and pushed there, unchanged since (the same stamp
+    `track` trusts). Read-only: no DVC or git process, nothing written."""
+    ws = ws.resolve()
+    target = (Path(target).resolve().relative_to(ws) if Path(target).is_absolute() else Path(target)).as_posix()
+    if not (ws / ".dvc").is_dir() or _dvc_config(ws).get("core", "analytics", fallback="") != "false" or \
+            not _wanted_remote(ws, remote)[2]:
+        return False
+    if not any((ws / name).is_file() for name in (f"{target}.dvc", f"{target.replace('/', '-')}.dvc")):
+        return False  # never added (finding where its .dvc file would go asks git)
+    dvcfile, stamp_file, stamp = _stamp(ws, target)
+    try:
+        return _is_unchanged(stamp_file, stamp, dvcfile)
+    except VersioningError:  # a hand-edited .dvc file: the run's `dvc add` rewrites it
+        return False
 
 
 def push_tracked(ws: Path, tracked: TrackedOutput) -> TrackedOutput:

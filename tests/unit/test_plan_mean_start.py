@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 
 from flows.pipeline.plan import chain_shas, interrupted_head
-from flows.pipeline.sources import AreaSource
-from grasp_core.checkpoints import CheckpointHeader, SavedCheckpoint
 
 MEMBERS = [{"domain": d, "sha256": f"sha-{d}", "md5": f"md5-{d}"} for d in ("b", "a", "c")]  # merge order b, a, c
 MEAN_TAGS = {"stage": "0", "source_domain": "mean", "source_sha256": "sha-mean", "parent_version": "",
@@ -16,9 +14,8 @@ STAGE1_TAGS = {"stage": "1", "source_domain": "a", "source_sha256": "sha-a", "pa
                "params_sha256": "p"}
 
 
-def _area(*domains: str) -> list[AreaSource]:
-    header = CheckpointHeader("SmallCNN", 2, ("0", "1"), (1, 8, 8))
-    return [AreaSource(d, SavedCheckpoint(None, f"sha-{d}", header)) for d in domains]  # type: ignore[arg-type]
+def _area(*domains: str) -> set[str]:
+    return {f"sha-{d}" for d in domains}
 
 
 class FakeTracker:

@@ -1,0 +1,159 @@
+"""`grasp run` with nothing new ends before Prefect starts and before torch loads.
+
+The flow records what a run worked on in `.grasp/last-run.json` when a single-target run ends well, and drops
+the record when any run starts (so a killed or failed run leaves none). `nothing_new` is the CLI's check before
+it boots Prefect: the record must match this run's inputs, and each tool's own record must say it has nothing
+to do, through the very functions the flow calls:
+
+- our inputs: the params' hash, the code, the tracking store, and the stat fingerprints (path, size, mtime,
+  inode: what DVC's state cache trusts) of the data, the sources area and the base, taken by the flow before it
+  read them;
+- DVC: `versioning.is_current` (data and sources added and pushed, unchanged since, to the same remote);
+- GX: `validation.passed_before` (the gate passed on exactly this data, suite and knobs);
+- MLflow: `plan.nothing_to_merge`, which reads `plan.decide` as the flow's plan does (no dead run to end,
+  nothing to resume, the champion's lineage holds every source of the area).
+
+Any mismatch or doubt (no record, a store that does not open) means the flow runs and decides. Scheduled runs
+(`grasp serve`) call the flow directly and never take this exit: every tick stays a Prefect flow run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import asdict, astuple, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flows.stores.versioning import fingerprint
+from grasp_core.durable import write_text_durably
+
+if TYPE_CHECKING:
+    from flows.runtime.options import RunOptions
+    from grasp_core.config import Config
+
+RECORD = Path(".grasp") / "last-run.json"
+VALIDATION_DIR = Path("reports") / "validation"  # the GX results, under the workspace
+SOURCES_DIR = Path("checkpoints") / "sources"
+BASE_FILE = Path("checkpoints") / "base.safetensors"
+_FORMAT = 1
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What a run worked on. The fingerprints are taken before the run read each input, so a file changed
+    during the run shows as changed afterwards."""
+
+    params_sha256: str
+    code: str  # grasp's version and commit (flows.runtime.settings.code_commit)
+    tracking_uri: str
+    data_fingerprint: str  # once the data is materialised, before DVC, GX or training read it
+    base_fingerprint: str
+    sources_fingerprint: str  # before the area is scanned
+    model_name: str = ""
+    area_shas: tuple[str, ...] = ()  # the area's sources as the merge plan saw them (refused files left out)
+
+    def same_files(self, other: RunInputs) -> bool:
+        """Everything but the model and the area (known only once the run has scanned and planned) is equal."""
+        return astuple(self)[:6] == astuple(other)[:6]
+
+
+@functools.cache
+def code_identity() -> str:
+    """grasp's version and commit: a new release or a code change re-runs the flow (recipes may differ)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from flows.runtime.settings import code_commit
+
+    try:
+        release = version("grasp")
+    except PackageNotFoundError:
+        release = "unknown"
+    return f"{release}+{code_commit()}"
+
+
+def fingerprint_of(path: Path) -> str:
+    """The stat fingerprint of a file or folder ("" when it is missing)."""
+    return fingerprint(path) if path.exists() else ""
+
+
+def inputs_now(root: Path, cfg: Config, tracking_uri: str) -> RunInputs:
+    """This run's inputs in workspace `root` as they are now (model and area left empty)."""
+    from grasp_core.config import config_hash
+
+    return RunInputs(config_hash(cfg), code_identity(), tracking_uri, fingerprint_of(root / cfg.data.root),
+                     fingerprint_of(root / BASE_FILE), fingerprint_of(root / SOURCES_DIR))
+
+
+def forget(root: Path) -> None:
+    """Drop the record: a run is starting, and until it ends well nothing is known to be current."""
+    (root / RECORD).unlink(missing_ok=True)
+
+
+def remember(root: Path, inputs: RunInputs) -> None:
+    """Record the inputs of a run that ended well (the flow calls this last)."""
+    write_text_durably(root / RECORD, json.dumps({"format": _FORMAT, **asdict(inputs)}, indent=1))
+
+
+def recalled(root: Path) -> RunInputs | None:
+    """The record of the last run that ended well, or None (missing, unreadable, or of another format)."""
+    try:
+        raw = json.loads((root / RECORD).read_text())
+        if raw.pop("format") != _FORMAT:
+            return None
+        return RunInputs(**{**raw, "area_shas": tuple(raw["area_shas"])})
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def unchanged_inputs(opts: RunOptions, cfg: Config) -> RunInputs | None:
+    """The last good run's record when this run's params, code, store, data, base and sources are the same as
+    its own; else None. Files only: no tool is asked and nothing is written."""
+    from flows.stores.tracking import resolve_tracking_uri
+
+    root = opts.workdir
+    recorded = recalled(root)
+    if recorded is None:
+        return None
+    now = inputs_now(root, cfg, resolve_tracking_uri(root.resolve(), opts.tracking_uri))
+    return recorded if recorded.same_files(now) else None
+
+
+def nothing_new(opts: RunOptions, cfg: Config) -> str | None:
+    """The line `grasp run` prints when the flow would find nothing new, else None (then the flow runs).
+
+    Read-only: it starts no Prefect server, writes no file, run or version, and loads neither torch nor GX.
+    Call it under the workspace lock, so no other run changes the workspace meanwhile.
+    """
+    from flows.stores.validation import Expected, passed_before
+    from flows.stores.versioning import is_current
+
+    root = opts.workdir
+    recorded = unchanged_inputs(opts, cfg)
+    if recorded is None or not recorded.model_name:
+        return None
+    if not all(is_current(root, target, opts.dvc_remote) for target in (cfg.data.root, SOURCES_DIR.as_posix())):
+        return None
+    if not passed_before(root / cfg.data.root, root / VALIDATION_DIR, Expected.from_config(cfg.validation)):
+        return None
+    found = _registry_holds_all(opts, recorded)
+    if found is None:
+        return None
+    version, held = found
+    return (f"nothing new: champion v{version} of {recorded.model_name} already holds all {held} sources; "
+            "nothing registered (data, sources, params and registry as the last run left them: no flow run)")
+
+
+def _registry_holds_all(opts: RunOptions, recorded: RunInputs) -> tuple[str, int] | None:
+    """The champion and how many sources it holds, when the merge plan would have nothing to do."""
+    from flows.pipeline.plan import nothing_to_merge
+    from flows.stores.tracking import Tracker
+
+    try:
+        tracker = Tracker(opts.workdir, tracking_uri=opts.tracking_uri)
+        return nothing_to_merge(tracker, recorded.model_name, set(recorded.area_shas), recorded.params_sha256)
+    except Exception as err:  # noqa: BLE001 - a store that does not open or answer: the flow meets it and says so
+        log.debug("registry check skipped (%s): the flow decides", err)
+        return None
