@@ -19,7 +19,15 @@ from flows.pipeline.fanout import merge_targets, train_sources
 from flows.pipeline.merge import final_version, in_merge_order, lineage_start, merge_all, raise_failed_dvc, skipped_tag
 from flows.pipeline.stage import StepArtifact
 from flows.pipeline.summary import FlowSummary, Prepared
-from flows.pipeline.up_to_date import VALIDATION_DIR, RunInputs, code_identity, fingerprint_of, forget, remember
+from flows.pipeline.up_to_date import (
+    VALIDATION_DIR,
+    RunInputs,
+    code_identity,
+    fingerprint_of,
+    forget,
+    registry_snapshot,
+    remember,
+)
 from flows.pipeline.workspace import Workspace
 from flows.reports.progress import Progress, link_mlflow_run
 from flows.runtime.options import RunOptions
@@ -52,9 +60,12 @@ def grasp_run_flow(params_path: str, workdir: str = ".", tracking_uri: str | Non
 
     with RunLock(Path(workdir), wait_s=lock_wait_s, command="grasp run"):
         forget(Path(workdir))  # until this run ends well, `grasp run` knows nothing to be current
-        summary = _pipeline(params_path, workdir, tracking_uri, dvc_remote, baselines, full, quiet, verbose, runner)
+        prep = _pipeline(params_path, workdir, tracking_uri, dvc_remote, baselines, full, quiet, verbose, runner)
+        summary = prep.summary
         if auto_promote and summary.versions:
             summary.promotion = tasks.promote_task(Path(workdir), tracking_uri, load_config(Path(params_path)))
+        # last (a promotion moves the champion): a later `grasp run` with nothing new can end before Prefect starts
+        remember(prep.ws.root, replace_plan(prep.inputs, decision=registry_snapshot(prep.tracker, prep.inputs)))
     return summary
 
 
@@ -92,12 +103,11 @@ def grasp_all_targets_flow(params_path: str, workdir: str = ".", tracking_uri: s
 
 def _pipeline(params_path: str, workdir: str, tracking_uri: str | None, dvc_remote: str | None,
               baselines: bool, full: bool, quiet: bool, verbose: bool, runner: str = "local",
-              target_override: str = "") -> FlowSummary:
-    """The DAG of one run (see the module docstring): prepare, then merge and register."""
+              target_override: str = "") -> Prepared:
+    """The DAG of one run (see the module docstring): prepare, then merge and register (`.summary`)."""
     prep = _prepare(params_path, workdir, tracking_uri, dvc_remote, full, quiet, verbose, runner, target_override)
-    summary = _finish(prep, baselines)
-    remember(prep.ws.root, prep.inputs)  # a later `grasp run` with nothing new can end before Prefect starts
-    return summary
+    _finish(prep, baselines)
+    return prep
 
 
 def _prepare(params_path: str, workdir: str, tracking_uri: str | None, dvc_remote: str | None, full: bool,

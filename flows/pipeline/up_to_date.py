@@ -11,7 +11,9 @@ to do, through the very functions the flow calls:
 - DVC: `versioning.is_current` (data and sources added and pushed, unchanged since, to the same remote);
 - GX: `validation.passed_before` (the gate passed on exactly this data, suite and knobs);
 - MLflow: `plan.nothing_to_merge`, which reads `plan.decide` as the flow's plan does (no dead run to end,
-  nothing to resume, the champion's lineage holds every source of the area).
+  nothing to resume, the champion's lineage holds every source of the area). The flow asks it once more as
+  it ends and records the answer with the SQLite store's stat fingerprint; while that file is unchanged the
+  answer stands and MLflow (seconds to import) is not loaded at all.
 
 Any mismatch or doubt (no record, a store that does not open) means the flow runs and decides. Scheduled runs
 (`grasp serve`) call the flow directly and never take this exit: every tick stays a Prefect flow run.
@@ -54,6 +56,9 @@ class RunInputs:
     sources_fingerprint: str  # before the area is scanned
     model_name: str = ""
     area_shas: tuple[str, ...] = ()  # the area's sources as the merge plan saw them (refused files left out)
+    # (store fingerprint, champion, sources it holds): `nothing_to_merge` as the run left the registry; see
+    # `registry_snapshot`. Empty when the store is not a local SQLite file or the answer was "merge".
+    decision: tuple[str, str, int] | tuple[()] = ()
 
     def same_files(self, other: RunInputs) -> bool:
         """Everything but the model and the area (known only once the run has scanned and planned) is equal."""
@@ -93,8 +98,13 @@ def forget(root: Path) -> None:
 
 
 def remember(root: Path, inputs: RunInputs) -> None:
-    """Record the inputs of a run that ended well (the flow calls this last)."""
-    write_text_durably(root / RECORD, json.dumps({"format": _FORMAT, **asdict(inputs)}, indent=1))
+    """Record the inputs of a run that ended well (the flow calls this last). A record that cannot be written
+    (a full disk) fails nothing: the next run simply runs the flow."""
+    try:
+        (root / RECORD).parent.mkdir(parents=True, exist_ok=True)
+        write_text_durably(root / RECORD, json.dumps({"format": _FORMAT, **asdict(inputs)}, indent=1))
+    except OSError as err:
+        log.warning("%s: not written (%s); the next `grasp run` runs the flow to find out", root / RECORD, err)
 
 
 def recalled(root: Path) -> RunInputs | None:
@@ -103,7 +113,7 @@ def recalled(root: Path) -> RunInputs | None:
         raw = json.loads((root / RECORD).read_text())
         if raw.pop("format") != _FORMAT:
             return None
-        return RunInputs(**{**raw, "area_shas": tuple(raw["area_shas"])})
+        return RunInputs(**{**raw, "area_shas": tuple(raw["area_shas"]), "decision": tuple(raw["decision"])})
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
 
@@ -146,11 +156,45 @@ def nothing_new(opts: RunOptions, cfg: Config) -> str | None:
             "nothing registered (data, sources, params and registry as the last run left them: no flow run)")
 
 
+def _sqlite_store(tracking_uri: str) -> Path | None:
+    """The local SQLite file of a `sqlite:///` tracking URI, else None."""
+    return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
+
+
+def _store_fingerprint(db: Path) -> str:
+    """Stat fingerprint of an SQLite store: the file and its write-ahead log or rollback journal (not `-shm`,
+    which readers touch too)."""
+    return "|".join(fingerprint_of(db.with_name(db.name + suffix)) for suffix in ("", "-wal", "-journal"))
+
+
+def registry_snapshot(tracker, inputs: RunInputs) -> tuple[str, str, int] | tuple[()]:  # type: ignore[no-untyped-def]
+    """What the next run's plan will decide, read now by the flow that ends (`plan.nothing_to_merge`), with the
+    store's fingerprint: while that file is unchanged, the CLI's check re-uses the answer and never imports
+    MLflow. Only for a local SQLite store with no RUNNING run: the plan's answer then depends on the file alone
+    (a run of a live process could die later, which changes no byte)."""
+    from flows.pipeline.plan import nothing_to_merge
+
+    db = _sqlite_store(tracker.tracking_uri)
+    try:
+        if db is None or tracker.client.search_runs([tracker.experiment_id], "attributes.status = 'RUNNING'",
+                                                    max_results=1):
+            return ()
+        found = nothing_to_merge(tracker, inputs.model_name, set(inputs.area_shas), inputs.params_sha256)
+    except Exception as err:  # noqa: BLE001 - a shortcut only: without it the next check asks the store itself
+        log.debug("registry snapshot skipped (%s)", err)
+        return ()
+    return (_store_fingerprint(db), found[0], found[1]) if found is not None else ()
+
+
 def _registry_holds_all(opts: RunOptions, recorded: RunInputs) -> tuple[str, int] | None:
-    """The champion and how many sources it holds, when the merge plan would have nothing to do."""
+    """The champion and how many sources it holds, when the merge plan would have nothing to do: the flow's
+    own answer while the store is as it left it, else asked again of the store."""
     from flows.pipeline.plan import nothing_to_merge
     from flows.stores.tracking import Tracker
 
+    db = _sqlite_store(recorded.tracking_uri)
+    if recorded.decision and db is not None and _store_fingerprint(db) == recorded.decision[0]:
+        return recorded.decision[1], recorded.decision[2]
     try:
         tracker = Tracker(opts.workdir, tracking_uri=opts.tracking_uri)
         return nothing_to_merge(tracker, recorded.model_name, set(recorded.area_shas), recorded.params_sha256)

@@ -16,9 +16,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).parents[2]
 # the CLI in a process of its own, then which heavy modules it imported: none of these when nothing is new
+HEAVY = ("great_expectations", "mlflow", "prefect", "torch")
 PROBE = ("import sys\nfrom flows.cli import main\ncode = main(sys.argv[1:])\n"
-         "print('imported:', *sorted(m for m in ('prefect', 'torch', 'great_expectations') if m in sys.modules))\n"
-         "sys.exit(code)")
+         f"print('imported:', *sorted(m for m in {HEAVY!r} if m in sys.modules))\nsys.exit(code)")
 EARLY = "no flow run)"  # the end of the line the CLI prints when it exits early
 
 
@@ -83,6 +83,19 @@ def test_nothing_new_exits_0_without_prefect_torch_or_any_new_run(current):
                             f"holds all {len(summary.sources)} sources") and first.endswith(EARLY), first
     assert imported == "imported:", "the early exit loaded " + imported  # no Prefect: no server, no flow run
     assert _registry(ws) == before and (ws / RECORD).read_text() == record
+
+
+def test_after_a_write_to_the_registry_the_check_asks_mlflow_and_still_exits_early(current):
+    """A tag on the champion changes the store's file but not the plan: the flow's recorded answer no longer
+    stands, so the check asks MLflow itself (loaded now), and still finds nothing new."""
+    import mlflow
+
+    ws, summary = current
+    mlflow.MlflowClient(_uri(ws)).set_model_version_tag(summary.model_name, summary.aliases_version, "note", "seen")
+    done = _cli(ws)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, imported = done.stdout.splitlines()
+    assert first.startswith("nothing new:") and first.endswith(EARLY) and imported == "imported: mlflow", done.stdout
 
 
 def _new_source(ws: Path) -> None:
@@ -160,6 +173,6 @@ def test_full_always_runs_the_flow(current):
     runs, versions = _registry(ws)
     done = _cli(ws, "--full")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert EARLY not in done.stdout and "prefect" in done.stdout.splitlines()[-1]
+    assert EARLY not in done.stdout and "prefect" in done.stdout.splitlines()[-1].split()
     now_runs, now_versions = _registry(ws)
     assert len(now_versions) > len(versions) and len(now_runs) > len(runs)  # every source merged again

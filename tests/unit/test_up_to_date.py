@@ -124,3 +124,17 @@ def test_an_unreadable_record_recalls_nothing(tmp_path, text):
     (tmp_path / RECORD).parent.mkdir(parents=True)
     (tmp_path / RECORD).write_text(text)
     assert recalled(tmp_path) is None
+
+
+def test_the_flows_recorded_answer_stands_only_while_the_store_file_is_unchanged(tmp_path):
+    from flows.pipeline.up_to_date import RunInputs, _registry_holds_all, _store_fingerprint
+
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"SQLite format 3\x00")
+    recorded = RunInputs("p", "c", f"sqlite:///{db}", "d", "b", "s", "grasp-2021", ("sha",),
+                         (_store_fingerprint(db), "2", 3))
+    remember(tmp_path, recorded)
+    assert recalled(tmp_path) == recorded
+    assert _registry_holds_all(RunOptions(tmp_path), recorded) == ("2", 3)  # the store is not even opened
+    os.utime(db, ns=(1, 1))  # any write to the store (an alias moved, a run started) changes its fingerprint
+    assert _store_fingerprint(db) != recorded.decision[0]
