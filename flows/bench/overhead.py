@@ -13,17 +13,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flows.pipeline.up_to_date import NO_FLOW_RUN
 from flows.runtime.options import json_file_args, positive_int
 
 
-def _timed(args: list[str], cwd: Path) -> tuple[float, float]:
-    """(wall seconds of `grasp ARGS` in `cwd`, the 1-minute load average when it started)."""
+def _timed(args: list[str], cwd: Path) -> tuple[float, float, str]:
+    """(wall seconds of `grasp ARGS` in `cwd`, the 1-minute load average when it started, its stdout)."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"`grasp {' '.join(args)}` failed in {cwd}:\n{out.stderr[-2000:]}")
-    return time.perf_counter() - t0, load
+    return time.perf_counter() - t0, load, out.stdout
 
 
 PHASES = ("cold", "nothing_new", "warm")
@@ -44,8 +45,9 @@ def overhead(params: Path, keep: bool = False, repeat: int = 1,
     """Wall time of the Prefect flow vs the core run on the same config, each in a fresh folder, in seconds.
 
     `cold`: the first `grasp run` of a workspace (data generated, sources trained, merge, registration);
-    `nothing_new`: the flow run again with nothing new to merge (the core engine has no such run: it always
-    merges); `warm`: a run that re-uses data and sources and merges every source again (the flow with --full).
+    `nothing_new`: `grasp run` again with nothing new, which ends before Prefect, torch or MLflow load
+    (flows/pipeline/up_to_date.py; `no_flow_run` counts the runs that did; the core engine has no such run: it
+    always merges); `warm`: a run that re-uses data and sources and merges every source again (`--full`).
     Both engines run GRASP only (no baselines), as whole `grasp run` processes. With `repeat` > 1 the rounds
     alternate core and flow, and each figure is the median (the range is printed beside it): on a small shared
     machine one run varies by +-20 %. `overhead_s` (flow - core, medians) is what orchestration costs; the ratio
@@ -56,6 +58,7 @@ def overhead(params: Path, keep: bool = False, repeat: int = 1,
     root = Path(tempfile.mkdtemp(prefix="grasp-overhead-"))
     try:
         walls: dict[tuple[str, str], list[float]] = {}
+        early: list[bool] = []
         loads: dict[str, list[float]] = {}
         for round_ in range(repeat):
             for engine, extra in (("core", ["--engine", "core", "--methods", "grasp"]), ("prefect", [])):
@@ -67,11 +70,17 @@ def overhead(params: Path, keep: bool = False, repeat: int = 1,
                         continue
                     # the warm flow merges from scratch again (--full): the same work as the core run's second call
                     again = ["--full"] if engine == "prefect" and phase == "warm" else []
-                    wall, load = _timed(["run", "--quiet", *extra, *again], ws)
+                    wall, load, said = _timed(["run", "--quiet", *extra, *again], ws)
                     walls.setdefault((engine, phase), []).append(wall)
                     loads.setdefault(phase, []).append(load)
-        return [{**_row(phase, walls, repeat), "load_1m": f"{min(loads[phase]):.1f}-{max(loads[phase]):.1f}"}
+                    if phase == "nothing_new":  # how many of its runs ended before Prefect started
+                        early.append(NO_FLOW_RUN in said)
+        rows = [{**_row(phase, walls, repeat), "load_1m": f"{min(loads[phase]):.1f}-{max(loads[phase]):.1f}"}
                 for phase in phases]
+        for row in rows:
+            if row["phase"] == "nothing_new":
+                row["no_flow_run"] = f"{sum(early)}/{len(early)}"
+        return rows
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)

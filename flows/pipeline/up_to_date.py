@@ -40,6 +40,7 @@ VALIDATION_DIR = Path("reports") / "validation"  # the GX results, under the wor
 SOURCES_DIR = Path("checkpoints") / "sources"
 BASE_FILE = Path("checkpoints") / "base.safetensors"
 _FORMAT = 1
+NO_FLOW_RUN = "(data, sources, params and registry as the last run left them: no flow run)"  # ends the line
 log = logging.getLogger(__name__)
 
 
@@ -153,7 +154,7 @@ def nothing_new(opts: RunOptions, cfg: Config) -> str | None:
         return None
     version, held = found
     return (f"nothing new: champion v{version} of {recorded.model_name} already holds all {held} sources; "
-            "nothing registered (data, sources, params and registry as the last run left them: no flow run)")
+            f"nothing registered {NO_FLOW_RUN}")
 
 
 def _sqlite_store(tracking_uri: str) -> Path | None:

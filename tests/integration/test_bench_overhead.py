@@ -22,4 +22,5 @@ def test_bench_overhead_reports_each_phase_in_seconds(tmp_path, tmp_params):
         row = rows[phase]
         assert row["overhead_s"] == pytest.approx(row["flow_s"] - row["core_s"], abs=0.11)
     assert rows["nothing_new"]["flow_s"] > 0 and "core_s" not in rows["nothing_new"]
+    assert rows["nothing_new"]["no_flow_run"] == "1/1"  # it timed the exit before Prefect, not a flow run
     assert "overhead_s" in done.stdout.splitlines()[0]

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows.pipeline.up_to_date import NO_FLOW_RUN
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).parents[2]
@@ -19,7 +21,6 @@ ROOT = Path(__file__).parents[2]
 HEAVY = ("great_expectations", "mlflow", "prefect", "torch")
 PROBE = ("import sys\nfrom flows.cli import main\ncode = main(sys.argv[1:])\n"
          f"print('imported:', *sorted(m for m in {HEAVY!r} if m in sys.modules))\nsys.exit(code)")
-EARLY = "no flow run)"  # the end of the line the CLI prints when it exits early
 
 
 def _uri(ws: Path) -> str:
@@ -80,7 +81,7 @@ def test_nothing_new_exits_0_without_prefect_torch_or_any_new_run(current):
     assert done.returncode == 0, done.stderr[-3000:]
     first, imported = done.stdout.splitlines()
     assert first.startswith(f"nothing new: champion v{summary.aliases_version} of {summary.model_name} already "
-                            f"holds all {len(summary.sources)} sources") and first.endswith(EARLY), first
+                            f"holds all {len(summary.sources)} sources") and first.endswith(NO_FLOW_RUN), first
     assert imported == "imported:", "the early exit loaded " + imported  # no Prefect: no server, no flow run
     assert _registry(ws) == before and (ws / RECORD).read_text() == record
 
@@ -95,7 +96,8 @@ def test_after_a_write_to_the_registry_the_check_asks_mlflow_and_still_exits_ear
     done = _cli(ws)
     assert done.returncode == 0, done.stderr[-3000:]
     first, imported = done.stdout.splitlines()
-    assert first.startswith("nothing new:") and first.endswith(EARLY) and imported == "imported: mlflow", done.stdout
+    assert first.startswith("nothing new:") and first.endswith(NO_FLOW_RUN), first
+    assert imported == "imported: mlflow", imported
 
 
 def _new_source(ws: Path) -> None:
@@ -173,6 +175,6 @@ def test_full_always_runs_the_flow(current):
     runs, versions = _registry(ws)
     done = _cli(ws, "--full")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert EARLY not in done.stdout and "prefect" in done.stdout.splitlines()[-1].split()
+    assert NO_FLOW_RUN not in done.stdout and "prefect" in done.stdout.splitlines()[-1].split()
     now_runs, now_versions = _registry(ws)
     assert len(now_versions) > len(versions) and len(now_runs) > len(runs)  # every source merged again

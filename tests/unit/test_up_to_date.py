@@ -138,3 +138,11 @@ def test_the_flows_recorded_answer_stands_only_while_the_store_file_is_unchanged
     assert _registry_holds_all(RunOptions(tmp_path), recorded) == ("2", 3)  # the store is not even opened
     os.utime(db, ns=(1, 1))  # any write to the store (an alias moved, a run started) changes its fingerprint
     assert _store_fingerprint(db) != recorded.decision[0]
+
+
+def test_the_checks_paths_are_the_workspaces(tmp_path):
+    from flows.pipeline.up_to_date import BASE_FILE, SOURCES_DIR
+    from flows.pipeline.workspace import Workspace
+
+    ws = Workspace(tmp_path)
+    assert (ws.base, ws.sources) == (tmp_path / BASE_FILE, tmp_path / SOURCES_DIR)
