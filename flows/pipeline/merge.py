@@ -9,7 +9,7 @@ from prefect.futures import PrefectFuture, wait
 
 from flows.pipeline import tasks
 from flows.pipeline.source_ledger import lineage_tags
-from flows.pipeline.start import START_SOURCES_TAG
+from flows.pipeline.start import start_artifacts
 from flows.pipeline.summary import FlowSummary, Prepared
 from flows.pipeline.workspace import Workspace
 from flows.reports.progress import Progress
@@ -63,9 +63,10 @@ def _stages(prep: Prepared, registrations: list[PrefectFuture[str]], computed: l
         tags = {**prep.run_tags, "stage": str(stage), "source_domain": name, "source_sha256": ckpt.sha256,
                 **_provenance(prep, i, source), "checkpoint_sha256": step.checkpoint.sha256,
                 "chain_sha256": step.chain_sha256}
+        extra = start_artifacts(prep.start_tags, ckpt.path) if i == 0 and name == MEAN_NAME else {}
         registration = tasks.register_task.submit(prep.tracker, summary.parent_run_id, summary.model_name, step,
                                                   classes, tags, ws.root / "reports" / summary.parent_run_id,
-                                                  parent_version, prep.data_v, prep.src_v)
+                                                  parent_version, prep.data_v, prep.src_v, extra)
         registrations.append(registration)
         parent_version = registration
         summary.steps.append(step)
@@ -76,7 +77,7 @@ def _provenance(prep: Prepared, i: int, source: AreaSource) -> dict[str, str]:
     """Where the `i`-th source of this run comes from: a source file (its verified facts and, apart, its
     header's claims), or for the chosen start its choice and, for a mean, every source it averages."""
     start = prep.start_tags if i == 0 else {}
-    if source.domain == MEAN_NAME and START_SOURCES_TAG in start:
+    if source.domain == MEAN_NAME and start.get("start_chosen") == MEAN_NAME:
         return {**start, "source_origin": "start-mean"}  # the mean is grasp's own file, made in this run
     ckpt = source.checkpoint
     return {**start, **lineage_tags(prep.ws, source.domain, ckpt.sha256, ckpt.header)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace as replace_plan
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import flow
 from prefect.futures import PrefectFuture, wait
@@ -38,6 +39,9 @@ from grasp_core.config import replace as replace_config
 from grasp_core.grasp import check_plugins
 from grasp_core.memory import settle
 from grasp_core.names import check_name
+
+if TYPE_CHECKING:
+    from flows.pipeline.sources import AreaSource
 
 
 @flow(name="grasp-run", task_runner=ThreadPoolTaskRunner(max_workers=6), log_prints=False)
@@ -230,7 +234,7 @@ def _move_aliases(prep: Prepared) -> None:
     run_tags.update(dataset_dvc_md5=summary.data_md5, sources_dvc_md5=prep.src_v.result().md5)
     summary.aliases_version = final_version(cfg, summary)
     summary.aliases = tasks.alias_task(tracker, summary.model_name, summary.aliases_version)
-    _log_final(tracker, summary, run_tags)
+    _log_final(tracker, summary, run_tags, prep.plan.to_merge)
 
 
 def run_pipeline(opts: RunOptions, baselines: bool = False, auto_promote: bool = False) -> FlowSummary:
@@ -260,7 +264,8 @@ def all_targets_rows(summaries: list[FlowSummary]) -> list[dict]:
     return rows
 
 
-def _log_final(tracker, summary: FlowSummary, tags: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+def _log_final(tracker, summary: FlowSummary, tags: dict[str, str],  # type: ignore[no-untyped-def]
+               to_merge: list[AreaSource]) -> None:
     """GRASP's method-level figures on the parent run, with the same keys as the baseline runs."""
     last = summary.steps[-1].result
     peak = max((s.result.memory for s in summary.steps), key=lambda m: m.param_sized_multiple)
@@ -270,19 +275,21 @@ def _log_final(tracker, summary: FlowSummary, tags: dict[str, str]) -> None:  # 
                "memory/peak_rss_bytes": max(s.result.memory.peak_rss_bytes for s in summary.steps),
                "memory/param_sized_multiple": peak.param_sized_multiple,
                "time/method_s": sum(s.result.wall_s for s in summary.steps)}
-    metrics.update(_continual_metrics(summary))
+    metrics.update(_continual_metrics(summary, to_merge))
     tracker.log_metrics(summary.parent_run_id, metrics, {**tags, "final_version": summary.aliases_version})
 
 
-def _continual_metrics(summary: FlowSummary) -> dict[str, float]:
-    """Average accuracy and backward/forward transfer over this run's stages x domains (see flows/accuracy_matrix)."""
+def _continual_metrics(summary: FlowSummary, to_merge: list[AreaSource]) -> dict[str, float]:
+    """Average accuracy and backward/forward transfer over this run's stages x domains (see
+    flows/reports/accuracy_matrix.py); a mean start counts as every source it averages, merged at its stage."""
+    from flows.pipeline.start import merged_domains
     from flows.reports.accuracy_matrix import cl_summaries
 
     rows = [s.domain_accuracy for s in summary.steps]
     if not rows or not rows[-1]:
         return {}
     domains = list(rows[-1])
-    found = cl_summaries(rows, [s.result.source_name for s in summary.steps if s.result], domains, summary.target)
+    found = cl_summaries(rows, [merged_domains(source) for source in to_merge], domains, summary.target)
     return {f"cl/{k}": v for k, v in found.items() if v is not None}
 
 

@@ -4,7 +4,8 @@
 the mean wins it is saved once under `checkpoints/targets/<target>/` and stands first in the merge list under
 the name `mean` (grasp_core.start.MEAN_NAME) in place of the order's first source, which it holds; the
 order's other sources follow. Its registered version names every source it averages (domain and checkpoint
-sha256), so lineage, `--verify`, resume and incremental runs see those sources as merged.
+sha256, md5) in a tag, or past MLflow's tag cap in a JSON artifact of its run (flows/stores/start_sources.py),
+so lineage, `--verify`, resume and incremental runs see those sources as merged.
 """
 
 from __future__ import annotations
@@ -15,30 +16,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flows.stores.start_sources import ARTIFACT_DIR, ARTIFACT_TAG, START_SOURCES_TAG, encode_members, start_members
+
 if TYPE_CHECKING:  # torch-free at import: `grasp lineage` reads the tags below without loading a model
     from flows.pipeline.sources import AreaSource
     from flows.pipeline.workspace import Workspace
     from grasp_core.config import Config
     from grasp_core.methods import MethodContext
 
-START_SOURCES_TAG = "start_sources"  # JSON [{"domain", "sha256", "md5"}] of the sources a mean start holds
-
-
-def start_members(tags: Mapping[str, Any]) -> list[dict[str, str]]:
-    """The sources a registered mean start averages (from its `start_sources` tag); [] for any other version."""
-    try:
-        found = json.loads(tags.get(START_SOURCES_TAG) or "[]")
-    except ValueError:
-        return []
-    if not isinstance(found, list):
-        return []
-    return [m for m in found if isinstance(m, dict) and {"domain", "sha256"} <= m.keys()]
+__all__ = ["START_SOURCES_TAG", "choose_start", "held_shas", "members_file", "merged_domains", "merged_shas",
+           "start_artifacts", "start_members"]
 
 
 def merged_shas(tags: Mapping[str, Any]) -> set[str]:
     """The source checkpoint one registered version merged as its stage: its source, or for a mean start the
     order's first source, whose place it takes (the others it averages are merged again as later stages, so
-    a resumed run still has them to do)."""
+    a resumed run still has them to do). `tags` as `flows.stores.start_sources.resolve_start_sources` gives them."""
     members = start_members(tags)
     return {members[0]["sha256"]} if members else {str(tags.get("source_sha256", ""))}
 
@@ -47,6 +40,25 @@ def held_shas(tags: Mapping[str, Any]) -> set[str]:
     """Every source checkpoint a registered version depends on directly: a mean start's are all it averages."""
     members = start_members(tags)
     return {m["sha256"] for m in members} if members else {str(tags.get("source_sha256", ""))}
+
+
+def merged_domains(source: AreaSource) -> str | list[str]:
+    """The source domains one entry of a run's merge list merges: for the mean start, every source it averages
+    (its checkpoint's header lists them, whatever its tags hold), else its own domain."""
+    from grasp_core.start import MEAN_NAME
+
+    members = start_members(source.checkpoint.header.extra) if source.domain == MEAN_NAME else []
+    return [m["domain"] for m in members] or source.domain
+
+
+def members_file(mean_checkpoint: Path) -> Path:
+    """Where a mean start's source list is written beside its checkpoint when it outgrows a tag."""
+    return mean_checkpoint.with_suffix(".sources.json")
+
+
+def start_artifacts(start_tags: Mapping[str, str], mean_checkpoint: Path) -> dict[str, Path]:
+    """Artifacts stage 0's run must log for its tags to be whole: the source list when a pointer stands in for it."""
+    return {ARTIFACT_DIR: members_file(mean_checkpoint)} if start_tags.get(ARTIFACT_TAG) else {}
 
 
 def _md5(path: Path) -> str:
@@ -80,12 +92,18 @@ def choose_start(cfg: Config, ws: Workspace, target: str, ordered: list[AreaSour
     # md5 too: what DVC records for each file, so `grasp lineage --verify` checks a mean's sources as it
     # checks any stage's source
     members = [{"domain": s.domain, "sha256": s.checkpoint.sha256, "md5": _md5(s.checkpoint.path)} for s in ordered]
-    tags[START_SOURCES_TAG] = json.dumps(members, separators=(",", ":"))
+    listed = json.dumps(members, separators=(",", ":"))
     # The file's name follows from what made it: the same sources, params and target give the same mean.
-    key = hashlib.sha256(f"{tags[START_SOURCES_TAG]}|{config_hash(cfg)}|{target}".encode()).hexdigest()
+    key = hashlib.sha256(f"{listed}|{config_hash(cfg)}|{target}".encode()).hexdigest()
+    path = ws.targets(target) / f"start-{MEAN_NAME}-{key[:12]}.safetensors"
+    listed, member_tags = encode_members(members, members_file(path).name)
+    tags.update(member_tags)
+    if ARTIFACT_TAG in member_tags:  # too long for a tag: stage 0's run logs it as an artifact (start_artifacts)
+        members_file(path).parent.mkdir(parents=True, exist_ok=True)
+        members_file(path).write_text(listed)
     like = ordered[0].checkpoint.header
     header = CheckpointHeader(like.arch, like.num_classes, like.classes, like.input_shape,
                               {"domain": MEAN_NAME, "role": "start", "target_domain": target,
-                               START_SOURCES_TAG: tags[START_SOURCES_TAG]})
-    saved = save_checkpoint(choice.model, ws.targets(target) / f"start-{MEAN_NAME}-{key[:12]}.safetensors", header)
+                               START_SOURCES_TAG: listed})
+    saved = save_checkpoint(choice.model, path, header)
     return [AreaSource(MEAN_NAME, saved), *ordered[1:]], tags

@@ -172,11 +172,13 @@ def baseline_task(method: str, ctx: MethodContext) -> MethodResult:
 
 @task(name="log-and-register", task_run_name="log-and-register[{step.result.stage}]", **TASK, **TOOL_RETRIES)
 def register_task(tracker, parent_run_id: str, model_name: str, step: StepArtifact, classes: list[str],  # type: ignore[no-untyped-def]
-                  tags: dict[str, str], out_dir: Path, parent_version: str = "", data_v=None, sources_v=None) -> str:
+                  tags: dict[str, str], out_dir: Path, parent_version: str = "", data_v=None, sources_v=None,
+                  extra_artifacts: dict[str, Path] | None = None) -> str:
     """Log the stage as a nested MLflow run, then register its checkpoint: registration comes last.
 
     Submitted as a future while the next stage trains: `parent_version` (the previous stage's
     registration) and the DVC outputs `data_v`, `sources_v` may be futures that Prefect resolves first.
+    `extra_artifacts` (run folder -> file) are logged too, e.g. a mean start's source list that outgrew a tag.
     """
     from flows.reports.confusion_plot import confusion_png
     from flows.stores.dvc_audit import file_md5_in_dir
@@ -192,7 +194,8 @@ def register_task(tracker, parent_run_id: str, model_name: str, step: StepArtifa
         tags["source_dvc_md5"] = file_md5_in_dir(tracker.workspace, sources_v.path,
                                                  f"{result.source_name}.safetensors") or ""
     out_dir.mkdir(parents=True, exist_ok=True)
-    artifacts = {"confusion": confusion_png(result, classes, out_dir / f"confusion-stage{result.stage:02d}.png")}
+    artifacts = {"confusion": confusion_png(result, classes, out_dir / f"confusion-stage{result.stage:02d}.png"),
+                 **(extra_artifacts or {})}
     if result.scores:
         artifacts["alignment"] = alignment_csv(result, out_dir / f"alignment-stage{result.stage:02d}.csv")
     if data_v is not None and sources_v is not None:  # what `grasp restore` brings back (flows/ops/restore.py)

@@ -2,19 +2,24 @@
 summaries Avalanche and FusionBench users expect.
 
 R[k][j] is the test accuracy, on domain j's test split, of the model registered after merge step k (step k
-merged source domain s_k, then fine-tuned on the target). With K steps and `base_j` the shared base model's
-accuracy on j:
+merged source domain s_k, then fine-tuned on the target). A step that merged a mean start (`transfer.start`)
+merged every source it averages at once: its domains are its members, never a domain called `mean`. Each
+source domain j is seen first at step f_j and merged last at step k_j (the same step unless j was merged
+twice, as the default does: in the mean at step 0, then on its own later). With K steps and `base_j` the
+shared base model's accuracy on j:
 
 - average accuracy (seen): mean of R[K-1][j] over the merged source domains and the target;
   average accuracy (all): the same over every domain of the data.
-- BwT (backward transfer, GEM/Avalanche): mean over source domains j merged before the last step of
-  R[K-1][j] - R[k_j][j]: what later merges kept (> 0) or forgot (< 0) of domain j.
-- FwT (forward transfer, GEM): mean over source domains j merged after step 0 of R[k_j - 1][j] - base_j:
-  how well the chain did on j *before* merging j, relative to the base it and every source started from.
+- BwT (backward transfer, GEM/Avalanche): mean over source domains j with k_j before the last step of
+  R[K-1][j] - R[k_j][j]: what later merges kept (> 0) or forgot (< 0) of domain j after its last merge.
+- FwT (forward transfer, GEM): mean over source domains j with f_j after step 0 of R[f_j - 1][j] - base_j:
+  how well the chain did on j *before any step had seen j*, relative to the base it and every source started
+  from. A mean start's members are seen at step 0, so they have no FwT: with a mean start of every source
+  (the default when it wins), FwT is None.
 
-k_j is the (latest) step that merged domain j; a merged domain without data is left out. The target column
-is in the averages but in neither transfer term (it is trained on at every step). BwT or FwT is None when no
-domain qualifies (one step; no base checkpoint for FwT).
+A merged domain without data is left out. The target column is in the averages but in neither transfer term
+(it is trained on at every step). BwT or FwT is None when no domain qualifies (one step; no base checkpoint for
+FwT; every source in a mean start for FwT).
 """
 
 from __future__ import annotations
@@ -59,9 +64,27 @@ def accuracy_matrix(models_in_order: Iterable[tuple[str, nn.Module]], domains: M
     return rows
 
 
-def merge_steps(merged: Sequence[str], domains: Sequence[str]) -> dict[str, int]:
-    """Source domain -> the latest step that merged it, for domains that have data."""
-    return {domain: step for step, domain in enumerate(merged) if domain in domains}
+Merged = Sequence[str | Sequence[str]]  # per step: its source domain, or a mean start's member domains
+
+
+def step_domains(merged: Merged) -> list[list[str]]:
+    """Per step, the source domains it merged (one, or every member of a mean start)."""
+    return [[m] if isinstance(m, str) else list(m) for m in merged]
+
+
+def merge_steps(merged: Merged, domains: Sequence[str]) -> dict[str, int]:
+    """Source domain -> the latest step that merged it (alone or in a mean), for domains that have data."""
+    return {d: step for step, group in enumerate(step_domains(merged)) for d in group if d in domains}
+
+
+def first_steps(merged: Merged, domains: Sequence[str]) -> dict[str, int]:
+    """Source domain -> the first step whose model had seen it (alone or in a mean), for domains that have data."""
+    found: dict[str, int] = {}
+    for step, group in enumerate(step_domains(merged)):
+        for d in group:
+            if d in domains:
+                found.setdefault(d, step)
+    return found
 
 
 def average_accuracy(row: Mapping[str, float], columns: Iterable[str]) -> float:
@@ -70,28 +93,27 @@ def average_accuracy(row: Mapping[str, float], columns: Iterable[str]) -> float:
     return statistics.fmean(values) if values else math.nan
 
 
-def backward_transfer(rows: Sequence[Mapping[str, float]], merged: Sequence[str],
-                      domains: Sequence[str]) -> float | None:
-    """Mean over source domains j merged before the last step of R[last][j] - R[k_j][j]; None if none."""
+def backward_transfer(rows: Sequence[Mapping[str, float]], merged: Merged, domains: Sequence[str]) -> float | None:
+    """Mean over source domains j last merged before the last step of R[last][j] - R[k_j][j]; None if none."""
     last = len(rows) - 1
     gaps = [rows[last][d] - rows[k][d] for d, k in merge_steps(merged, domains).items() if k < last]
     return statistics.fmean(gaps) if gaps else None
 
 
-def forward_transfer(rows: Sequence[Mapping[str, float]], merged: Sequence[str], domains: Sequence[str],
+def forward_transfer(rows: Sequence[Mapping[str, float]], merged: Merged, domains: Sequence[str],
                      base: Mapping[str, float] | None) -> float | None:
-    """Mean over source domains j merged after step 0 of R[k_j - 1][j] - base_j; None if none or no base."""
+    """Mean over source domains j first seen after step 0 of R[f_j - 1][j] - base_j; None if none or no base."""
     if base is None:
         return None
-    gains = [rows[k - 1][d] - base[d] for d, k in merge_steps(merged, domains).items() if k > 0]
+    gains = [rows[f - 1][d] - base[d] for d, f in first_steps(merged, domains).items() if f > 0]
     return statistics.fmean(gains) if gains else None
 
 
-def cl_summaries(rows: Sequence[Mapping[str, float]], merged: Sequence[str], domains: Sequence[str], target: str,
+def cl_summaries(rows: Sequence[Mapping[str, float]], merged: Merged, domains: Sequence[str], target: str,
                  base: Mapping[str, float] | None = None) -> dict[str, float | None]:
     """`average_accuracy` (merged sources + target, last step), `average_accuracy_all`, `bwt`, `fwt`,
     `target_accuracy` (last step); see the module docstring for the definitions."""
-    seen = [d for d in domains if d in set(merged) | {target}]
+    seen = [d for d in domains if d in set(merge_steps(merged, domains)) | {target}]
     return {"average_accuracy": average_accuracy(rows[-1], seen),
             "average_accuracy_all": average_accuracy(rows[-1], domains),
             "bwt": backward_transfer(rows, merged, domains), "fwt": forward_transfer(rows, merged, domains, base),
@@ -100,14 +122,22 @@ def cl_summaries(rows: Sequence[Mapping[str, float]], merged: Sequence[str], dom
 
 # ---------------------------------------------------------------------------------------------- files
 
+def step_label(row: Mapping[str, Any]) -> str:
+    """What a matrix row's step merged, for people: `2021`, or `mean(2020+2021)` for a mean start."""
+    domain, members = row.get("source_domain", ""), row.get("merged_domains", "")
+    return domain if not members or members == domain else f"{domain}({members})"
+
+
 def write_matrix_csv(rows: list[Row], domains: Sequence[str], path: Path, base: Mapping[str, float] | None) -> Path:
-    """step, model, source_domain, one column per domain; a first `base` row when the base was evaluated."""
+    """step, model, source_domain, merged_domains (a mean start's members joined by `+`), one column per domain;
+    a first `base` row when the base was evaluated."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["step", "model", "source_domain", *domains], extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=["step", "model", "source_domain", "merged_domains", *domains],
+                                extrasaction="ignore")
         writer.writeheader()
         if base is not None:
-            writer.writerow({"step": "base", "model": "base", "source_domain": "", **base})
+            writer.writerow({"step": "base", "model": "base", "source_domain": "", "merged_domains": "", **base})
         writer.writerows(rows)
     return path
 
@@ -121,7 +151,7 @@ def matrix_heatmap(rows: list[Row], domains: Sequence[str], target: str, path: P
     ax = fig.subplots()
     image = ax.imshow(values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(domains)), [f"{d}\n(target)" if d == target else d for d in domains])
-    ax.set_yticks(range(len(rows)), [f"{r['model']} +{r.get('source_domain', '')}" for r in rows])
+    ax.set_yticks(range(len(rows)), [f"{r['model']} +{step_label(r)}" for r in rows])
     ax.set(xlabel="test domain", ylabel="after merge step", title=title)
     for i, row in enumerate(values):
         for j, value in enumerate(row):
@@ -159,6 +189,14 @@ def _base_accuracy(ws: Path, chain: list[Row], splits: Mapping[str, Split]) -> d
     return {d: split_accuracy(model, s) for d, s in splits.items()}
 
 
+def lineage_step_domains(row: Mapping[str, Any]) -> list[str]:
+    """The source domains one lineage row's step merged: a mean start's members (its `start_sources`, resolved by
+    flows.stores.registry), else its `source_domain`."""
+    from flows.stores.start_sources import start_members
+
+    return [m["domain"] for m in start_members(row)] or [row["source_domain"]]
+
+
 def _versions(uri: str, name: str, chain: list[Row]) -> Iterable[tuple[str, nn.Module]]:
     from flows.stores.registry import load_model
 
@@ -175,7 +213,8 @@ def matrix_for_lineage(ws: Path, tracking_uri: str | None, model_name: str | Non
     `cl/bwt`, `cl/fwt` are logged to the run of the newest version.
 
     Returns:
-        `model_name, version, target, domains, merged, rows, base, summaries, csv, png`.
+        `model_name, version, target, domains, merged (per step, the source domains it merged), rows, base,
+        summaries, csv, png`.
     """
     from flows.stores.registry import lineage, open_registry
 
@@ -185,10 +224,10 @@ def matrix_for_lineage(ws: Path, tracking_uri: str | None, model_name: str | Non
         raise GraspError(f"{version}: empty lineage; check it with `grasp lineage {version}`")
     name, newest, target = chain[-1]["model_name"], chain[-1], chain[-1]["target_domain"]
     splits, _ = _test_splits(ws, params)
-    domains, merged = list(splits), [r["source_domain"] for r in chain]
+    domains, merged = list(splits), [lineage_step_domains(r) for r in chain]
     rows = accuracy_matrix(_versions(tracker.tracking_uri, name, chain), splits)
-    for row, r in zip(rows, chain, strict=True):
-        row["source_domain"] = r["source_domain"]
+    for row, r, group in zip(rows, chain, merged, strict=True):
+        row["source_domain"], row["merged_domains"] = r["source_domain"], "+".join(group)
     base = _base_accuracy(ws, chain, splits)
     summaries = cl_summaries(rows, merged, domains, target, base)
     folder = out or path_inside(ws / "reports", name, "model name", "matrix-", f"-v{newest['version']}")
@@ -212,7 +251,7 @@ def format_matrix(result: Row) -> str:
     domains = result["domains"]
     cells = [{"step": "base", "model": "-", "merged": "-", **{d: f"{100 * v:.1f}" for d, v in result["base"].items()}}
              ] if result["base"] else []
-    cells += [{"step": str(r["step"]), "model": r["model"], "merged": r["source_domain"],
+    cells += [{"step": str(r["step"]), "model": r["model"], "merged": step_label(r),
                **{d: f"{100 * r[d]:.1f}" for d in domains}} for r in result["rows"]]
     fmt = {k: "-" if v is None or math.isnan(v) else f"{100 * v:+.1f}" if k in ("bwt", "fwt") else f"{100 * v:.1f}"
            for k, v in result["summaries"].items()}

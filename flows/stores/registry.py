@@ -28,7 +28,8 @@ SOURCES_DIR = Path("checkpoints") / "sources"
 _TAGS = ("target_domain", "source_domain", "parent_version", "checkpoint_sha256", "chain_sha256", "source_sha256",
          "source_dvc_md5", "base_sha256", "dataset_dvc_md5", "sources_dvc_md5", "params_sha256", "code_commit",
          "flow_run_id", "policy", "skipped_sources", "resumed_from", "rejected",
-         "start_chosen", "start_val_first", "start_val_mean", "start_sources")  # stage 0's `transfer.start`
+         "start_chosen", "start_val_first", "start_val_mean", "start_sources",  # stage 0's `transfer.start`
+         "start_sources_artifact", "start_sources_count", "start_sources_sha256")  # its list, outside a tag
 _METRICS = {"val_accuracy": "val/accuracy", "test_accuracy": "test/accuracy", "transfer_tensors": "transfer/tensors",
             "transfer_tensors_frac": "transfer/tensors_frac", "transfer_params_frac": "transfer/params_frac",
             "peak_rss_bytes": "memory/peak_rss_bytes", "models_alive": "memory/models_alive",
@@ -125,7 +126,9 @@ def parse_history(raw: str | None) -> list[dict[str, Any]]:
 
 def version_row(client: MlflowClient, mv: ModelVersion, aliases: dict[str, list[str]]) -> dict[str, Any]:
     """One registered version as a flat JSON-ready dict: tags, its run's metrics, aliases, promotions."""
-    tags = dict(mv.tags)
+    from flows.stores.start_sources import resolve_start_sources
+
+    tags = resolve_start_sources(client, mv.run_id, mv.tags) if mv.run_id else dict(mv.tags)  # a mean's source list
     metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
     stage = tags.get("stage", "")
     row: dict[str, Any] = {"model_name": mv.name, "version": str(mv.version),

@@ -108,27 +108,36 @@ def test_matrix_of_a_pipeline_lineage(tmp_path, prefect_harness):
     from flows.reports.accuracy_matrix import matrix_for_lineage
     from flows.runtime.options import RunOptions
     from flows.stores.registry import lineage
+    from flows.stores.start_sources import start_members
     from tests.conftest import TINY_PARAMS
 
-    # merged oldest first (`transfer.order: given`) from the first source (`start: first`: a mean start merges
-    # every source at step 0, which the matrix does not split yet), so BwT and FwT below read in time order
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**TINY_PARAMS,
-                                                          "transfer": {"order": "given", "start": "first"}}))
+    # the default `transfer.start: auto`: on this tiny data stage 0 is the mean of both sources, which the
+    # matrix reads as both member domains merged at step 0 (flows/reports/accuracy_matrix.py)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     summary = run_pipeline(RunOptions(tmp_path, tmp_path / "params.yaml", tracking_uri=uri, quiet=True))
     result = matrix_for_lineage(tmp_path, uri)
     rows, domains, target = result["rows"], result["domains"], result["target"]
     assert (len(rows), len(domains)) == (len(summary.versions), 3) and target == "2022"
-    assert result["merged"] == summary.sources == ["2020", "2021"]
     registered = lineage(tmp_path, uri)[::-1]
+    members = [m["domain"] for m in start_members(registered[0])]
+    assert summary.sources[0] == "mean" and sorted(members) == ["2020", "2021"], "the default no longer starts " \
+        "from the mean here: this test would not cover the split"
+    assert result["merged"] == [members, *([d] for d in summary.sources[1:])]  # never a domain called 'mean'
     for row, version in zip(rows, registered, strict=True):  # the target column is each version's own test accuracy
         assert row[target] == pytest.approx(version["test_accuracy"], abs=1e-6)
     s, base = result["summaries"], result["base"]
     assert base is not None and set(base) == set(domains)
-    assert s["bwt"] == pytest.approx(rows[1]["2020"] - rows[0]["2020"])
-    assert s["fwt"] == pytest.approx(rows[0]["2021"] - base["2021"])
-    assert s["average_accuracy"] == pytest.approx(statistics.fmean(rows[1][d] for d in domains))
-    run = mlflow.MlflowClient(uri).get_run(registered[-1]["run_id"])
-    assert run.data.metrics["cl/bwt"] == pytest.approx(s["bwt"])
-    stored = {Path(a.path).name for a in mlflow.MlflowClient(uri).list_artifacts(run.info.run_id, "cl")}
+    # BwT: the order's first source is merged only in the mean (step 0); the other one again at the last step
+    assert s["bwt"] == pytest.approx(rows[-1][members[0]] - rows[0][members[0]])
+    assert s["fwt"] is None  # both sources were seen at step 0: no model before it to read forward transfer from
+    assert s["average_accuracy"] == pytest.approx(statistics.fmean(rows[-1][d] for d in domains))
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(registered[-1]["run_id"])
+    assert run.data.metrics["cl/bwt"] == pytest.approx(s["bwt"]) and "cl/fwt" not in run.data.metrics
+    parent = client.get_run(summary.parent_run_id).data.metrics  # the run's own summaries read the mean the same way
+    assert parent["cl/bwt"] == pytest.approx(s["bwt"], abs=1e-6) and "cl/fwt" not in parent
+    stored = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "cl")}
     assert stored == {"accuracy_matrix.csv", "accuracy_matrix.png"}
+    with open(result["csv"]) as fh:
+        assert [r["merged_domains"] for r in csv.DictReader(fh)][1] == "+".join(members)  # after the base row

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import math
 import weakref
 from pathlib import Path
@@ -143,3 +144,60 @@ def test_accuracy_matrix_values_and_one_model_alive():
     assert [r["model"] for r in rows] == ["m0", "m1", "m2"] and [r["step"] for r in rows] == [0, 1, 2]
     assert rows[0]["p"] == pytest.approx(1 / 3) and rows[0]["q"] == pytest.approx(11 / 31)
     assert rows[2]["q"] == pytest.approx(10 / 31)
+
+
+# A lineage that starts from the mean of a, b, c (`transfer.start: mean`), then merges b and c again on their own
+MEAN_START = [["a", "b", "c"], "b", "c"]
+
+
+def test_a_mean_start_counts_as_every_member_merged_at_its_step():
+    assert am.step_domains(MEAN_START) == [["a", "b", "c"], ["b"], ["c"]]
+    assert am.merge_steps(MEAN_START, DOMAINS) == {"a": 0, "b": 1, "c": 2}  # latest merge: BwT reads from there
+    assert am.first_steps(MEAN_START, DOMAINS) == {"a": 0, "b": 0, "c": 0}  # all seen at step 0: FwT reads before
+    # BwT: a (last merged in the mean, step 0): 0.7 - 0.9; b (merged again at 1): 0.8 - 0.9; c at the last step
+    assert am.backward_transfer(MATRIX, MEAN_START, DOMAINS) == pytest.approx(-0.15)
+    # FwT: no member has a model before the step that first saw it (the mean is step 0)
+    assert am.forward_transfer(MATRIX, MEAN_START, DOMAINS, BASE) is None
+    summaries = am.cl_summaries(MATRIX, MEAN_START, DOMAINS, "t", BASE)
+    assert "mean" not in am.merge_steps(MEAN_START, [*DOMAINS, "mean"])
+    assert summaries["average_accuracy"] == pytest.approx((0.7 + 0.8 + 0.9 + 0.8) / 4)  # a counts as seen
+    # the same lineage read as if "mean" were a domain would leave a out of the seen average
+    assert am.cl_summaries(MATRIX, ["mean", "b", "c"], DOMAINS, "t")["average_accuracy"] == pytest.approx(
+        (0.8 + 0.9 + 0.8) / 3)
+
+
+def test_forward_transfer_reads_the_model_before_a_later_mean_saw_its_members():
+    merged = ["a", ["a", "b"], "c"]  # b first seen in a mean at step 1
+    assert am.first_steps(merged, DOMAINS) == {"a": 0, "b": 1, "c": 2}
+    # FwT: b: R[0][b] - base_b = 0.5 - 0.4; c: R[1][c] - base_c = 0.4 - 0.2
+    assert am.forward_transfer(MATRIX, merged, DOMAINS, BASE) == pytest.approx(0.15)
+    # BwT: a and b last merged at step 1: (0.7 - 0.8) and (0.8 - 0.9)
+    assert am.backward_transfer(MATRIX, merged, DOMAINS) == pytest.approx(-0.1)
+
+
+def test_matrix_rows_name_a_mean_starts_members(tmp_path):
+    from flows.stores.start_sources import START_SOURCES_TAG
+
+    members = [{"domain": d, "sha256": f"sha-{d}", "md5": f"md5-{d}"} for d in ("b", "a")]
+    row = {"source_domain": "mean", START_SOURCES_TAG: json.dumps(members)}
+    assert am.lineage_step_domains(row) == ["b", "a"]
+    assert am.lineage_step_domains({"source_domain": "c"}) == ["c"]
+    assert am.step_label({"source_domain": "mean", "merged_domains": "b+a"}) == "mean(b+a)"
+    assert am.step_label({"source_domain": "c", "merged_domains": "c"}) == "c"
+    rows = [{"step": 0, "model": "v1", "source_domain": "mean", "merged_domains": "b+a", **MATRIX[0]}]
+    path = am.write_matrix_csv(rows, DOMAINS, tmp_path / "m.csv", None)
+    assert path.read_text().splitlines()[1].startswith("0,v1,mean,b+a,0.9,")
+
+
+def test_a_runs_mean_start_merges_the_domains_its_checkpoint_header_lists():
+    from flows.pipeline.sources import AreaSource
+    from flows.pipeline.start import merged_domains
+    from flows.stores.start_sources import START_SOURCES_TAG
+    from grasp_core.checkpoints import CheckpointHeader, SavedCheckpoint
+
+    members = [{"domain": d, "sha256": f"sha-{d}"} for d in ("b", "a", "c")]
+    mean = CheckpointHeader("SmallCNN", 2, ("0", "1"), (1, 8, 8), {START_SOURCES_TAG: json.dumps(members)})
+    plain = CheckpointHeader("SmallCNN", 2, ("0", "1"), (1, 8, 8), {START_SOURCES_TAG: json.dumps(members)})
+    assert merged_domains(AreaSource("mean", SavedCheckpoint(None, "m", mean))) == ["b", "a", "c"]  # type: ignore[arg-type]
+    # a source file whose header claims members is still one source: only the run's own mean start is split
+    assert merged_domains(AreaSource("b", SavedCheckpoint(None, "b", plain))) == "b"  # type: ignore[arg-type]
