@@ -2,11 +2,12 @@
 
 The member list (`[{"domain", "sha256", "md5"}]`, about 130 characters a source) sits in the `start_sources`
 tag while it fits MLflow's cap on a tag's value; the version's tags are also logged on its run, where the cap
-is 8,000 characters, so past about 60 sources it does not. Then the list is a JSON artifact of the version's
-run, and short tags say where (`start_sources_artifact`), how many (`start_sources_count`) and the file's
-sha256 (`start_sources_sha256`). `resolve_start_sources` puts the list back into the tags (checked against
-count and digest), so every reader (`grasp lineage` and `--verify`, `grasp status`, resume and incremental
-runs, the accuracy matrix) reads both forms through `start_members`.
+is 8,000 characters (MLflow cuts a longer value by default: broken JSON), so past about 60 sources it does
+not. Then the list is a JSON artifact of the version's run, and short tags say where
+(`start_sources_artifact`), how many (`start_sources_count`) and the file's sha256 (`start_sources_sha256`).
+`resolve_start_sources` puts the list back into the tags (checked against count and digest), so every reader
+(`grasp lineage` and `--verify`, `grasp status`, resume and incremental runs, the accuracy matrix) reads both
+forms through `start_members`.
 """
 
 from __future__ import annotations
