@@ -51,13 +51,15 @@ class Decision:
 def lineage_sources(tracker, model_name: str, version: str) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
     """Tags of `version` and each parent up to stage 0 (newest first); a mean start's source list read back
     from its run when it outgrew a tag (flows/stores/start_sources.py)."""
-    from flows.stores.start_sources import resolve_start_sources
+    from flows.stores.start_sources import has_members_artifact, resolve_start_sources
 
     by_version = {v["version"]: v for v in tracker.versions(model_name)}
     chain, current = [], version
     while current:
         record = by_version[current]
-        tags = resolve_start_sources(tracker.client, record["run_id"], record["tags"])
+        tags = record["tags"]
+        if has_members_artifact(tags):  # the client only then: nothing else here reads the run
+            tags = resolve_start_sources(tracker.client, record["run_id"], tags)
         chain.append({**tags, "version": current})
         current = tags.get("parent_version", "")
     return chain

@@ -64,13 +64,18 @@ def checked_members_text(text: str, tags: Mapping[str, Any], where: str) -> str:
     return text
 
 
+def has_members_artifact(tags: Mapping[str, Any]) -> bool:
+    """Whether `tags` point to the source list in the run's artifacts instead of holding it."""
+    return bool(tags.get(ARTIFACT_TAG)) and not tags.get(START_SOURCES_TAG)
+
+
 def resolve_start_sources(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> dict[str, Any]:
     """`tags` with `start_sources` read back from the version's run when a pointer stands in for it.
 
     Versions without a pointer come back unchanged (and nothing is downloaded).
     """
     found = dict(tags)
-    if not found.get(ARTIFACT_TAG) or found.get(START_SOURCES_TAG):
+    if not has_members_artifact(found):
         return found
     from mlflow.exceptions import MlflowException
 

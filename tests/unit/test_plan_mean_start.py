@@ -21,8 +21,6 @@ def _area(*domains: str) -> set[str]:
 class FakeTracker:
     """The two registry reads `interrupted_head` makes: versions 1 (the mean) and 2 of a killed run."""
 
-    client = None  # no artifact read: the mean's source list is in its tag here
-
     def versions(self, model_name):
         return [{"version": "1", "run_id": "r1", "aliases": [], "tags": MEAN_TAGS},
                 {"version": "2", "run_id": "r2", "aliases": [], "tags": STAGE1_TAGS}]

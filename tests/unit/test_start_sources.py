@@ -39,6 +39,7 @@ class ArtifactFolder:
 def test_a_few_sources_stay_in_the_tag():
     text, tags = ss.encode_members(_members(3), "x.sources.json")
     assert tags == {ss.START_SOURCES_TAG: text} and ss.start_members(tags) == _members(3)
+    assert not ss.has_members_artifact(tags)
     assert start_artifacts(tags, Path("start-mean-x.safetensors")) == {}  # nothing to log beside the tags
 
 
@@ -46,6 +47,7 @@ def test_eighty_sources_go_to_an_artifact_behind_short_tags(tmp_path):
     members = _members(80)
     text, tags = ss.encode_members(members, "start-mean-abc.sources.json")
     assert len(text) > ss.TAG_VALUE_MAX  # the list itself would not fit a run tag
+    assert ss.has_members_artifact(tags) and ss.start_members(tags) == []  # unresolved: no list yet
     assert ss.START_SOURCES_TAG not in tags and all(len(v) <= ss.TAG_VALUE_MAX for v in tags.values())
     assert tags == {ss.ARTIFACT_TAG: "start/start-mean-abc.sources.json", ss.COUNT_TAG: "80",
                     ss.SHA256_TAG: hashlib.sha256(text.encode()).hexdigest()}
