@@ -196,7 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_flow(args: argparse.Namespace, opts: RunOptions) -> int:
-    from flows.pipeline.up_to_date import nothing_new, unchanged_inputs
+    from flows.pipeline.up_to_date import nothing_new, same_params_as_last_run
     from flows.runtime.interrupts import stop_cleanly_on_signals
     from flows.runtime.lock import RunLock
     from grasp_core.config import load_config
@@ -205,7 +205,7 @@ def _run_flow(args: argparse.Namespace, opts: RunOptions) -> int:
     # a server or any file. Params the last good run used (same hash, same code) passed that check then, and
     # the check's import (torch) is what a run with nothing new must not pay.
     cfg = load_config(opts.params)
-    may_be_current = not (opts.full or args.all_targets) and unchanged_inputs(opts, cfg) is not None
+    may_be_current = not (opts.full or args.all_targets) and same_params_as_last_run(opts, cfg)
     if not may_be_current:
         from grasp_core.grasp import check_plugins
 

@@ -119,6 +119,17 @@ def recalled(root: Path) -> RunInputs | None:
         return None
 
 
+def same_params_as_last_run(opts: RunOptions, cfg: Config) -> bool:
+    """The last good run used these params with this code and store (so its policy and criterion names were
+    checked then). Reads the record only: the CLI asks this before the lock, to skip that check's torch import."""
+    from flows.stores.tracking import resolve_tracking_uri
+    from grasp_core.config import config_hash
+
+    recorded = recalled(opts.workdir)
+    return recorded is not None and (recorded.params_sha256, recorded.code, recorded.tracking_uri) == (
+        config_hash(cfg), code_identity(), resolve_tracking_uri(opts.workdir.resolve(), opts.tracking_uri))
+
+
 def unchanged_inputs(opts: RunOptions, cfg: Config) -> RunInputs | None:
     """The last good run's record when this run's params, code, store, data, base and sources are the same as
     its own; else None. Files only: no tool is asked and nothing is written."""
@@ -139,16 +150,17 @@ def nothing_new(opts: RunOptions, cfg: Config) -> str | None:
     Call it under the workspace lock, so no other run changes the workspace meanwhile.
     """
     from flows.stores.validation import Expected, passed_before
-    from flows.stores.versioning import is_current
+    from flows.stores.versioning import fingerprints_held, is_current
 
     root = opts.workdir
-    recorded = unchanged_inputs(opts, cfg)
-    if recorded is None or not recorded.model_name:
-        return None
-    if not all(is_current(root, target, opts.dvc_remote) for target in (cfg.data.root, SOURCES_DIR.as_posix())):
-        return None
-    if not passed_before(root / cfg.data.root, root / VALIDATION_DIR, Expected.from_config(cfg.validation)):
-        return None
+    with fingerprints_held():  # the data folder is read once for our record, DVC's stamp and GX's
+        recorded = unchanged_inputs(opts, cfg)
+        if recorded is None or not recorded.model_name:
+            return None
+        if not all(is_current(root, target, opts.dvc_remote) for target in (cfg.data.root, SOURCES_DIR.as_posix())):
+            return None
+        if not passed_before(root / cfg.data.root, root / VALIDATION_DIR, Expected.from_config(cfg.validation)):
+            return None
     found = _registry_holds_all(opts, recorded)
     if found is None:
         return None

@@ -11,7 +11,15 @@ import pytest
 import yaml
 
 from flows.pipeline.plan import nothing_to_merge, plan_merge
-from flows.pipeline.up_to_date import RECORD, forget, inputs_now, recalled, remember, unchanged_inputs
+from flows.pipeline.up_to_date import (
+    RECORD,
+    forget,
+    inputs_now,
+    recalled,
+    remember,
+    same_params_as_last_run,
+    unchanged_inputs,
+)
 from flows.runtime.options import RunOptions
 from grasp_core.config import load_config
 
@@ -117,6 +125,9 @@ def test_any_changed_input_or_a_dropped_record_means_the_flow_runs(workspace, ch
     else:
         forget(ws)
     assert unchanged_inputs(opts, load_config(opts.params)) is None
+    # before the lock the CLI compares the params, code and store only (whether to check plugin names)
+    assert same_params_as_last_run(opts, load_config(opts.params)) == (change in ("data", "source", "new source",
+                                                                                  "base"))
 
 
 @pytest.mark.parametrize("text", ["", "{", '{"format": 99}', '{"format": 1, "params_sha256": "x"}', "[]"])
@@ -146,3 +157,34 @@ def test_the_checks_paths_are_the_workspaces(tmp_path):
 
     ws = Workspace(tmp_path)
     assert (ws.base, ws.sources) == (tmp_path / BASE_FILE, tmp_path / SOURCES_DIR)
+
+
+def _relpath_fingerprint(path: Path) -> str:
+    """The fingerprint as written before it sliced paths (os.path.relpath per file): stamps must stay valid."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    walk = [(str(path.parent), [], [path.name])] if path.is_file() else os.walk(path)
+    for root, dirs, files in walk:
+        dirs.sort()
+        for name in sorted(files):
+            st = os.stat(os.path.join(root, name))
+            rel = os.path.relpath(os.path.join(root, name), path)
+            digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+    return digest.hexdigest()
+
+
+def test_the_fingerprint_is_the_one_stamps_recorded_and_held_within_a_check(workspace, monkeypatch):
+    from flows.stores.versioning import fingerprint, fingerprints_held
+
+    ws, _ = workspace
+    (ws / "data" / "2020" / "val").mkdir()
+    (ws / "data" / "2020" / "val" / "y.png").write_bytes(b"yy")
+    monkeypatch.chdir(ws)
+    for path in (ws / "data", Path("data"), Path("."), ws / "checkpoints" / "base.safetensors"):
+        assert fingerprint(path) == _relpath_fingerprint(path), path
+    with fingerprints_held():
+        held = fingerprint(ws / "data")
+        (ws / "data" / "2020" / "val" / "y.png").write_bytes(b"yyy")
+        assert fingerprint(Path("data")) == held  # the same folder, asked again within the check
+    assert fingerprint(ws / "data") != held
