@@ -12,6 +12,7 @@ import errno
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from flows.ops.commands import EXIT_MISMATCH, EXIT_REFUSED
 from flows.runtime.options import (
@@ -40,7 +41,9 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(benches: bool = True) -> argparse.ArgumentParser:
+    """The `grasp` parser; without `benches`, `bench` takes no sub-command (its modules' imports are left out:
+    `main` registers them only when the command line names `bench`)."""
     parser = argparse.ArgumentParser(prog="grasp", description="GRASP: merge K source models into one target "
                                      "model with the memory of two (arXiv 2606.14900).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
@@ -114,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks that print figures",
                            description="Benchmarks; each prints a table (and writes --json FILE if given).")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    if benches:
+        _register_benches(bench_sub)
+    return parser
+
+
+def _register_benches(bench_sub: Any) -> None:
     from flows.bench import ablation as bench_ablation
     from flows.bench import accuracy as bench_accuracy
     from flows.bench import cost as bench_cost
@@ -133,7 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench_throughput.register(bench_sub)
     bench_deploy.register(bench_sub)
     bench_overhead.register(bench_sub)
-    return parser
 
 
 def _limits(params: Path | None, workdir: Path):  # type: ignore[no-untyped-def]
@@ -360,7 +368,8 @@ def _run_all_targets(args: argparse.Namespace, opts: RunOptions) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONHASHSEED", "0")
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser(benches="bench" in words).parse_args(argv)
     try:
         return int(args.handler(args))
     except GraspError as err:
