@@ -130,6 +130,8 @@ class AlignConfig:
 GRANULARITIES = ("tensor", "channel")
 ORDERS = ("given", "nearest", "aligned", "scored")
 STARTS = ("first", "mean", "auto")
+AFTER_MEAN = ("policy", "none")
+SCHEDULES = ("staged", "final")
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,10 @@ class TransferConfig:
     start: str = "auto"  # the model step 1 adopts: "first" (paper: the order's first source), "mean" (streaming
     #                       parameter mean of every source), "auto" (the better of the two on target val,
     #                       zero-shot; grasp_core/start.py). The order's other sources are merged after it.
+    check: bool = False  # refuse a stage's transfer when the target's val accuracy right after it (before any
+    #                      fine-tuning) is below the val before it; the stage then fine-tunes untransferred
+    after_mean: str = "policy"  # after a mean start: "policy" (merge every later source with `policy`) or "none"
+    #                             (the mean holds every source already: later stages only fine-tune); core engine
 
     def __post_init__(self) -> None:
         _check(-1.0 <= self.threshold <= 1.0,
@@ -164,6 +170,8 @@ class TransferConfig:
                f"'transfer.granularity' = '{self.granularity}' must be one of: {', '.join(GRANULARITIES)}")
         _check(self.order in ORDERS, f"'transfer.order' = '{self.order}' must be one of: {', '.join(ORDERS)}")
         _check(self.start in STARTS, f"'transfer.start' = '{self.start}' must be one of: {', '.join(STARTS)}")
+        _check(self.after_mean in AFTER_MEAN,
+               f"'transfer.after_mean' = '{self.after_mean}' must be one of: {', '.join(AFTER_MEAN)}")
 
 
 @dataclass(frozen=True)
@@ -173,8 +181,13 @@ class FinetuneConfig:
     lr: float = 1e-3  # AdamW lr; the paper's 5e-5 suits ImageNet-pretrained nets, not a small CNN
     weight_decay: float = 0.01  # AdamW weight decay (paper: 0.01, on every parameter)
     batch_size: int = 32  # paper: 32, drop_last
+    schedule: str = "staged"  # "staged" (paper): initial_epochs, then epochs after each merged source; "final":
+    #                           the same total epochs as one last stage after every merge (merges run untrained,
+    #                           so the rollback guard judges them zero-shot); every training method alike; core engine
 
     def __post_init__(self) -> None:
+        _check(self.schedule in SCHEDULES,
+               f"'finetune.schedule' = '{self.schedule}' must be one of: {', '.join(SCHEDULES)}")
         _check(self.initial_epochs >= 0, f"'finetune.initial_epochs' = {self.initial_epochs} must be >= 0")
         _check(self.epochs >= 0, f"'finetune.epochs' = {self.epochs} must be >= 0")
         _check(self.lr > 0, f"'finetune.lr' = {self.lr} must be > 0")

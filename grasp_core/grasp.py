@@ -86,6 +86,7 @@ class StepResult:
     candidate_val_accuracy: float = math.nan  # val accuracy of the merged + fine-tuned candidate (stage >= 1)
     val_history: tuple[float, ...] = ()  # validation accuracy after each fine-tuning epoch of this stage
     train_loss_history: tuple[float, ...] = ()  # mean training loss of each of those epochs
+    transfer_refused: bool = False  # `transfer.check` undid this stage's transfer before fine-tuning
 
     @property
     def wall_s(self) -> float:
@@ -206,6 +207,8 @@ def run_grasp(sources: SourceStream, loaders: TargetLoaders, cfg: Config, tracke
     `rejected` and the target keeps its incoming weights. `transfer.keep_global_best` (redundant
     with rollback, which never lets val accuracy drop): once the stream is exhausted, the live target
     is reset to the best-val stage's weights, so the last `StepResult` may describe a later, worse stage.
+    `transfer.check`: a transfer that lowers val accuracy before fine-tuning is undone (`transfer_refused`)
+    and the stage fine-tunes the incoming weights; it uses the rollback snapshot, so no copy is added.
     """
     stream = iter(sources)
     stage = start_stage
@@ -225,15 +228,20 @@ def run_grasp(sources: SourceStream, loaders: TargetLoaders, cfg: Config, tracke
     tracker = tracker or MemoryTracker.for_model(target)
     for name, source in stream:  # not enumerate(): its cached result tuple would keep the source alive
         position_batches(loaders, cfg, stage)
-        guard = _park(target) if cfg.transfer.rollback else None  # before alignment moves BN statistics
+        guarded = cfg.transfer.rollback or cfg.transfer.check
+        guard = _park(target) if guarded else None  # before alignment moves BN statistics
         parent_val = evaluate(target, loaders.val, loaders.num_classes).accuracy if guard is not None else 0.0
+        untransferred_val = _untransferred_val(target, loaders, cfg) if cfg.transfer.check else parent_val
         merge = merge_source(target, source, loaders, cfg, tracker)
         del source  # dropped before fine-tuning: weights, grads and 2 AdamW moments remain (copies are on disk)
+        refused = guard is not None and cfg.transfer.check and _refuse(target, merge, guard, untransferred_val,
+                                                                       loaders, cfg)
+        transferred, moved = ([], 0.0) if refused else (merge.transferred, merge.moved_params)
         result = _finish(stage, name, target, loaders, cfg.finetune.epochs, cfg, tracker, on_epoch, merge.scores,
-                         merge.transferred, merge.timings_s, merge.moved_params)
-        result = replace(result, candidate_val_accuracy=result.val_accuracy)
+                         transferred, merge.timings_s, moved)
+        result = replace(result, candidate_val_accuracy=result.val_accuracy, transfer_refused=refused)
         if guard is not None:
-            if result.val_accuracy < parent_val:
+            if cfg.transfer.rollback and result.val_accuracy < parent_val:
                 result = _reject(result, target, guard, parent_val, loaders)
             guard.close()
         if best is not None:
@@ -249,6 +257,30 @@ def _park(model: nn.Module) -> WeightStash:
     stash = WeightStash(prefix="grasp-rollback-")
     stash.put(model)
     return stash
+
+
+def _untransferred_val(target: nn.Module, loaders: TargetLoaders, cfg: Config) -> float:
+    """`transfer.check`'s reference: val accuracy of the incoming target as a refused stage would fine-tune it
+    (BatchNorm recalibrated on target images when the merge would recalibrate it), so the check compares the
+    transfer alone. Train-mode alignment ignores the running statistics this recomputes."""
+    if cfg.transfer.bn_recalibrate:
+        recalibrate_batchnorm(target, loaders.train.split.x)
+    return evaluate(target, loaders.val, loaders.num_classes).accuracy
+
+
+def _refuse(target: nn.Module, merge: Merge, previous: WeightStash, untransferred_val: float,
+            loaders: TargetLoaders, cfg: Config) -> bool:
+    """`transfer.check`: undo a transfer that lowered val accuracy before any fine-tuning; True when undone.
+
+    The stage then fine-tunes the pre-merge weights, as transfer_off would (BN recalibrated alike), so a
+    refused transfer costs no target budget. Nothing moved: nothing to check (transfer_off is unchanged).
+    """
+    if not merge.transferred or evaluate(target, loaders.val, loaders.num_classes).accuracy >= untransferred_val:
+        return False
+    previous.restore(target)
+    if cfg.transfer.bn_recalibrate:
+        recalibrate_batchnorm(target, loaders.train.split.x)
+    return True
 
 
 def _reject(result: StepResult, target: nn.Module, previous: WeightStash, parent_val: float,

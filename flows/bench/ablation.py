@@ -37,6 +37,7 @@ from flows.bench.protocol import (
     choose_on_val,
     command_line,
     confirmation_section,
+    paired_table,
     selection_section,
 )
 from flows.bench.summaries import Row, accuracies, markdown_table, ordered, summary_table
@@ -48,7 +49,8 @@ if TYPE_CHECKING:
 PAPER: dict[str, Any] = {"align.batches": 1, "align.eval_mode": False, "align.criterion": "gradient",
                          "transfer.policy": "paper", "transfer.threshold": 0.3, "transfer.granularity": "tensor",
                          "transfer.order": "given", "transfer.bn_recalibrate": False, "transfer.rollback": False,
-                         "transfer.keep_global_best": False, "transfer.start": "first"}
+                         "transfer.keep_global_best": False, "transfer.start": "first", "transfer.check": False,
+                         "transfer.after_mean": "policy", "finetune.schedule": "staged"}
 OPTIONS: dict[str, dict[str, Any]] = {  # one atom per option of issue 8; variants combine them with "+"
     "paper": {},
     "batches4": {"align.batches": 4},
@@ -66,6 +68,9 @@ OPTIONS: dict[str, dict[str, Any]] = {  # one atom per option of issue 8; varian
     "thr0": {"transfer.threshold": 0.0},  # transfer whatever is positively aligned (soft: weight = cos)
     "thr6": {"transfer.threshold": 0.6},
     "direction": {"align.criterion": "direction"},  # score = cos(theta_src - theta_tgt, -target gradient)
+    "check": {"transfer.check": True},  # undo a transfer that lowers val before fine-tuning; fine-tune untransferred
+    "meanoff": {"transfer.after_mean": "none"},  # after a mean start, later stages only fine-tune
+    "final": {"finetune.schedule": "final"},  # merges untrained (guarded zero-shot), then the whole budget at once
 }
 DEFAULT_VARIANTS = ("default", "paper", "batches4+eval", "channel", "soft", "bn", "nearest", "aligned", "rollback",
                     "best")
@@ -207,7 +212,9 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
                    help="where seed-<s>/ workspaces keep data and checkpoints (re-used across runs)")
     p.add_argument("--select-seeds", default="0,1,2",
                    help="seeds every variant runs on, to choose on validation (default: 0,1,2)")
-    p.add_argument("--seeds", default="3,4,5", help="confirmation seeds, disjoint from --select-seeds (default: 3,4,5)")
+    p.add_argument("--seeds", default="3,4,5",
+                   help="confirmation seeds, disjoint from --select-seeds (default: 3,4,5); 'none': selection "
+                   "only (an exploration: variants and controls on validation, no test figure)")
     p.add_argument("--targets", help="comma-separated target domains (default: every domain)")
     p.add_argument("--variants", help=f"comma-separated variants (default: {','.join(DEFAULT_VARIANTS)})")
     p.add_argument("--controls", help=f"comma-separated control methods (default: {','.join(DEFAULT_CONTROLS)}; "
@@ -224,9 +231,12 @@ def cmd_bench_ablation(args: argparse.Namespace) -> int:
     controls = parse_list(args.controls, "--controls") or list(DEFAULT_CONTROLS)
     controls = [] if controls == ["none"] else controls
     variants = parse_list(args.variants, "--variants") or list(DEFAULT_VARIANTS)
-    select, confirm = parse_list(args.select_seeds, "--select-seeds", int) or [], parse_list(args.seeds, "--seeds", int)
-    check_seed_split(select, confirm or [])
     targets, progress = parse_list(args.targets, "--targets"), Progress(args.quiet)
+    select = parse_list(args.select_seeds, "--select-seeds", int) or []
+    if args.seeds == "none":
+        return select_only(args, select, targets, variants, controls, progress)
+    confirm = parse_list(args.seeds, "--seeds", int)
+    check_seed_split(select, confirm or [])
     t0 = time.perf_counter()
     select_rows = run_ablation(args.params, args.workdir, select, targets, variants, [], progress,
                                source_order=args.source_order)
@@ -239,4 +249,34 @@ def cmd_bench_ablation(args: argparse.Namespace) -> int:
                           time.perf_counter() - t0)
     print(files["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in files.values()))
+    return 0
+
+
+def select_only(args: argparse.Namespace, select: list[int], targets: list[str] | None, variants: list[str],
+                controls: list[str], progress: Progress) -> int:
+    """`--seeds none`: variants and controls on the selection seeds only; validation figures, paired per seed.
+
+    An exploration reads nothing but validation, so it can be repeated without spending the confirmation
+    seeds; adopting its choice still needs the full protocol. Writes ablation-selection.csv and ablation.md."""
+    if not select:
+        raise GraspError("--select-seeds: empty; give at least one selection seed, e.g. 0,1,2")
+    t0 = time.perf_counter()
+    rows = run_ablation(args.params, args.workdir, select, targets, variants, controls, progress,
+                        source_order=args.source_order)
+    chosen = choose_on_val(rows, variants)
+    out: list[str] = [f"Command: `{command_line(args)}`", "",
+                      *selection_section(rows, [*variants, *controls], chosen), "",
+                      f"Controls (listed, never chosen): {', '.join(controls) or 'none'}. No confirmation seed ran: "
+                      "no test accuracy is reported.", ""]
+    for variant in variants:
+        others = [m for m in dict.fromkeys(["default", *controls]) if m != variant and m in ordered(rows, "method")]
+        out += [f"**Paired on seeds {', '.join(map(str, select))}**: validation accuracy of `{variant}` minus each "
+                "other, points: mean ± std [min..max] and the seeds where it is ahead.", "",
+                *paired_table(rows, variant, others, key="val_accuracy"), ""]
+    out.append(f"Wall time: {time.perf_counter() - t0:.0f} s for {len(rows)} runs.")
+    md = args.out / "ablation.md"
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text("\n".join(out) + "\n")
+    print(md.read_text())
+    print(f"wrote {write_csv(rows, args.out / 'ablation-selection.csv')}, {md}")
     return 0

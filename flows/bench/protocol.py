@@ -60,9 +60,10 @@ def choose_on_val(rows: list[Row], candidates: Sequence[str]) -> str:
     return max(scores, key=lambda c: (scores[c], -list(candidates).index(c)))
 
 
-def paired(rows: list[Row], method: str, control: str, target: str | None = None) -> list[float]:
-    """Test accuracy of `method` minus `control`, seed by seed (seeds both ran), in points."""
-    ours, theirs = per_seed(rows, method, "test_accuracy", target), per_seed(rows, control, "test_accuracy", target)
+def paired(rows: list[Row], method: str, control: str, target: str | None = None,
+           key: str = "test_accuracy") -> list[float]:
+    """Test (or `key`) accuracy of `method` minus `control`, seed by seed (seeds both ran), in points."""
+    ours, theirs = per_seed(rows, method, key, target), per_seed(rows, control, key, target)
     return [100 * (ours[s] - theirs[s]) for s in sorted(ours) if s in theirs]
 
 
@@ -75,15 +76,15 @@ def format_paired(diffs: Sequence[float]) -> str:
     return f"{statistics.fmean(diffs):+.1f} ± {std:.1f} [{min(diffs):+.1f}..{max(diffs):+.1f}] {wins}/{len(diffs)}"
 
 
-def paired_table(rows: list[Row], method: str, controls: Sequence[str]) -> list[str]:
-    """Markdown: one row per control, one column per target and the mean, cells `format_paired`."""
+def paired_table(rows: list[Row], method: str, controls: Sequence[str], key: str = "test_accuracy") -> list[str]:
+    """Markdown: one row per control, one column per target and the mean, cells `format_paired` (of `key`)."""
     targets = list(dict.fromkeys(r["target"] for r in rows))
     lines = [f"| {method} − | " + " | ".join([*targets, "mean"]) + " |",
              "|---|" + "---:|" * (len(targets) + 1)]
     for control in controls:
         if control == method:
             continue
-        cells = [format_paired(paired(rows, method, control, t)) for t in [*targets, None]]
+        cells = [format_paired(paired(rows, method, control, t, key)) for t in [*targets, None]]
         lines.append(f"| {control} | " + " | ".join(cells) + " |")
     return lines
 

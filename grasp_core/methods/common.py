@@ -93,8 +93,10 @@ def get_method(name: str) -> Method:
 
 
 def stage_epochs(cfg: Config, k: int) -> list[int]:
-    """GRASP's target schedule for K sources: the budget every training method gets."""
-    return [cfg.finetune.initial_epochs] + [cfg.finetune.epochs] * (k - 1)
+    """GRASP's target schedule for K sources: the budget every training method gets (`finetune.schedule:
+    final`: the same epochs as one stage)."""
+    epochs = [cfg.finetune.initial_epochs] + [cfg.finetune.epochs] * (k - 1)
+    return [sum(epochs)] if cfg.finetune.schedule == "final" else epochs
 
 
 def finetune_budget(model: nn.Module, ctx: MethodContext, tracker: MemoryTracker) -> tuple[float, int]:

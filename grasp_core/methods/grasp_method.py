@@ -10,9 +10,10 @@ from typing import Any
 from torch import nn
 
 from grasp_core.config import Config
+from grasp_core.finetune import train_epochs
 from grasp_core.grasp import run_grasp
 from grasp_core.memory import MemoryTracker, peak_of
-from grasp_core.methods.common import MethodContext, MethodOutput, register_method
+from grasp_core.methods.common import MethodContext, MethodOutput, register_method, stage_epochs
 from grasp_core.order import alignment_prepass, order_sources, score_sources
 from grasp_core.start import MEAN_NAME, StartChoice, choose_start
 
@@ -64,6 +65,27 @@ def _start_detail(choice: StartChoice) -> dict[str, str]:
             "start_val_mean": f"{choice.mean_val_accuracy:.4f}"}
 
 
+def stage_config(cfg: Config, start: str) -> Config:
+    """The config the stages run with: `transfer.after_mean: none` switches the policy off after a mean start
+    (every source is in the mean already); `finetune.schedule: final` trains no epoch between merges (the
+    whole budget follows them, `_polish`)."""
+    tr, ft = cfg.transfer, cfg.finetune
+    if start == "mean" and tr.after_mean == "none":
+        tr = dataclasses.replace(tr, policy="none")
+    if ft.schedule == "final":
+        ft = dataclasses.replace(ft, initial_epochs=0, epochs=0)
+    return dataclasses.replace(cfg, transfer=tr, finetune=ft)
+
+
+def _polish(ctx: MethodContext, model: nn.Module, tracker: MemoryTracker) -> tuple[float, int]:
+    """`finetune.schedule: final`: the whole target budget as one stage after the last merge."""
+    ctx.loaders.train.reset()
+    epochs = sum(stage_epochs(ctx.cfg, len(ctx.source_names)))
+    stage = train_epochs(model, ctx.loaders.train, ctx.loaders.val, epochs, ctx.cfg.finetune.lr,
+                         ctx.cfg.finetune.weight_decay, tracker, ctx.on_epoch)
+    return stage.best_val_accuracy, stage.steps
+
+
 def _run(ctx: MethodContext, tracker: MemoryTracker) -> MethodOutput:
     names = merge_order(ctx)
     choice = start_choice(ctx, names)
@@ -71,7 +93,7 @@ def _run(ctx: MethodContext, tracker: MemoryTracker) -> MethodOutput:
     stream = _stream(ctx, names, choice)
     choice = dataclasses.replace(choice, model=None)  # the stream holds the live mean now, and drops it
     steps, last, best_val, rejected = 0, None, -1.0, []
-    for last in run_grasp(stream, ctx.loaders, ctx.cfg, tracker, ctx.on_epoch):
+    for last in run_grasp(stream, ctx.loaders, stage_config(ctx.cfg, choice.kind), tracker, ctx.on_epoch):
         steps += last.steps
         best_val = max(best_val, last.val_accuracy)
         if last.rejected:
@@ -81,6 +103,9 @@ def _run(ctx: MethodContext, tracker: MemoryTracker) -> MethodOutput:
         tracker.peak = peak_of(tracker.peak, last.memory)
     assert last is not None and last.target is not None
     val = best_val if ctx.cfg.transfer.keep_global_best else last.val_accuracy  # the restored stage's
+    if ctx.cfg.finetune.schedule == "final":
+        val, polish_steps = _polish(ctx, last.target, tracker)
+        steps += polish_steps
     return MethodOutput(last.target, val, steps, {"policy": ctx.cfg.transfer.policy, **ingredients(ctx.cfg),
                                                   "order": ",".join(names), "rejected": ",".join(rejected),
                                                   **_start_detail(choice)})

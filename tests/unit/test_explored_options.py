@@ -1,0 +1,123 @@
+"""The options the issue-17 exploration added: `transfer.check`, `transfer.after_mean`, `finetune.schedule`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+import torch
+
+from grasp_core.config import Config
+from grasp_core.finetune import evaluate
+from grasp_core.grasp import StepResult, run_grasp, target_loaders
+from grasp_core.memory import model_param_bytes, param_shapes_of
+from grasp_core.methods import MethodContext, run_method
+from grasp_core.models import build_model
+
+SHAPE = (1, 4, 4)
+
+
+def _cfg(**transfer: Any) -> Config:
+    cfg = Config()
+    return dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, initial_epochs=1, epochs=1),
+                               data=dataclasses.replace(cfg.data, augment=False),
+                               transfer=dataclasses.replace(cfg.transfer, **transfer))
+
+
+def _model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model("small_cnn", 3, SHAPE)
+
+
+def _zeroed() -> torch.nn.Module:
+    """A source whose every parameter is 0: it predicts one class for every image."""
+    model = _model(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    return model
+
+
+def _weights(result: StepResult) -> dict[str, torch.Tensor]:
+    assert result.target is not None
+    return {k: v.clone() for k, v in result.target.state_dict().items()}
+
+
+def _two_stages(domain, cfg: Config) -> list[StepResult]:
+    torch.manual_seed(0)
+    stream = iter([("s0", _model(1)), ("zero", _zeroed())])
+    return list(run_grasp(stream, target_loaders(domain, cfg), cfg))
+
+
+def test_check_refuses_a_transfer_that_lowers_val_and_the_stage_fine_tunes_as_transfer_off(tiny_domain):
+    # threshold -1 with the hard copy: every tensor of the all-zero source lands in the target
+    cfg = _cfg(policy="paper", threshold=-1.0, rollback=False, check=True, start="first")
+    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, initial_epochs=8))  # above chance
+    loaders = target_loaders(tiny_domain, cfg)
+    stage0 = next(run_grasp(iter([("s0", _model(1))]), loaders, cfg))
+    assert stage0.target is not None
+    assert evaluate(_zeroed(), loaders.val, 3).accuracy < stage0.val_accuracy  # the copy does lower val
+    checked = _two_stages(tiny_domain, cfg)
+    off = _two_stages(tiny_domain, dataclasses.replace(cfg, transfer=dataclasses.replace(cfg.transfer, policy="none")))
+    assert checked[1].transfer_refused and checked[1].transferred == () and checked[1].params_transferred == 0
+    assert not off[1].transfer_refused
+    refused, plain = _weights(checked[1]), _weights(off[1])
+    assert all(torch.equal(refused[k], plain[k]) for k in plain)  # the refused stage is a transfer_off stage
+    unchecked = _two_stages(tiny_domain, dataclasses.replace(cfg, transfer=dataclasses.replace(cfg.transfer,
+                                                                                               check=False)))
+    assert len(unchecked[1].transferred) == len(unchecked[1].param_numels)  # without the check it is kept
+
+
+def test_check_keeps_a_transfer_that_does_not_lower_val(tiny_domain):
+    cfg = _cfg(policy="paper", threshold=-1.0, rollback=False, check=True)
+    target, twin = _model(1), _model(1)  # the same weights: the copy changes nothing, val stays
+    result = next(run_grasp(iter([("twin", twin)]), target_loaders(tiny_domain, cfg), cfg, target=target,
+                            start_stage=1))
+    assert not result.transfer_refused and len(result.transferred) == len(result.param_numels)
+
+
+def _context(domain, cfg: Config, k: int, steps: list[StepResult] | None = None) -> MethodContext:
+    unit = _model(0)
+    unit_bytes, shapes = model_param_bytes(unit), param_shapes_of(unit)
+    del unit  # the test keeps no model of its own alive
+    names = [str(2000 + i) for i in range(k)]
+    return MethodContext(cfg=cfg, loaders=target_loaders(domain, cfg), source_names=tuple(names),
+                         open_source=lambda name: _model(100 + int(name) - 2000), open_base=lambda: _model(99),
+                         model_param_bytes=unit_bytes, param_shapes=shapes, target_name="2100",
+                         domains=(*names, "2100"), on_step=None if steps is None else steps.append)
+
+
+def test_final_schedule_spends_the_same_budget_once_after_every_merge(tiny_domain):
+    staged, final = _cfg(), _cfg()
+    final = dataclasses.replace(final, finetune=dataclasses.replace(final.finetune, schedule="final"))
+    steps: list[StepResult] = []
+    budget = run_method("grasp", _context(tiny_domain, staged, 3)).target_steps
+    assert budget == 3 * len(target_loaders(tiny_domain, staged).train) > 0
+    assert run_method("grasp", _context(tiny_domain, final, 3, steps)).target_steps == budget
+    assert [s.steps for s in steps] == [0, 0, 0]  # every merge untrained: the whole budget comes after them
+    for method in ("transfer_off", "best_single", "fusion"):  # every training method alike
+        assert run_method(method, _context(tiny_domain, final, 3)).target_steps == budget, method
+
+
+@pytest.mark.parametrize("after_mean, moved", [("none", False), ("policy", True)])
+def test_after_mean_none_only_fine_tunes_after_a_mean_start(tiny_domain, after_mean, moved):
+    cfg = _cfg(start="mean", after_mean=after_mean, policy="paper", threshold=-1.0, rollback=False)
+    steps: list[StepResult] = []
+    result = run_method("grasp", _context(tiny_domain, cfg, 3, steps))
+    assert result.detail["start_chosen"] == "mean" and steps[0].source_name == "mean"
+    assert any(s.transferred for s in steps[1:]) is moved
+    first = _cfg(start="first", after_mean=after_mean, policy="paper", threshold=-1.0, rollback=False)
+    steps.clear()
+    run_method("grasp", _context(tiny_domain, first, 3, steps))
+    assert all(s.transferred for s in steps[1:])  # a source start keeps the policy either way
+
+
+@pytest.mark.parametrize("option", [{"check": True}, {"schedule": "final"}, {"after_mean": "none", "start": "mean"}])
+def test_explored_options_keep_four_copies_and_do_not_grow_with_k(tiny_domain, option):
+    schedule = option.get("schedule", "staged")
+    cfg = _cfg(**{k: v for k, v in option.items() if k != "schedule"})
+    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, schedule=schedule))
+    peaks = [run_method("grasp", _context(tiny_domain, cfg, k)).memory for k in (2, 6)]
+    assert peaks[0].param_bytes_alive == peaks[1].param_bytes_alive > 0
+    assert max(p.param_sized_multiple for p in peaks) <= 4.0 + 0.1  # + small_cnn's BN buffers
