@@ -34,8 +34,9 @@ from flows.reports.progress import Progress, link_mlflow_run
 from flows.runtime.options import RunOptions
 from flows.runtime.settings import code_commit, route_run_logs
 from flows.stores.validation import prewarmed_gx
-from grasp_core.config import config_hash, flatten, load_config
+from grasp_core.config import Config, config_hash, flatten, load_config
 from grasp_core.config import replace as replace_config
+from grasp_core.errors import ConfigError
 from grasp_core.grasp import check_plugins
 from grasp_core.memory import settle
 from grasp_core.names import check_name
@@ -114,6 +115,19 @@ def _pipeline(params_path: str, workdir: str, tracking_uri: str | None, dvc_remo
     return prep
 
 
+CORE_ONLY = {"transfer.after_mean": "policy", "finetune.schedule": "staged"}  # explored options the flow lacks
+
+
+def check_flow_options(cfg: Config, params_path: str) -> None:
+    """Refuse, before anything runs, an option only the core engine and the benches apply (issue 17's
+    exploration): the flow would silently run without it."""
+    flat = flatten(cfg)
+    for key, flow_value in CORE_ONLY.items():
+        if flat[key] != flow_value:
+            raise ConfigError(f"{params_path}: '{key}' = '{flat[key]}' runs with `grasp run --engine core` and the "
+                              f"benches only; use --engine core, or set it to '{flow_value}' for the Prefect flow")
+
+
 def _prepare(params_path: str, workdir: str, tracking_uri: str | None, dvc_remote: str | None, full: bool,
              quiet: bool, verbose: bool, runner: str = "local", target_override: str = "") -> Prepared:
     """Data, GX gate, DVC, sources and the merge plan of one target; everything before the first stage."""
@@ -122,6 +136,7 @@ def _prepare(params_path: str, workdir: str, tracking_uri: str | None, dvc_remot
     ws, progress = Workspace(Path(workdir)), Progress(quiet, verbose, run_log=True)
     cfg = load_config(Path(params_path))
     check_plugins(cfg)  # a misspelt policy or criterion fails before any data or model is written
+    check_flow_options(cfg, params_path)
     if target_override:
         cfg = replace_config(cfg, data__target=target_override)
     # Tool work runs beside the critical path (GX gate -> training -> merge) and is awaited where needed:

@@ -121,3 +121,44 @@ def test_explored_options_keep_four_copies_and_do_not_grow_with_k(tiny_domain, o
     peaks = [run_method("grasp", _context(tiny_domain, cfg, k)).memory for k in (2, 6)]
     assert peaks[0].param_bytes_alive == peaks[1].param_bytes_alive > 0
     assert max(p.param_sized_multiple for p in peaks) <= 4.0 + 0.1  # + small_cnn's BN buffers
+
+
+def test_the_prefect_flow_refuses_the_options_only_the_core_engine_applies():
+    from flows.pipeline.run import check_flow_options
+    from grasp_core.errors import ConfigError
+
+    check_flow_options(Config(), "params.yaml")  # the defaults run in the flow
+    check_flow_options(_cfg(check=True), "params.yaml")  # the check lives in the stage itself: the flow has it
+    final = dataclasses.replace(Config(), finetune=dataclasses.replace(Config().finetune, schedule="final"))
+    with pytest.raises(ConfigError, match=r"params.yaml: 'finetune.schedule' = 'final' runs with `grasp run "
+                                          r"--engine core` and the benches only"):
+        check_flow_options(final, "params.yaml")
+    with pytest.raises(ConfigError, match="'transfer.after_mean' = 'none'"):
+        check_flow_options(_cfg(after_mean="none"), "params.yaml")
+
+
+def test_bench_ablation_seeds_none_reports_validation_only(tmp_path, monkeypatch, capsys):
+    from flows.bench import ablation
+    from flows.cli import build_parser
+
+    val = {"default": [0.6, 0.7, 0.8], "default+x": [0.7, 0.7, 0.9], "best_single": [0.5, 0.9, 0.6]}
+    rows = [{"method": m, "target": "2024", "seed": s, "val_accuracy": v, "test_accuracy": 0.123, "target_steps": 6}
+            for m, vs in val.items() for s, v in enumerate(vs)]
+    seen = []
+
+    def fake_run(params, workdir, seeds, targets, variants, controls, progress, **kw):  # the models' part
+        seen.append((seeds, list(variants), list(controls)))
+        return rows
+
+    monkeypatch.setattr(ablation, "run_ablation", fake_run)
+    args = build_parser().parse_args(["bench", "ablation", "--seeds", "none", "--variants", "default,default+x",
+                                      "--controls", "best_single", "--out", str(tmp_path), "--quiet"])
+    assert args.handler(args) == 0
+    assert seen == [([0, 1, 2], ["default", "default+x"], ["best_single"])]  # one phase: selection seeds only
+    md = (tmp_path / "ablation.md").read_text()
+    assert "Chosen: `default+x`" in md  # 76.7 against 70.0; best_single is a control, never chosen
+    assert "| best_single | 66.7 ± 20.8 | 66.7 ± 20.8 |" in md and "12.3" not in md  # no test figure
+    assert "validation accuracy of `default+x` minus each other" in md
+    assert "| default | +6.7 ± 5.8 [+0.0..+10.0] 2/3 | +6.7 ± 5.8 [+0.0..+10.0] 2/3 |" in md
+    assert (tmp_path / "ablation-selection.csv").is_file() and not (tmp_path / "ablation.csv").exists()
+    capsys.readouterr()
