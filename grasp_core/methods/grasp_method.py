@@ -41,7 +41,8 @@ def ingredients(cfg: Config) -> dict[str, str]:
     """What a GRASP-schedule method gets besides its transfer policy: the same for GRASP and transfer_off."""
     tr = cfg.transfer
     return {"order": tr.order, "start": tr.start, "guard": "rollback" if tr.rollback else "none",
-            "bn_recalibrate": str(tr.bn_recalibrate).lower(), "keep_global_best": str(tr.keep_global_best).lower()}
+            "bn_recalibrate": str(tr.bn_recalibrate).lower(), "keep_global_best": str(tr.keep_global_best).lower(),
+            "check": str(tr.check).lower(), "after_mean": tr.after_mean, "schedule": cfg.finetune.schedule}
 
 
 def start_choice(ctx: MethodContext, names: list[str]) -> StartChoice:
