@@ -269,7 +269,9 @@ def select_only(args: argparse.Namespace, select: list[int], targets: list[str] 
                       f"Controls (listed, never chosen): {', '.join(controls) or 'none'}. No confirmation seed ran: "
                       "no test accuracy is reported.", ""]
     for variant in variants:
-        others = [m for m in dict.fromkeys(["default", *controls]) if m != variant and m in ordered(rows, "method")]
+        twin = variant.removeprefix("off:") if variant.startswith("off:") else f"off:{variant}"  # transfer on/off
+        others = [m for m in dict.fromkeys(["default", twin, *controls])
+                  if m != variant and m in ordered(rows, "method")]
         out += [f"**Paired on seeds {', '.join(map(str, select))}**: validation accuracy of `{variant}` minus each "
                 "other, points: mean ± std [min..max] and the seeds where it is ahead.", "",
                 *paired_table(rows, variant, others, key="val_accuracy"), ""]
