@@ -172,7 +172,7 @@ def cmd_add_source(args: argparse.Namespace) -> int:
 
         saved = add_source(Workspace(args.workdir), args.path, args.domain, args.replace, limits)
         tracked = track(args.workdir, "checkpoints/sources",
-                        first=ensure_repo(args.workdir, args.dvc_remote, defer=True))
+                        first=ensure_repo(args.workdir, RunOptions.from_args(args).dvc_remote, defer=True))
     print(f"added {saved.path} (sha256 {saved.sha256[:12]}); DVC {tracked.path.name} {tracked.md5}")
     return 0
 
@@ -181,10 +181,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.runtime import execution
 
     opts = RunOptions.from_args(args)  # once: everything below reads where/how from it
-    execution.apply(opts.device, opts.amp, opts.threads)
+    execution.apply_threads(opts.compute)  # torch's own setting (OMP_NUM_THREADS), before torch is imported
     if args.engine == "prefect":
         return _run_flow(args, opts)
-    execution.check()
+    opts.compute.check()
     from flows.pipeline.core_run import core_run
     from flows.pipeline.workspace import Workspace
     from flows.reports.progress import Progress
@@ -193,7 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(opts.params)
     methods = args.methods.split(",") if args.methods else None
-    summary = core_run(cfg, Workspace(opts.workdir), Progress(opts.quiet, opts.verbose), methods)
+    summary = core_run(cfg, Workspace(opts.workdir), Progress(opts.quiet, opts.verbose), methods, opts.compute)
     rows = [result_row(r, summary.target) for r in summary.results]
     print(f"target {summary.target} | sources {', '.join(summary.sources)} | wall {summary.wall_s:.1f}s")
     print(format_table(rows))
@@ -253,7 +253,6 @@ def _run_flow_locked(args: argparse.Namespace, opts: RunOptions) -> int:
 
 
 def _run_flow_on_api(args: argparse.Namespace, opts: RunOptions) -> int:
-    from flows.runtime import execution
     from flows.runtime.settings import prefect_api_in_background
 
     # Prefect's API (its ephemeral server: a process that imports and migrates) comes up on the other core
@@ -261,7 +260,7 @@ def _run_flow_on_api(args: argparse.Namespace, opts: RunOptions) -> int:
     # once it answers
     api_ready = prefect_api_in_background()
     try:
-        execution.check()  # a bad --device/--amp fails before any work
+        opts.compute.check()  # a bad --device/--amp fails before any work
     except BaseException:
         api_ready.quietly()  # the boot ends (its server registered for Prefect's own stop at exit) before we do
         raise
@@ -314,7 +313,8 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     from grasp_core.config import load_config
 
     cfg = load_config(args.params)
-    result = import_data(args.source, cfg, Workspace(args.workdir), replace=args.replace, dvc_remote=args.dvc_remote,
+    result = import_data(args.source, cfg, Workspace(args.workdir), replace=args.replace,
+                         dvc_remote=RunOptions.from_args(args).dvc_remote,
                          track_data=not args.no_dvc)
     print("\n".join(summary_lines(result, cfg)))
     return 0

@@ -70,10 +70,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     apply_defaults(args.workdir)
     from flows.ops.scheduling import serve_pipeline
+    from flows.runtime.options import RunOptions
 
+    opts = RunOptions.from_args(args)  # the user's GRASP_* defaults become the served runs' parameters
     serve_pipeline(args.workdir.resolve(), args.params.resolve(), cron=args.cron, interval_s=args.interval,
                    auto_promote=args.auto_promote, tracking_uri=args.tracking_uri, deployment_name=args.name,
-                   dvc_remote=args.dvc_remote, lock_wait_s=args.lock_wait)
+                   dvc_remote=opts.dvc_remote, lock_wait_s=args.lock_wait, compute=opts.compute)
     return 0
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import psutil
 
+from flows.runtime.execution import AUTO, Compute
 from flows.runtime.lock import exclusive, process_started
 from flows.runtime.settings import QUIET_OFFLINE
 from grasp_core.errors import ConfigError, GraspError
@@ -240,8 +241,9 @@ def _tail(log: Path, lines: int = 5) -> str:
 
 def flow_parameters(ws: Path, params: Path, auto_promote: bool, tracking_uri: str | None,
                     dvc_remote: str | None = None, baselines: bool = False,
-                    lock_wait_s: float = 900.0) -> dict[str, Any]:
-    """The parameters a served run passes to `grasp_run_flow` (absolute paths: runs start in another folder).
+                    lock_wait_s: float = 900.0, compute: Compute = AUTO) -> dict[str, Any]:
+    """The parameters a served run passes to `grasp_run_flow` (absolute paths: runs start in another folder;
+    the device and AMP choice as values: a served run reads no GRASP_* variable).
 
     A scheduled run that finds the workspace held waits up to `lock_wait_s` for it (logged), instead of
     failing and losing that tick."""
@@ -249,7 +251,8 @@ def flow_parameters(ws: Path, params: Path, auto_promote: bool, tracking_uri: st
 
     values: dict[str, Any] = {"params_path": str(Path(params).resolve()), "workdir": str(Path(ws).resolve()),
                               "tracking_uri": tracking_uri, "dvc_remote": dvc_remote, "baselines": baselines,
-                              "quiet": False, "verbose": False, "lock_wait_s": lock_wait_s}
+                              "quiet": False, "verbose": False, "lock_wait_s": lock_wait_s,
+                              "device": compute.device, "amp": compute.amp}
     if "auto_promote" in inspect.signature(grasp_run_flow.fn).parameters:
         values["auto_promote"] = auto_promote
     elif auto_promote:
@@ -293,7 +296,7 @@ def _terminate_as_exit() -> Iterator[None]:
 def serve_pipeline(ws: Path, params: Path, cron: str | None = None, interval_s: int | None = None,
                    auto_promote: bool = False, tracking_uri: str | None = None,
                    deployment_name: str = "grasp-scheduled", dvc_remote: str | None = None,
-                   baselines: bool = False, lock_wait_s: float = 900.0) -> None:
+                   baselines: bool = False, lock_wait_s: float = 900.0, compute: Compute = AUTO) -> None:
     """Serve `grasp_run_flow` as deployment `grasp-run/<deployment_name>` on a schedule, until SIGTERM or Ctrl-C.
 
     Runs execute one at a time in child processes of this one. On exit the deployment is paused and a server
@@ -303,7 +306,7 @@ def serve_pipeline(ws: Path, params: Path, cron: str | None = None, interval_s: 
 
     check_schedule(cron, interval_s)
     load_config(Path(params))  # a bad params.yaml fails now, not at the first scheduled run
-    parameters = flow_parameters(ws, params, auto_promote, tracking_uri, dvc_remote, baselines, lock_wait_s)
+    parameters = flow_parameters(ws, params, auto_promote, tracking_uri, dvc_remote, baselines, lock_wait_s, compute)
     server: ServerHandle | None = None
     with _terminate_as_exit():
         try:

@@ -9,6 +9,7 @@ from flows.pipeline import tasks
 from flows.pipeline.stage import StepArtifact
 from flows.pipeline.summary import Prepared
 from flows.pipeline.workspace import Workspace
+from flows.runtime.execution import AUTO, Compute
 
 
 @flow(name="merge-targets", log_prints=False)
@@ -29,7 +30,7 @@ def merge_targets(preps: list[Prepared], runner: str) -> dict[str, list[StepArti
     from flows.runtime.runners import fanout_environment, parse_runner, task_runner
     jobs = [{"cfg": p.cfg, "ws": p.ws, "target": p.summary.target, "classes": p.classes,
              "sources": [(s.domain, s.checkpoint) for s in p.plan.to_merge],
-             "start_stage": p.plan.start_stage, "parent": p.plan.parent}
+             "start_stage": p.plan.start_stage, "parent": p.plan.parent, "compute": p.compute}
             for p in preps if not p.done]
     if not jobs:
         return {}
@@ -45,15 +46,16 @@ def merge_targets(preps: list[Prepared], runner: str) -> dict[str, list[StepArti
 
 
 @flow(name="train-sources", log_prints=False)
-def train_sources_flow(cfg, ws: Workspace, names: list[str], classes: list[str], base, seeds: list[int]) -> list:  # type: ignore[no-untyped-def]
+def train_sources_flow(cfg, ws: Workspace, names: list[str], classes: list[str], base, seeds: list[int],  # type: ignore[no-untyped-def]
+                       compute: Compute) -> list:
     """The fan-out: one `train-source` task per domain on this flow's task runner (threads or Dask)."""
-    futures = [tasks.source_task.submit(cfg, ws, name, classes, base, seed)
+    futures = [tasks.source_task.submit(cfg, ws, name, classes, base, seed, compute)
                for name, seed in zip(names, seeds, strict=True)]
     return [f.result() for f in futures]
 
 
 def train_sources(cfg, ws: Workspace, names: list[str], domains: list[str], classes: list[str], base,  # type: ignore[no-untyped-def]
-                  runner: str = "local") -> list:
+                  runner: str = "local", compute: Compute = AUTO) -> list:
     """Train (or re-use) the source model of every domain in `names`, fanned out on `runner`.
 
     Returns [(SavedCheckpoint, trained_now)] in `names` order. A source's seed is fixed by its domain's
@@ -65,4 +67,5 @@ def train_sources(cfg, ws: Workspace, names: list[str], domains: list[str], clas
     spec = parse_runner(runner)
     seeds = [source_seed(cfg, domains, name) for name in names]
     with fanout_environment(spec):
-        return train_sources_flow.with_options(task_runner=task_runner(spec))(cfg, ws, names, classes, base, seeds)
+        return train_sources_flow.with_options(task_runner=task_runner(spec))(cfg, ws, names, classes, base, seeds,
+                                                                                   compute)

@@ -13,7 +13,7 @@ from flows.pipeline.start import start_artifacts
 from flows.pipeline.summary import FlowSummary, Prepared
 from flows.pipeline.workspace import Workspace
 from flows.reports.progress import Progress
-from flows.runtime import execution
+from flows.runtime.execution import AUTO, Compute
 from grasp_core.memory import settle
 from grasp_core.start import MEAN_NAME
 
@@ -59,7 +59,8 @@ def _stages(prep: Prepared, registrations: list[PrefectFuture[str]], computed: l
         else:
             if registrations:  # registering loads the model once more (MLflow checks the input example):
                 registrations[-1].wait()  # beside a stage that would be a third model alive in this process
-            step = tasks.grasp_stage_task(cfg, ws, summary.target, classes, ckpt, name, stage, parent, progress)
+            step = tasks.grasp_stage_task(cfg, ws, summary.target, classes, ckpt, name, stage, parent, progress,
+                                          prep.compute)
         tags = {**prep.run_tags, "stage": str(stage), "source_domain": name, "source_sha256": ckpt.sha256,
                 **_provenance(prep, i, source), "checkpoint_sha256": step.checkpoint.sha256,
                 "chain_sha256": step.chain_sha256}
@@ -84,7 +85,8 @@ def _provenance(prep: Prepared, i: int, source: AreaSource) -> dict[str, str]:
 
 
 def in_merge_order(cfg: Config, ws: Workspace, target: str, classes: list[str], to_merge: list[AreaSource],
-                   progress: Progress, from_scratch: bool = False) -> tuple[list[AreaSource], dict[str, str]]:
+                   progress: Progress, from_scratch: bool = False,
+                   compute: Compute = AUTO) -> tuple[list[AreaSource], dict[str, str]]:
     """The sources of this run in `transfer.order` (given = the data's time order, nearest in time first, most
     aligned first, or best scored first); time is the data's domain list (`_domains.txt`).
 
@@ -103,14 +105,14 @@ def in_merge_order(cfg: Config, ws: Workspace, target: str, classes: list[str], 
     if pick_start or (cfg.transfer.order in ("aligned", "scored") and len(names) > 1):
         from flows.pipeline.core_run import method_context  # the target's loaders, opened once for both
 
-        ctx = method_context(cfg, ws, target, names, classes, progress)
+        ctx = method_context(cfg, ws, target, names, classes, progress, compute)
     if cfg.transfer.order == "given" or len(names) < 2:
         ordered = names
     elif cfg.transfer.order in ("aligned", "scored"):  # a streaming pre-pass over the sources: two models at most
         from grasp_core.methods.grasp_method import merge_order
 
         assert ctx is not None
-        with execution.compute():  # as the core engine runs it (mixed precision when GRASP_AMP asks)
+        with compute.autocast():  # as the core engine runs it (mixed precision when --amp asks)
             ordered = merge_order(ctx)
     else:
         ordered = order_sources(names, target, cfg.transfer.order, timeline=timeline)
@@ -122,7 +124,7 @@ def in_merge_order(cfg: Config, ws: Workspace, target: str, classes: list[str], 
     from flows.pipeline.start import choose_start
 
     assert ctx is not None
-    with execution.compute():
+    with compute.autocast():
         sources, tags = choose_start(cfg, ws, target, sources, ctx)
     progress.say(f"start ({cfg.transfer.start}): {tags['start_chosen']} (val: first {tags['start_val_first']}, "
                  f"mean {tags['start_val_mean']})")

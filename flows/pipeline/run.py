@@ -49,11 +49,13 @@ if TYPE_CHECKING:
 def grasp_run_flow(params_path: str, workdir: str = ".", tracking_uri: str | None = None,
                    dvc_remote: str | None = None, baselines: bool = False, full: bool = False,
                    auto_promote: bool = False, quiet: bool = False, verbose: bool = False,
-                   runner: str = "local", lock_wait_s: float = 0.0) -> FlowSummary:
+                   runner: str = "local", lock_wait_s: float = 0.0, device: str = "auto",
+                   amp: bool = False) -> FlowSummary:
     """Validate, version, train the missing sources, merge them one at a time and register each step.
 
     `runner` places the source-training fan-out: "local" threads, "dask" (a local cluster) or
-    "dask=tcp://HOST:PORT" (see flows/runtime/runners.py).
+    "dask=tcp://HOST:PORT" (see flows/runtime/runners.py). `device` and `amp` say where and how the core
+    computes (flows.runtime.execution.Compute); plain values, so a served deployment can carry them.
 
     One run per workspace at a time: a second one is refused (overlapping scheduled runs never merge
     the same source twice), or waits up to `lock_wait_s` (scheduled runs; the wait is logged).
@@ -63,10 +65,12 @@ def grasp_run_flow(params_path: str, workdir: str = ".", tracking_uri: str | Non
 
     route_run_logs(verbose)  # here, so served (scheduled) runs in their own processes log their stages too
 
+    opts = RunOptions(Path(workdir), Path(params_path), tracking_uri, dvc_remote, runner, device, amp,
+                      quiet=quiet, verbose=verbose, full=full)
     with RunLock(Path(workdir), wait_s=lock_wait_s, command="grasp run"):
         forget(Path(workdir))  # until this run ends well, `grasp run` knows nothing to be current
-        prep = _pipeline(params_path, workdir, tracking_uri, dvc_remote, baselines, full, quiet, verbose, runner)
-        summary = prep.summary
+        prep = _prepare(opts)
+        summary = _finish(prep, baselines)
         if auto_promote and summary.versions:
             summary.promotion = tasks.promote_task(Path(workdir), tracking_uri, load_config(Path(params_path)))
         # last (a promotion moves the champion): a later `grasp run` with nothing new can end before Prefect starts
@@ -77,7 +81,8 @@ def grasp_run_flow(params_path: str, workdir: str = ".", tracking_uri: str | Non
 @flow(name="grasp-all-targets", task_runner=ThreadPoolTaskRunner(max_workers=6), log_prints=False)
 def grasp_all_targets_flow(params_path: str, workdir: str = ".", tracking_uri: str | None = None,
                            dvc_remote: str | None = None, baselines: bool = False, full: bool = False,
-                           quiet: bool = False, verbose: bool = False, runner: str = "local") -> list[FlowSummary]:
+                           quiet: bool = False, verbose: bool = False, runner: str = "local",
+                           device: str = "auto", amp: bool = False) -> list[FlowSummary]:
     """Leave-one-domain-out: every domain as the target in turn, each its own registered model `grasp-<domain>`.
 
     One lock for the whole sweep. Every domain's source model is trained first, in one fan-out on `runner`
@@ -88,31 +93,23 @@ def grasp_all_targets_flow(params_path: str, workdir: str = ".", tracking_uri: s
 
     route_run_logs(verbose)  # here, so served (scheduled) runs in their own processes log their stages too
 
+    opts = RunOptions(Path(workdir), Path(params_path), tracking_uri, dvc_remote, runner, device, amp,
+                      quiet=quiet, verbose=verbose, full=full)
     with RunLock(Path(workdir), command="grasp run --all-targets"):
         forget(Path(workdir))  # it may train sources: the single-target record no longer holds
-        ws, cfg = Workspace(Path(workdir)), load_config(Path(params_path))
+        ws, cfg, compute = Workspace(Path(workdir)), load_config(Path(params_path)), opts.compute
         check_plugins(cfg)  # a misspelt policy or criterion fails before any data or model is written
         progress = Progress(quiet, verbose, run_log=True)
         with prewarmed_gx(ws.root / VALIDATION_DIR) as gx:
             target, sources, classes = tasks.materialise_task(cfg, ws, progress)
             tasks.validate_task(ws.data(cfg), ws.root / VALIDATION_DIR, gx, cfg)  # the gate before any training
         domains = [*sources, target]
-        base = tasks.base_task(cfg, ws, classes, sources[0], progress)
-        trained = sum(fresh for _, fresh in train_sources(cfg, ws, domains, domains, classes, base, runner))
+        base = tasks.base_task(cfg, ws, classes, sources[0], progress, compute)
+        trained = sum(fresh for _, fresh in train_sources(cfg, ws, domains, domains, classes, base, runner, compute))
         progress.say(f"{len(domains)} source models ready ({trained} trained), one per domain, for every target")
-        preps = [_prepare(params_path, workdir, tracking_uri, dvc_remote, full, quiet, verbose, runner,
-                          target_override=domain) for domain in domains]
+        preps = [_prepare(opts, target_override=domain) for domain in domains]
         chains = merge_targets(preps, runner)  # independent targets fan out; registration stays here
         return [_finish(prep, baselines, chains.get(prep.summary.target)) for prep in preps]
-
-
-def _pipeline(params_path: str, workdir: str, tracking_uri: str | None, dvc_remote: str | None,
-              baselines: bool, full: bool, quiet: bool, verbose: bool, runner: str = "local",
-              target_override: str = "") -> Prepared:
-    """The DAG of one run (see the module docstring): prepare, then merge and register (`.summary`)."""
-    prep = _prepare(params_path, workdir, tracking_uri, dvc_remote, full, quiet, verbose, runner, target_override)
-    _finish(prep, baselines)
-    return prep
 
 
 CORE_ONLY = {"transfer.after_mean": "policy", "finetune.schedule": "staged"}  # explored options the flow lacks
@@ -128,15 +125,14 @@ def check_flow_options(cfg: Config, params_path: str) -> None:
                               f"benches only; use --engine core, or set it to '{flow_value}' for the Prefect flow")
 
 
-def _prepare(params_path: str, workdir: str, tracking_uri: str | None, dvc_remote: str | None, full: bool,
-             quiet: bool, verbose: bool, runner: str = "local", target_override: str = "") -> Prepared:
+def _prepare(opts: RunOptions, target_override: str = "") -> Prepared:
     """Data, GX gate, DVC, sources and the merge plan of one target; everything before the first stage."""
     from prefect.runtime import flow_run
 
-    ws, progress = Workspace(Path(workdir)), Progress(quiet, verbose, run_log=True)
-    cfg = load_config(Path(params_path))
+    ws, progress, compute = Workspace(opts.workdir), Progress(opts.quiet, opts.verbose, run_log=True), opts.compute
+    cfg = load_config(opts.params)
     check_plugins(cfg)  # a misspelt policy or criterion fails before any data or model is written
-    check_flow_options(cfg, params_path)
+    check_flow_options(cfg, str(opts.params))
     if target_override:
         cfg = replace_config(cfg, data__target=target_override)
     # Tool work runs beside the critical path (GX gate -> training -> merge) and is awaited where needed:
@@ -145,17 +141,18 @@ def _prepare(params_path: str, workdir: str, tracking_uri: str | None, dvc_remot
     with prewarmed_gx(ws.root / VALIDATION_DIR) as gx:
         target, sources, classes = tasks.materialise_task(cfg, ws, progress)
         data_fp = fingerprint_of(ws.data(cfg))  # each input's fingerprint before anything reads it (up_to_date.py)
-        data_v = tasks.dvc_version_data_task.submit(ws, dvc_remote, cfg.data.root)
-        tracker_future = tasks.open_tracking_task.submit(ws, tracking_uri)
+        data_v = tasks.dvc_version_data_task.submit(ws, opts.dvc_remote, cfg.data.root)
+        tracker_future = tasks.open_tracking_task.submit(ws, opts.tracking_uri)
         try:
             tasks.validate_task(ws.data(cfg), ws.root / VALIDATION_DIR, gx, cfg)
         except BaseException:
             wait([data_v, tracker_future])  # leave no DVC subprocess or half-opened store behind a failed gate
             raise
     progress.say(f"data valid; target {target}; sources {', '.join(sources)}")
-    base = tasks.base_task(cfg, ws, classes, sources[0], progress)
+    base = tasks.base_task(cfg, ws, classes, sources[0], progress, compute)
     base_fp = fingerprint_of(ws.base)
-    trained = sum(fresh for _, fresh in train_sources(cfg, ws, sources, [*sources, target], classes, base, runner))
+    trained = sum(fresh for _, fresh in train_sources(cfg, ws, sources, [*sources, target], classes, base,
+                                                      opts.runner, compute))
     sources_fp = fingerprint_of(ws.sources)
     area, bad = tasks.area_task(ws, target, cfg.on_bad_source, progress, cfg.limits)
     src_v = tasks.dvc_track_task.submit(ws, "checkpoints/sources", wait_for=[data_v])
@@ -165,14 +162,13 @@ def _prepare(params_path: str, workdir: str, tracking_uri: str | None, dvc_remot
     tracker = tracker_future.result()
     summary = FlowSummary(target, [], check_name(f"grasp-{target}", "model name"), sources_trained=trained)
     prep = Prepared(cfg, ws, progress, classes, summary, tracker=tracker, data_v=data_v, src_v=src_v,
-                     data_push=data_push,
-                     params_path=params_path)
-    plan = tasks.plan_task(tracker, summary.model_name, area, ws.targets(target), full,
-                           config_hash(cfg))
+                    data_push=data_push, params_path=str(opts.params), compute=compute)
+    plan = tasks.plan_task(tracker, summary.model_name, area, ws.targets(target), opts.full, config_hash(cfg))
     prep.inputs = RunInputs(config_hash(cfg), code_identity(), tracker.tracking_uri, data_fp, base_fp, sources_fp,
                             summary.model_name, tuple(sorted(s.checkpoint.sha256 for s in area)))
     ordered, prep.start_tags = in_merge_order(cfg, ws, target, classes, plan.to_merge, progress,
-                                              from_scratch=plan.parent is None and not plan.parent_version)
+                                              from_scratch=plan.parent is None and not plan.parent_version,
+                                              compute=compute)
     plan = prep.plan = replace_plan(plan, to_merge=ordered)
     summary.sources, summary.parent_version = [s.domain for s in plan.to_merge], plan.parent_version
     summary.merged_before, summary.all_sources = plan.merged_before, [s.domain for s in area]
@@ -206,7 +202,6 @@ def _finish(prep: Prepared, baselines: bool, computed: list[StepArtifact] | None
     summary = prep.summary
     if prep.done:
         return summary
-    cfg, ws, tracker, run_tags, progress = prep.cfg, prep.ws, prep.tracker, prep.run_tags, prep.progress
     try:
         report = _finish_merge(prep, computed)
     except BaseException:
@@ -214,9 +209,9 @@ def _finish(prep: Prepared, baselines: bool, computed: list[StepArtifact] | None
         raise
     summary.report = report.result()
     if baselines:
-        _run_baselines(cfg, ws, summary, prep.classes, tracker, run_tags, progress)
-    summary.report_html = tasks.run_report_task(summary, ws, tracker.tracking_uri,
-                                                cfg.transfer.threshold)
+        _run_baselines(prep)
+    summary.report_html = tasks.run_report_task(summary, prep.ws, prep.tracker.tracking_uri,
+                                                prep.cfg.transfer.threshold)
     return summary
 
 
@@ -256,14 +251,16 @@ def run_pipeline(opts: RunOptions, baselines: bool = False, auto_promote: bool =
     """Run the flow (on Prefect's ephemeral API unless PREFECT_API_URL is set) where and how `opts` say."""
     return grasp_run_flow(params_path=str(opts.params), workdir=str(opts.workdir), tracking_uri=opts.tracking_uri,
                           dvc_remote=opts.dvc_remote, baselines=baselines, full=opts.full,
-                          auto_promote=auto_promote, quiet=opts.quiet, verbose=opts.verbose, runner=opts.runner)
+                          auto_promote=auto_promote, quiet=opts.quiet, verbose=opts.verbose, runner=opts.runner,
+                          device=opts.compute.device, amp=opts.amp)
 
 
 def run_all_targets(opts: RunOptions, baselines: bool = False) -> list[FlowSummary]:
     """`grasp run --all-targets`: the leave-one-domain-out sweep (see grasp_all_targets_flow)."""
     return grasp_all_targets_flow(params_path=str(opts.params), workdir=str(opts.workdir),
                                   tracking_uri=opts.tracking_uri, dvc_remote=opts.dvc_remote, baselines=baselines,
-                                  full=opts.full, quiet=opts.quiet, verbose=opts.verbose, runner=opts.runner)
+                                  full=opts.full, quiet=opts.quiet, verbose=opts.verbose, runner=opts.runner,
+                                  device=opts.compute.device, amp=opts.amp)
 
 
 def all_targets_rows(summaries: list[FlowSummary]) -> list[dict]:
@@ -308,12 +305,13 @@ def _continual_metrics(summary: FlowSummary, to_merge: list[AreaSource]) -> dict
     return {f"cl/{k}": v for k, v in found.items() if v is not None}
 
 
-def _run_baselines(cfg, ws, summary, classes, tracker, run_tags, progress) -> None:  # type: ignore[no-untyped-def]
+def _run_baselines(prep: Prepared) -> None:
     """Each baseline of params.yaml on the same target budget, logged as its own MLflow run."""
     from flows.pipeline.core_run import method_context
     from flows.reports.tables import result_row
 
-    ctx = method_context(cfg, ws, summary.target, summary.all_sources, classes, progress)
+    cfg, summary, tracker, run_tags, progress = prep.cfg, prep.summary, prep.tracker, prep.run_tags, prep.progress
+    ctx = method_context(cfg, prep.ws, summary.target, summary.all_sources, prep.classes, progress, prep.compute)
     settle()
     summary.methods.append(_grasp_row(summary))
     for method in cfg.baselines.methods:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flows.runtime import execution
+from flows.runtime.execution import AUTO, Compute
 from grasp_core.checkpoints import CheckpointHeader, SavedCheckpoint, load_checkpoint, save_checkpoint
 from grasp_core.config import Config, config_hash
 from grasp_core.data import DomainData, Split, list_domains, load_domain, read_split
@@ -31,15 +31,17 @@ class StepArtifact:
 
 
 @functools.lru_cache(maxsize=4)
-def cached_tests(root: Path, classes: tuple[str, ...]) -> dict[str, Split]:
+def cached_tests(root: Path, classes: tuple[str, ...], compute: Compute = AUTO) -> dict[str, Split]:
     """Every domain's test split, decoded once per process (the columns of the accuracy matrix)."""
-    return {d: read_split(root, d, "test", list(classes)).to(execution.device()) for d in list_domains(root)}
+    device = compute.torch_device()
+    return {d: read_split(root, d, "test", list(classes)).to(device) for d in list_domains(root)}
 
 
 @functools.lru_cache(maxsize=4)
-def cached_target(root: Path, target: str, classes: tuple[str, ...], frac: float, seed: int) -> DomainData:
+def cached_target(root: Path, target: str, classes: tuple[str, ...], frac: float, seed: int,
+                  compute: Compute = AUTO) -> DomainData:
     """Decode the target domain once per process, whatever the number of stages; moved to the device once."""
-    return load_domain(root, target, list(classes), frac, seed).to(execution.device())
+    return load_domain(root, target, list(classes), frac, seed).to(compute.torch_device())
 
 
 def chain_sha256(parent: str, source_sha256: str, cfg: Config, target: str) -> str:
@@ -48,14 +50,14 @@ def chain_sha256(parent: str, source_sha256: str, cfg: Config, target: str) -> s
 
 def target_step(cfg: Config, data: DomainData, source: SavedCheckpoint, stage: int, parent: StepArtifact | None,
                 out_dir: Path, on_epoch: EpochCallback | None = None,
-                domains: Mapping[str, Split] | None = None) -> StepArtifact:
+                domains: Mapping[str, Split] | None = None, compute: Compute = AUTO) -> StepArtifact:
     """GRASP stage `stage`: stage 0 adopts and fine-tunes `source`; later stages merge it into `parent`."""
     name = check_name(source.header.extra.get("domain", source.path.stem), f"{source.path}: header 'domain'")
     like = source.header if parent is None else parent.checkpoint.header
-    device = execution.device()
+    device = compute.torch_device()
     stream = ((name, load_checkpoint(source.path, like=like, device=device)[0]) for _ in range(1))  # lazy
     target = None if parent is None else load_checkpoint(parent.checkpoint.path, device=device)[0]
-    with execution.compute():
+    with compute.autocast():
         result = next(run_grasp(stream, target_loaders(data, cfg), cfg, on_epoch=on_epoch, target=target,
                                 start_stage=stage))
     chain = chain_sha256(parent.chain_sha256 if parent else "", source.sha256, cfg, data.name)
@@ -64,7 +66,7 @@ def target_step(cfg: Config, data: DomainData, source: SavedCheckpoint, stage: i
              "chain_sha256": chain}
     header = CheckpointHeader(like.arch, like.num_classes, like.classes, like.input_shape, extra)
     assert result.target is not None
-    with execution.compute():
+    with compute.autocast():
         row = {d: evaluate(result.target, split, len(data.classes)).accuracy for d, split in (domains or {}).items()}
     path = path_inside(out_dir, name, f"{source.path}: header 'domain'", f"stage{stage:02d}-",
                        f"-{chain[:12]}.safetensors")

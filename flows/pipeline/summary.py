@@ -9,6 +9,7 @@ from typing import Any
 from flows.pipeline.stage import StepArtifact
 from flows.pipeline.workspace import Workspace
 from flows.reports.progress import Progress
+from flows.runtime.execution import AUTO, Compute
 
 
 @dataclass
@@ -51,5 +52,6 @@ class Prepared:
     run_tags: dict = field(default_factory=dict)
     start_tags: dict = field(default_factory=dict)  # stage 0's `transfer.start` choice (flows/pipeline/start.py)
     params_path: str = ""
+    compute: Compute = AUTO  # where and how its stages compute
     done: bool = False  # nothing to merge: `summary` is final
     inputs: Any = None  # flows.pipeline.up_to_date.RunInputs: what this run worked on, recorded when it ends well

@@ -18,6 +18,7 @@ from flows.pipeline.workspace import (
     resolve_roles,
 )
 from flows.reports.progress import Progress
+from flows.runtime.execution import Compute
 from flows.runtime.faults import TOOL_RETRIES, transient_faults
 from grasp_core.checkpoints import SavedCheckpoint
 from grasp_core.config import Config, LimitsConfig
@@ -114,15 +115,16 @@ def plan_task(tracker, model_name: str, area: list, out_dir: Path, full: bool,  
 
 
 @task(name="build-base", **TASK)
-def base_task(cfg: Config, ws: Workspace, classes: list[str], first_source: str, progress: Progress) -> SavedCheckpoint:
+def base_task(cfg: Config, ws: Workspace, classes: list[str], first_source: str, progress: Progress,
+              compute: Compute) -> SavedCheckpoint:
     shape = input_shape(ws.data(cfg), first_source, classes)
     progress.stage("base")
-    return ensure_base(cfg, ws, classes, shape, progress.epoch)[0]
+    return ensure_base(cfg, ws, classes, shape, progress.epoch, compute)[0]
 
 
 @task(name="train-source", task_run_name="train-source[{name}]", **TASK)
 def source_task(cfg: Config, ws: Workspace, name: str, classes: list[str], base: SavedCheckpoint,
-                seed: int) -> tuple[SavedCheckpoint, bool]:
+                seed: int, compute: Compute) -> tuple[SavedCheckpoint, bool]:
     """Train the source model of domain `name` from the base, or re-use it when its recipe is unchanged.
 
     No per-epoch progress: sources train in parallel (threads or Dask workers, flows/runtime/runners.py) and would
@@ -132,17 +134,18 @@ def source_task(cfg: Config, ws: Workspace, name: str, classes: list[str], base:
     from flows.runtime.runners import warn_on_slow_allocator
 
     warn_on_slow_allocator()
-    return ensure_source(cfg, ws, name, classes, base, seed, None)
+    return ensure_source(cfg, ws, name, classes, base, seed, None, compute)
 
 
 @task(name="grasp-stage", task_run_name="grasp-stage[{stage}:{source_name}]", **TASK)
 def grasp_stage_task(cfg: Config, ws: Workspace, target: str, classes: list[str], source: SavedCheckpoint,
-                     source_name: str, stage: int, parent: StepArtifact | None, progress: Progress) -> StepArtifact:
+                     source_name: str, stage: int, parent: StepArtifact | None, progress: Progress,
+                     compute: Compute) -> StepArtifact:
     """Stage 0 adopts the first source; later stages align, transfer and fine-tune (GRASP step 2)."""
-    data = cached_target(ws.data(cfg), target, tuple(classes), cfg.data.target_train_frac, cfg.seed)
+    data = cached_target(ws.data(cfg), target, tuple(classes), cfg.data.target_train_frac, cfg.seed, compute)
     progress.stage(f"grasp stage {stage}")
-    tests = cached_tests(ws.data(cfg), tuple(classes))
-    step = target_step(cfg, data, source, stage, parent, ws.targets(target), progress.epoch, tests)
+    tests = cached_tests(ws.data(cfg), tuple(classes), compute)
+    step = target_step(cfg, data, source, stage, parent, ws.targets(target), progress.epoch, tests, compute)
     progress.step(step.result)
     return step
 
@@ -150,17 +153,17 @@ def grasp_stage_task(cfg: Config, ws: Workspace, target: str, classes: list[str]
 @task(name="merge-chain", task_run_name="merge-chain[{target}]", **TASK)
 def merge_chain_task(cfg: Config, ws: Workspace, target: str, classes: list[str],
                      sources: list[tuple[str, SavedCheckpoint]], start_stage: int,
-                     parent: StepArtifact | None) -> list[StepArtifact]:
+                     parent: StepArtifact | None, compute: Compute) -> list[StepArtifact]:
     """Every stage of one target's merge, in order, saved under checkpoints/targets/<target>/ (compute only:
     registration stays in the flow's process). Independent targets run as parallel tasks (threads or Dask)."""
     from flows.runtime.runners import warn_on_slow_allocator
 
     warn_on_slow_allocator()
-    data = cached_target(ws.data(cfg), target, tuple(classes), cfg.data.target_train_frac, cfg.seed)
-    tests = cached_tests(ws.data(cfg), tuple(classes))
+    data = cached_target(ws.data(cfg), target, tuple(classes), cfg.data.target_train_frac, cfg.seed, compute)
+    tests = cached_tests(ws.data(cfg), tuple(classes), compute)
     steps: list[StepArtifact] = []
     for stage, (_, checkpoint) in enumerate(sources, start=start_stage):
-        parent = target_step(cfg, data, checkpoint, stage, parent, ws.targets(target), None, tests)
+        parent = target_step(cfg, data, checkpoint, stage, parent, ws.targets(target), None, tests, compute)
         steps.append(parent)
     return steps
 

@@ -9,8 +9,9 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from flows.runtime import execution
+from flows.runtime.execution import AUTO, Compute
 from grasp_core.checkpoints import (
     CheckpointHeader,
     SavedCheckpoint,
@@ -30,6 +31,9 @@ from grasp_core.finetune import EpochCallback
 from grasp_core.names import path_inside
 from grasp_core.sources import build_base, train_source
 from grasp_core.threads import SOURCE_TRAINING_THREADS, pinned_threads
+
+if TYPE_CHECKING:
+    from torch import nn
 
 GENERATOR_MARKER = "_generator.json"
 
@@ -143,7 +147,7 @@ def _reusable(path: Path, recipe: str) -> bool:
 
 
 def ensure_base(cfg: Config, ws: Workspace, classes: list[str], input_shape: tuple[int, int, int],
-                on_epoch: EpochCallback | None = None) -> tuple[SavedCheckpoint, bool]:
+                on_epoch: EpochCallback | None = None, compute: Compute = AUTO) -> tuple[SavedCheckpoint, bool]:
     """Build (or re-use) the shared base. Returns (checkpoint, trained_now)."""
     root = ws.data(cfg)
     recipe_of = {"arch": cfg.model.arch, "weights": cfg.model.weights, "base": asdict(cfg.base), "seed": cfg.seed,
@@ -160,8 +164,8 @@ def ensure_base(cfg: Config, ws: Workspace, classes: list[str], input_shape: tup
             raise DataLayoutError(f"{root / BASE_DIR / 'train'}: missing; 'base.mode: pretrain' needs held-out "
                                   "base images there, or set 'base.mode: init'")
         pretrain = read_split(root, BASE_DIR, "train", classes)
-    with execution.compute():
-        model = build_base(cfg, len(classes), input_shape, pretrain, on_epoch=on_epoch, device=execution.device())
+    with compute.autocast():
+        model = build_base(cfg, len(classes), input_shape, pretrain, on_epoch=on_epoch, device=compute.torch_device())
     header = CheckpointHeader(cfg.model.arch, len(classes), tuple(classes), input_shape,
                               {"role": "base", "recipe_sha256": recipe})
     return save_checkpoint(model, ws.base, header), True
@@ -174,7 +178,7 @@ def source_seed(cfg: Config, domains: list[str], name: str) -> int:
 
 
 def ensure_source(cfg: Config, ws: Workspace, name: str, classes: list[str], base: SavedCheckpoint, seed: int,
-                  on_epoch: EpochCallback | None = None) -> tuple[SavedCheckpoint, bool]:
+                  on_epoch: EpochCallback | None = None, compute: Compute = AUTO) -> tuple[SavedCheckpoint, bool]:
     """Train (or re-use) the source model of domain `name`, fine-tuned from the base. The domain's images
     are decoded only when it trains: a re-used source costs a fingerprint of its file list."""
     path = ws.source(name)
@@ -183,8 +187,8 @@ def ensure_source(cfg: Config, ws: Workspace, name: str, classes: list[str], bas
     if _reusable(path, recipe):
         return SavedCheckpoint(path, file_sha256(path), read_header(path)), False
     domain = load_domain(ws.data(cfg), name, classes)
-    model, header = load_checkpoint(base.path, device=execution.device())
-    with execution.compute(), pinned_threads(SOURCE_TRAINING_THREADS):  # same bytes on every runner
+    model, header = load_checkpoint(base.path, device=compute.torch_device())
+    with compute.autocast(), pinned_threads(SOURCE_TRAINING_THREADS):  # same bytes on every runner
         stage = train_source(model, domain, cfg, seed, on_epoch)
     extra = {"role": "source", "domain": domain.name, "base_sha256": base.sha256, "recipe_sha256": recipe,
              "val_accuracy": f"{stage.best_val_accuracy:.4f}"}
@@ -196,14 +200,16 @@ def ensure_source(cfg: Config, ws: Workspace, name: str, classes: list[str], bas
     return saved, True
 
 
-def source_opener(ws: Workspace, like: CheckpointHeader) -> Callable[[str], object]:
+def source_opener(ws: Workspace, like: CheckpointHeader, compute: Compute = AUTO) -> Callable[[str], nn.Module]:
     """`open_source(name)` for MethodContext: loads and checks one source checkpoint."""
-    return lambda name: load_checkpoint(ws.source(name), like=like, device=execution.device())[0]
+    return lambda name: load_checkpoint(ws.source(name), like=like, device=compute.torch_device())[0]
 
 
-def load_target(cfg: Config, ws: Workspace, target: str, classes: list[str]) -> DomainData:
-    """The target domain, decoded once and moved once to the execution device."""
-    return load_domain(ws.data(cfg), target, classes, cfg.data.target_train_frac, cfg.seed).to(execution.device())
+def load_target(cfg: Config, ws: Workspace, target: str, classes: list[str],
+                compute: Compute = AUTO) -> DomainData:
+    """The target domain, decoded once and moved once to the compute device."""
+    frac = cfg.data.target_train_frac
+    return load_domain(ws.data(cfg), target, classes, frac, cfg.seed).to(compute.torch_device())
 
 
 def layout_classes(cfg: Config, ws: Workspace) -> list[str]:

@@ -1,7 +1,12 @@
-"""Where/how the core computes, from the environment: `GRASP_DEVICE` (auto | cpu | cuda | mps, default auto:
-CUDA, then MPS, then CPU), `GRASP_AMP` (1: bfloat16 autocast, CUDA only) and `GRASP_THREADS` (torch CPU threads
-of training and merging; default: the cores less one). `grasp run --device/--amp/--threads` set them, so Prefect
-tasks of the same process see the same choice. Not in params.yaml: they say where, not what.
+"""Where/how the core computes, as a value: `Compute(device, amp, threads)`. The CLI builds it once (RunOptions:
+`--device/--amp/--threads`, else the user's GRASP_DEVICE / GRASP_AMP / GRASP_THREADS, read there and only
+there) and hands it down: to tasks as a parameter, to Dask workers as an argument, to served runs as flow
+parameters. Nothing below the CLI reads or writes the environment for it. Not in params.yaml: it says where,
+not what.
+
+The thread count is the one exception that travels as an environment variable, because it is torch's own
+setting: `apply_threads` writes OMP_NUM_THREADS before torch is imported, so every torch thread of the process
+(Prefect's task threads) and of a local Dask cluster's workers (which inherit the environment) follows it.
 
 Why one core is left out by default: the operated pipeline runs its tool work (DVC hashing the data, MLflow
 logging, GX) beside training, and torch's OpenMP threads that share a core with such a process wait on each
@@ -15,29 +20,40 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-from grasp_core.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
 
-DEVICE_ENV = "GRASP_DEVICE"
-AMP_ENV = "GRASP_AMP"
-THREADS_ENV = "GRASP_THREADS"
+
+@dataclass(frozen=True)
+class Compute:
+    """Where and how the core computes; hashable, picklable, and cheap to pass to every task."""
+
+    device: str = "auto"  # auto | cpu | cuda | mps (auto: CUDA, then MPS, then CPU)
+    amp: bool = False  # bfloat16 autocast, CUDA only
+    threads: int | None = None  # torch CPU threads; None: $OMP_NUM_THREADS if set, else default_threads()
+
+    def torch_device(self) -> torch.device:
+        """The device `device` names; an absent accelerator is a ConfigError, never a fallback."""
+        from grasp_core.device import resolve_device  # torch: imported when first needed, not by the CLI's parser
+
+        return resolve_device(self.device)
+
+    def autocast(self) -> AbstractContextManager[object]:
+        """Mixed precision around a core call when `amp` asks for it (enter it inside the task's thread)."""
+        from grasp_core.device import autocast
+
+        return autocast(self.torch_device(), self.amp)
+
+    def check(self) -> str:
+        """Resolve the device and the AMP choice now, so a bad one fails before any work; describes them."""
+        self.autocast()
+        return f"{self.torch_device()}{' + bf16 autocast' if self.amp else ''}"
 
 
-def device() -> torch.device:
-    from grasp_core.device import resolve_device  # torch: imported when first needed, not by the CLI's parser
-
-    return resolve_device(os.environ.get(DEVICE_ENV, "auto") or "auto")
-
-
-def amp() -> bool:
-    value = os.environ.get(AMP_ENV, "0").strip().lower()
-    if value not in ("0", "1", "false", "true", ""):
-        raise ConfigError(f"{AMP_ENV}={value!r} must be 0 or 1")
-    return value in ("1", "true")
+AUTO = Compute()  # the default where a caller (a benchmark, a test) names no device: auto, full precision
 
 
 def default_threads() -> int:
@@ -46,46 +62,13 @@ def default_threads() -> int:
     return max(1, cores - 1)
 
 
-def threads() -> int | None:
-    """`GRASP_THREADS`, else None (OMP_NUM_THREADS, when set, else `default_threads()`)."""
-    value = os.environ.get(THREADS_ENV, "").strip()
-    if not value:
-        return None
-    if not value.isdigit() or int(value) < 1:
-        raise ConfigError(f"{THREADS_ENV}={value!r} must be a whole number >= 1 (torch CPU threads)")
-    return int(value)
-
-
-def compute() -> AbstractContextManager[object]:
-    """Mixed precision around a core call when `GRASP_AMP` asks for it (enter it inside the task's thread)."""
-    from grasp_core.device import autocast
-
-    return autocast(device(), amp())
-
-
-def apply(device_name: str | None, use_amp: bool, n_threads: int | None = None) -> None:
-    """Record CLI choices in the environment, where Prefect tasks of this process find them.
-
-    The thread count goes to OMP_NUM_THREADS, which torch reads for every thread it computes in, so call
-    this before torch is imported (the CLI does); a user's own OMP_NUM_THREADS stands unless
-    `--threads`/GRASP_THREADS is given.
-    """
-    if device_name:
-        os.environ[DEVICE_ENV] = device_name
-    if use_amp:
-        os.environ[AMP_ENV] = "1"
-    if n_threads is not None:
-        os.environ[THREADS_ENV] = str(n_threads)
-    chosen = threads()
-    if chosen is not None:
-        os.environ["OMP_NUM_THREADS"] = str(chosen)
+def apply_threads(compute: Compute) -> None:
+    """Set torch's thread count of this process: OMP_NUM_THREADS, which torch reads for every thread it computes
+    in, so call this before torch is imported (the CLI does). A user's own OMP_NUM_THREADS stands unless
+    `compute.threads` is given."""
+    if compute.threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(compute.threads)
     else:
         os.environ.setdefault("OMP_NUM_THREADS", str(default_threads()))
     if "torch" in sys.modules:  # already imported (a caller in-process): its count is set, this thread only
         sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-
-
-def check() -> str:
-    """Resolve the device and the AMP choice now, so a bad one fails before any work; describes them."""
-    compute()
-    return f"{device()}{' + bf16 autocast' if amp() else ''}"

@@ -9,8 +9,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from flows.runtime.execution import Compute
+from grasp_core.errors import ConfigError
+
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db)"
 DVC_HELP = "DVC remote URL or folder (default: $GRASP_DVC_REMOTE, else <workdir>/.dvc-remote)"
+# The user's defaults for where/how knobs; read by RunOptions.from_args only
+DEVICE_ENV, AMP_ENV, THREADS_ENV = "GRASP_DEVICE", "GRASP_AMP", "GRASP_THREADS"
+RUNNER_ENV, REMOTE_ENV = "GRASP_RUNNER", "GRASP_DVC_REMOTE"
 
 
 @dataclass(frozen=True)
@@ -21,24 +27,47 @@ class RunOptions:
     workdir: Path = Path(".")
     params: Path = Path("params.yaml")
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db
-    dvc_remote: str | None = None  # None: $GRASP_DVC_REMOTE, else <workdir>/.dvc-remote
+    dvc_remote: str | None = None  # None: <workdir>/.dvc-remote (from_args: --dvc-remote, else $GRASP_DVC_REMOTE)
     runner: str = "local"  # local | dask | dask=tcp://HOST:PORT (flows/runtime/runners.py)
-    device: str | None = None  # auto | cpu | cuda | mps; None: $GRASP_DEVICE, else auto
-    amp: bool = False
-    threads: int | None = None
+    device: str | None = None  # auto | cpu | cuda | mps; None: auto (from_args: --device, else $GRASP_DEVICE)
+    amp: bool = False  # from_args: --amp, else $GRASP_AMP=1
+    threads: int | None = None  # from_args: --threads, else $GRASP_THREADS; None: flows.runtime.execution
     quiet: bool = False
     verbose: bool = False
     full: bool = False  # merge every source from scratch instead of starting from the champion
 
+    @property
+    def compute(self) -> Compute:
+        """Where and how the core computes (handed to every task as a value)."""
+        return Compute(self.device or "auto", self.amp, self.threads)
+
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunOptions:
-        """The options of parsed `args`; a flag a command does not take keeps its default."""
-        a = vars(args)
+        """The options of parsed `args`; a flag a command does not take keeps its default, or the user's
+        GRASP_* default from the environment (read here and nowhere below the CLI)."""
+        a, env = vars(args), os.environ  # the only reads of the user's GRASP_* variables (and _env_* below)
         return cls(workdir=a.get("workdir") or Path("."), params=a.get("params") or Path("params.yaml"),
-                   tracking_uri=a.get("tracking_uri"), dvc_remote=a.get("dvc_remote"),
-                   runner=a.get("runner") or os.environ.get("GRASP_RUNNER", "") or "local",
-                   device=a.get("device"), amp=bool(a.get("amp")), threads=a.get("threads"),
-                   quiet=bool(a.get("quiet")), verbose=bool(a.get("verbose")), full=bool(a.get("full")))
+                   tracking_uri=a.get("tracking_uri"), dvc_remote=a.get("dvc_remote") or env.get(REMOTE_ENV) or None,
+                   runner=a.get("runner") or env.get(RUNNER_ENV, "") or "local",
+                   device=a.get("device") or env.get(DEVICE_ENV) or None, amp=bool(a.get("amp")) or _env_amp(),
+                   threads=a.get("threads") or _env_threads(), quiet=bool(a.get("quiet")),
+                   verbose=bool(a.get("verbose")), full=bool(a.get("full")))
+
+
+def _env_amp() -> bool:
+    value = os.environ.get(AMP_ENV, "0").strip().lower()
+    if value not in ("0", "1", "false", "true", ""):
+        raise ConfigError(f"{AMP_ENV}={value!r} must be 0 or 1")
+    return value in ("1", "true")
+
+
+def _env_threads() -> int | None:
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{THREADS_ENV}={value!r} must be a whole number >= 1 (torch CPU threads)")
+    return int(value)
 
 
 def positive_int(text: str) -> int:

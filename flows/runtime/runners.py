@@ -21,7 +21,7 @@ from typing import Any
 
 from grasp_core.errors import ConfigError
 
-ENV = "GRASP_RUNNER"
+ENV = "GRASP_RUNNER"  # named in messages; read by flows/runtime/options.py only
 LOCAL_WORKERS = 2  # sources trained at once on threads (2 cores: more only contend)
 DASK_LOCAL_CLUSTER = {"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
 # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536 (distributed.nanny.pre-spawn-environ). Any value
@@ -46,9 +46,10 @@ class RunnerSpec:
             f"local Dask cluster ({DASK_LOCAL_CLUSTER['n_workers']} workers x 1 thread)"
 
 
-def parse_runner(text: str | None) -> RunnerSpec:
-    """`--runner` / $GRASP_RUNNER -> RunnerSpec; unknown values are a one-line error naming the setting."""
-    value = (text if text is not None else os.environ.get(ENV, "")).strip() or "local"
+def parse_runner(text: str) -> RunnerSpec:
+    """`--runner` / $GRASP_RUNNER (RunOptions.runner) -> RunnerSpec; unknown values are a one-line error naming
+    the setting."""
+    value = text.strip() or "local"
     if value == "local":
         return RunnerSpec("local")
     if value == "dask":

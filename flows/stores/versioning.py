@@ -31,7 +31,6 @@ from grasp_core.errors import GraspError
 _log = logging.getLogger(__name__)
 
 REMOTE_NAME = "local"
-REMOTE_ENV = "GRASP_DVC_REMOTE"
 DEFAULT_REMOTE_DIR = ".dvc-remote"
 STAMPS = Path(".grasp") / "dvc-track"  # grasp's own record of what DVC added and pushed (not inside .dvc/)
 # dvc.yaml: params.yaml as a top-level params file (`dvc params diff` shows every changed key) and no stage, so
@@ -138,7 +137,7 @@ def _ensure_ignored(ws: Path, path: Path) -> None:
 
 def _wanted_remote(ws: Path, remote: str | None) -> tuple[str, Path | None, bool]:
     """(URL, local folder or None, whether the remote is already the default): what `ensure_repo` points to."""
-    url = remote or os.environ.get(REMOTE_ENV) or str(ws / DEFAULT_REMOTE_DIR)
+    url = remote or str(ws / DEFAULT_REMOTE_DIR)
     folder = None if "://" in url else Path(url).resolve()
     is_set = remote_url(ws) == str(folder or url) and \
         _dvc_config(ws).get("core", "remote", fallback=None) == REMOTE_NAME
@@ -165,8 +164,8 @@ def ensure_repo(ws: Path, remote: str | None = None, defer: bool = False) -> lis
 
     Args:
         ws: The workspace folder; a subfolder of a git repo gets `dvc init --subdir`.
-        remote: URL or folder (relative to the current directory) of the default remote `local`; else env
-            GRASP_DVC_REMOTE, else `<ws>/.dvc-remote`. A new value re-points the remote.
+        remote: URL or folder (relative to the current directory) of the default remote `local`; else
+            `<ws>/.dvc-remote` (the CLI passes --dvc-remote, else $GRASP_DVC_REMOTE). A new value re-points it.
         defer: return the DVC commands still to run instead of running them (`track(..., first=...)` runs
             them in the same process as its add and push).
     """

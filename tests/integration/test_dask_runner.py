@@ -14,12 +14,11 @@ from grasp_core.errors import ConfigError
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_runner_setting_is_parsed_or_refused_naming_it(monkeypatch):
-    assert parse_runner(None) == RunnerSpec("local")
+def test_runner_setting_is_parsed_or_refused_naming_it():
+    """($GRASP_RUNNER is read by the CLI only: tests/unit/test_run_options.py.)"""
+    assert parse_runner("") == RunnerSpec("local")
     assert parse_runner("dask") == RunnerSpec("dask")
     assert parse_runner("dask=tcp://10.0.0.5:8786") == RunnerSpec("dask", "tcp://10.0.0.5:8786")
-    monkeypatch.setenv("GRASP_RUNNER", "dask")
-    assert parse_runner(None) == RunnerSpec("dask")
     with pytest.raises(ConfigError, match="GRASP_RUNNER = 'spark'"):
         parse_runner("spark")
     with pytest.raises(ConfigError, match="dask=tcp://HOST:8786"):
@@ -29,6 +28,7 @@ def test_runner_setting_is_parsed_or_refused_naming_it(monkeypatch):
 def test_dask_local_cluster_trains_the_same_checkpoints_as_local_threads(tmp_path, prefect_harness):
     from flows.pipeline.fanout import train_sources
     from flows.pipeline.workspace import Workspace, ensure_base, layout_classes, materialise_data, resolve_roles
+    from flows.runtime.execution import Compute
     from grasp_core.checkpoints import file_sha256
     from grasp_core.config import load_config
     from grasp_core.data import input_shape
@@ -46,7 +46,8 @@ def test_dask_local_cluster_trains_the_same_checkpoints_as_local_threads(tmp_pat
         classes = layout_classes(cfg, ws)
         _, sources = resolve_roles(cfg, domains)
         base, _ = ensure_base(cfg, ws, classes, input_shape(ws.data(cfg), sources[0], classes))
-        results = train_sources(cfg, ws, sources, domains, classes, base, runner)
+        # where to compute travels to the workers as a value (no GRASP_DEVICE in their environment)
+        results = train_sources(cfg, ws, sources, domains, classes, base, runner, Compute("cpu"))
         assert [fresh for _, fresh in results] == [True] * len(sources)
         trained[runner] = {p.stem: file_sha256(p) for p in sorted(ws.sources.glob("*.safetensors"))}
     assert len(trained["local"]) == 2

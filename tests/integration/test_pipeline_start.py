@@ -80,7 +80,7 @@ def test_core_engine_gives_the_same_final_weights(mean_run):
     from flows.pipeline.core_run import method_context, prepare_sources
     from flows.pipeline.workspace import Workspace
     from flows.reports.progress import Progress
-    from flows.runtime import execution
+    from flows.runtime.execution import AUTO
     from grasp_core.config import load_config
     from grasp_core.methods import run_method
     from tests.integration.test_pipeline import _tensors_sha256
@@ -99,7 +99,7 @@ def test_core_engine_gives_the_same_final_weights(mean_run):
         hashes.append(_tensors_sha256(path))
 
     ctx = dataclasses.replace(method_context(cfg, workspace, target, sources, classes, progress), on_step=on_step)
-    with execution.compute():
+    with AUTO.autocast():
         result = run_method("grasp", ctx)
     assert result.detail["start_chosen"] == "mean"
     assert len(hashes) == len(summary.steps)

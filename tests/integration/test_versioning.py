@@ -162,8 +162,7 @@ def test_subfolder_of_a_git_repo_with_the_project_gitignore(tmp_path, monkeypatc
     out = dvc(ws, "status", data.path.name, sources.path.name)
     assert out.returncode == 0 and "up to date" in out.stdout, out.stdout + out.stderr
 
-    monkeypatch.setenv("GRASP_DVC_REMOTE", str(tmp_path / "remote2"))
-    ensure_repo(ws)  # the env var re-points the default remote
+    ensure_repo(ws, str(tmp_path / "remote2"))  # a new remote (--dvc-remote / $GRASP_DVC_REMOTE) re-points it
     assert f"url = {tmp_path / 'remote2'}" in (ws / ".dvc" / "config").read_text()
 
 
