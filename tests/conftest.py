@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+import copy
+import dataclasses
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -12,6 +15,10 @@ import yaml
 from torch import nn
 
 from grasp_core.data import DomainData, Split
+
+if TYPE_CHECKING:
+    from grasp_core.config import Config
+    from grasp_core.methods import MethodContext
 
 
 def tree(root: Path) -> dict[str, tuple[int, int]]:
@@ -74,6 +81,44 @@ def tiny_split(n: int, num_classes: int = 3, seed: int = 0, shape: tuple[int, ..
 def tiny_domain() -> DomainData:
     return DomainData(name="t", classes=("0", "1", "2"), train=tiny_split(96, seed=1), val=tiny_split(30, seed=2),
                       test=tiny_split(30, seed=3))
+
+
+def trained_mlp(domain: DomainData, steps: int, seed: int) -> TinyMLP:
+    """A seeded TinyMLP after `steps` full-batch SGD steps on `domain`'s train split: sources whose quality
+    differs by their number of steps."""
+    torch.manual_seed(seed)
+    model = TinyMLP()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(domain.train.x), domain.train.y).backward()
+        optimizer.step()
+    return model
+
+
+def quick_config(**transfer: object) -> Config:
+    """The default Config with one epoch of fine-tuning, no augmentation and `transfer` overrides."""
+    from grasp_core.config import Config
+
+    cfg = Config()
+    return dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, initial_epochs=1, epochs=1),
+                               data=dataclasses.replace(cfg.data, augment=False),
+                               transfer=dataclasses.replace(cfg.transfer, **transfer))
+
+
+def tiny_method_context(domain: DomainData, models: Mapping[str, nn.Module], cfg: Config,
+                        domains: tuple[str, ...] = ()) -> MethodContext:
+    """A MethodContext for target `domain` whose sources are `models` (each opened as a fresh copy) and whose
+    base is a fresh TinyMLP."""
+    from grasp_core.grasp import target_loaders
+    from grasp_core.memory import model_param_bytes, param_shapes_of
+    from grasp_core.methods import MethodContext
+
+    unit = TinyMLP()
+    return MethodContext(cfg=cfg, loaders=target_loaders(domain, cfg), source_names=tuple(models),
+                         open_source=lambda name: copy.deepcopy(models[name]), open_base=TinyMLP,
+                         model_param_bytes=model_param_bytes(unit), param_shapes=param_shapes_of(unit),
+                         target_name="t", domains=domains)
 
 
 @pytest.fixture

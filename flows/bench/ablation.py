@@ -25,11 +25,10 @@ from typing import TYPE_CHECKING, Any
 from flows.bench.accuracy import (
     accuracy_plot,
     add_source_order,
+    bench_cases,
     bench_target,
     check_choices,
     parse_list,
-    prepare_seed,
-    seed_workspace,
     write_csv,
 )
 from flows.bench.protocol import (
@@ -45,6 +44,7 @@ from grasp_core.errors import GraspError
 
 if TYPE_CHECKING:
     from flows.reports.progress import Progress
+    from flows.runtime.options import Subcommands
 
 PAPER: dict[str, Any] = {"align.batches": 1, "align.eval_mode": False, "align.criterion": "gradient",
                          "transfer.policy": "paper", "transfer.threshold": 0.3, "transfer.granularity": "tensor",
@@ -99,34 +99,22 @@ def run_ablation(params: Path, workdir: Path, seeds: list[int], targets: list[st
     """Every seed x target x (variant | control); one row each, `method` = the variant spec or control name.
 
     `source_order`: "given", "reversed" or "permuted" (see `flows.bench.accuracy.bench_target`)."""
-    import torch
-
-    from flows.pipeline.workspace import Workspace
     from grasp_core.config import replace
     from grasp_core.methods import METHODS
+    from grasp_core.threads import pinned_threads
 
     check_choices(controls, sorted(METHODS), "--controls")
     plans = {spec: variant_overrides(spec) for spec in variants}
-    if not seeds:
-        raise GraspError("--seeds: empty; give at least one seed, e.g. 0,1,2")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        rows: list[Row] = []
-        for seed in seeds:
-            root, cfg = seed_workspace(params, workdir, seed)
-            ws = Workspace(root)
-            domains, classes, chosen = prepare_seed(cfg, ws, progress, targets)
-            for target in chosen:
-                for spec, (method, overrides) in plans.items():
-                    cfg_v = cfg if overrides is None else replace(cfg, **{k.replace(".", "__"): v
+    rows: list[Row] = []
+    with pinned_threads(threads):
+        for c in bench_cases(params, workdir, seeds, targets, progress):
+            for spec, (method, overrides) in plans.items():
+                cfg_v = c.cfg if overrides is None else replace(c.cfg, **{k.replace(".", "__"): v
                                                                          for k, v in overrides.items()})
-                    for row in bench_target(cfg_v, ws, target, domains, classes, [method], progress, source_order):
-                        rows.append({**row, "method": spec})
-                rows += bench_target(cfg, ws, target, domains, classes, list(controls), progress, source_order)
-        return rows
-    finally:
-        torch.set_num_threads(previous)
+                rows += [{**row, "method": spec} for row in
+                         bench_target(cfg_v, c.ws, c.target, c.domains, c.classes, [method], progress, source_order)]
+            rows += bench_target(c.cfg, c.ws, c.target, c.domains, c.classes, list(controls), progress, source_order)
+    return rows
 
 
 def losses_of(rows: list[Row], method: str = "default") -> list[str]:
@@ -200,7 +188,7 @@ def write_outputs(rows: list[Row], out: Path, params: Path, protocol: Protocol,
             "png": accuracy_plot(rows, out / "ablation.png")}
 
 
-def register(bench_sub: argparse._SubParsersAction) -> None:
+def register(bench_sub: Subcommands) -> None:
     """Add `grasp bench ablation` to the `grasp bench` subparsers."""
     p = bench_sub.add_parser("ablation", help="transfer-policy variants chosen on validation, confirmed on fresh seeds",
                              description="Every domain as target: GRASP variants (paper settings plus options: "

@@ -17,9 +17,9 @@ import csv
 import dataclasses
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from flows.bench.summaries import (
     Row,
@@ -35,6 +35,7 @@ from grasp_core.errors import GraspError
 if TYPE_CHECKING:
     from flows.pipeline.workspace import Workspace
     from flows.reports.progress import Progress
+    from flows.runtime.options import Subcommands
     from grasp_core.config import Config
 
 DEFAULT_METHODS = ("grasp", "transfer_off", "target_only", "best_single", "fusion", "weight_averaging",
@@ -89,6 +90,31 @@ def prepare_seed(cfg: Config, ws: Workspace, progress: Progress,
     progress.say(f"seed {cfg.seed}: {len(domains)} domains, base + sources ready ({count} trained now, "
                  f"{len(domains) + 1 - count} re-used)")
     return domains, classes, targets
+
+
+class BenchCase(NamedTuple):
+    """One target of one seed's workspace, prepared (data, base, sources)."""
+
+    cfg: Config
+    ws: Workspace
+    target: str
+    domains: list[str]
+    classes: list[str]
+
+
+def bench_cases(params: Path, workdir: Path, seeds: list[int], targets: list[str] | None,
+                progress: Progress) -> Iterator[BenchCase]:
+    """Every seed's workspace, prepared once (`seed_workspace`, `prepare_seed`), then each chosen target."""
+    from flows.pipeline.workspace import Workspace
+
+    if not seeds:
+        raise GraspError("--seeds: empty; give at least one seed, e.g. 0,1,2")
+    for seed in seeds:
+        root, cfg = seed_workspace(params, workdir, seed)
+        ws = Workspace(root)
+        domains, classes, chosen = prepare_seed(cfg, ws, progress, targets)
+        for target in chosen:
+            yield BenchCase(cfg, ws, target, domains, classes)
 
 
 SOURCE_ORDERS = ("given", "reversed", "permuted")
@@ -163,27 +189,13 @@ def run_accuracy_bench(params: Path, workdir: Path, seeds: list[int], targets: l
             trained under another thread count differ in the last bits (float summation order), so compare
             benches run at one thread count.
     """
-    import torch
-
-    from flows.pipeline.workspace import Workspace
     from grasp_core.methods import METHODS
+    from grasp_core.threads import pinned_threads
 
     methods = check_choices(methods or DEFAULT_METHODS, sorted(METHODS), "--methods")
-    if not seeds:
-        raise GraspError("--seeds: empty; give at least one seed, e.g. 0,1,2")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        rows: list[Row] = []
-        for seed in seeds:
-            root, cfg = seed_workspace(params, workdir, seed)
-            ws = Workspace(root)
-            domains, classes, chosen = prepare_seed(cfg, ws, progress, targets)
-            for target in chosen:
-                rows += bench_target(cfg, ws, target, domains, classes, methods, progress, source_order)
-        return rows
-    finally:
-        torch.set_num_threads(previous)
+    with pinned_threads(threads):
+        return [row for c in bench_cases(params, workdir, seeds, targets, progress)
+                for row in bench_target(c.cfg, c.ws, c.target, c.domains, c.classes, methods, progress, source_order)]
 
 
 def format_markdown(rows: list[Row], wall_s: float | None = None, select_rows: list[Row] | None = None,
@@ -302,7 +314,7 @@ def log_bench(rows: list[Row], files: dict[str, Path], params: Path, tracking_ur
 
 # ---------------------------------------------------------------------------------------------- CLI
 
-def register(bench_sub: argparse._SubParsersAction) -> None:
+def register(bench_sub: Subcommands) -> None:
     """Add `grasp bench accuracy` to the `grasp bench` subparsers."""
     p = bench_sub.add_parser("accuracy", help="every domain as target x methods x seeds: accuracy table",
                              description="Each domain becomes the target in turn (all others are its sources); "

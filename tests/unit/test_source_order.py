@@ -6,17 +6,15 @@ import copy
 import dataclasses
 
 import torch
-from torch import nn
 
-from grasp_core.config import Config
 from grasp_core.grasp import merge_source, target_loaders
-from grasp_core.memory import MemoryTracker, model_param_bytes, param_shapes_of
-from grasp_core.methods import MethodContext, run_method
+from grasp_core.memory import MemoryTracker
+from grasp_core.methods import run_method
 from grasp_core.methods.grasp_method import merge_order
 from grasp_core.models import build_model
 from grasp_core.order import in_time_order, nearest_first, order_sources, score_sources
 from grasp_core.transfer import recalibrate_batchnorm
-from tests.conftest import TinyMLP
+from tests.conftest import quick_config, tiny_method_context, trained_mlp
 
 CLEAR = ["year_1-2", "year_3-4", "year_10-11", "year_11-12"]
 
@@ -35,49 +33,21 @@ def test_nearest_without_a_domain_list_sorts_names_naturally():
     assert in_time_order(list(reversed(CLEAR)), []) == CLEAR
 
 
-def _trained(domain, steps: int, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    model = TinyMLP()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(domain.train.x), domain.train.y).backward()
-        optimizer.step()
-    return model
-
-
-def _ctx(domain, models: dict[str, nn.Module], cfg: Config, domains: tuple[str, ...] = ()) -> MethodContext:
-    def open_source(name: str) -> nn.Module:
-        return copy.deepcopy(models[name])
-
-    unit = TinyMLP()
-    return MethodContext(cfg=cfg, loaders=target_loaders(domain, cfg), source_names=tuple(models),
-                         open_source=open_source, open_base=TinyMLP, model_param_bytes=model_param_bytes(unit),
-                         param_shapes=param_shapes_of(unit), target_name="t", domains=domains)
-
-
-def _cfg(**transfer) -> Config:
-    cfg = Config()
-    return dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, initial_epochs=1, epochs=1),
-                               data=dataclasses.replace(cfg.data, augment=False),
-                               transfer=dataclasses.replace(cfg.transfer, **transfer))
-
-
 def test_scored_order_follows_the_models_not_their_names_or_listing(tiny_domain):
-    models = [_trained(tiny_domain, steps, seed) for steps, seed in ((0, 1), (40, 2), (3, 3), (12, 4))]
+    models = [trained_mlp(tiny_domain, steps, seed) for steps, seed in ((0, 1), (40, 2), (3, 3), (12, 4))]
     scores = [s.val_accuracy for s in score_sources("0123", lambda i: models[int(i)], tiny_domain.val, 3)]
     expected = sorted(range(4), key=lambda i: -scores[i])
     assert len(set(scores)) == 4, scores  # distinct: the order is decided by accuracy alone
-    cfg = _cfg(order="scored")
+    cfg = quick_config(order="scored")
     for names in (["a", "b", "c", "d"], ["2024", "2021", "2023", "2022"]):
         for listing in ([0, 1, 2, 3], [3, 1, 0, 2]):
             named = {names[i]: models[i] for i in listing}
-            order = merge_order(_ctx(tiny_domain, named, cfg, domains=(*names, "t")))
+            order = merge_order(tiny_method_context(tiny_domain, named, cfg, domains=(*names, "t")))
             assert [names.index(n) for n in order] == expected
 
 
 def test_scored_ties_break_on_the_weights_hash_whatever_the_names(tiny_domain):
-    good = _trained(tiny_domain, 20, 5)
+    good = trained_mlp(tiny_domain, 20, 5)
     twin = copy.deepcopy(good)
     with torch.no_grad():  # a hidden unit fc2 never reads: the same outputs bit for bit, other weights
         good.fc2.weight[:, 0] = 0.0
@@ -86,23 +56,23 @@ def test_scored_ties_break_on_the_weights_hash_whatever_the_names(tiny_domain):
     a, b = score_sources("ab", {"a": good, "b": twin}.__getitem__, tiny_domain.val, 3)
     assert (a.val_accuracy, a.val_loss) == (b.val_accuracy, b.val_loss) and a.weights_sha256 != b.weights_sha256
     first = good if a.weights_sha256 < b.weights_sha256 else twin
-    cfg = _cfg(order="scored")
+    cfg = quick_config(order="scored")
     for named in ({"x": good, "y": twin}, {"y": good, "x": twin}, {"x": twin, "y": good}):
-        order = merge_order(_ctx(tiny_domain, named, cfg))
+        order = merge_order(tiny_method_context(tiny_domain, named, cfg))
         assert named[order[0]] is first
 
 
 def test_best_single_fine_tunes_the_source_the_scored_order_starts_from(tiny_domain):
-    models = {name: _trained(tiny_domain, steps, seed) for name, steps, seed in
+    models = {name: trained_mlp(tiny_domain, steps, seed) for name, steps, seed in
               (("old", 30, 6), ("mid", 2, 7), ("new", 8, 8))}
-    ctx = _ctx(tiny_domain, models, _cfg(order="scored"))
+    ctx = tiny_method_context(tiny_domain, models, quick_config(order="scored"))
     result = run_method("best_single", ctx)
     assert result.detail["chosen_source"] == merge_order(ctx)[0] == "old"
 
 
 def test_transfer_off_gets_the_same_ingredients_as_grasp(tiny_domain):
-    models = {name: _trained(tiny_domain, steps, seed) for name, steps, seed in (("p", 5, 9), ("q", 9, 10))}
-    ctx = _ctx(tiny_domain, models, _cfg(order="scored"))
+    models = {name: trained_mlp(tiny_domain, steps, seed) for name, steps, seed in (("p", 5, 9), ("q", 9, 10))}
+    ctx = tiny_method_context(tiny_domain, models, quick_config(order="scored"))
     grasp, off = run_method("grasp", ctx).detail, run_method("transfer_off", ctx).detail
     assert grasp["policy"] != off["policy"] == "none"
     assert {k: v for k, v in grasp.items() if k not in ("policy", "rejected")} == \
@@ -110,7 +80,7 @@ def test_transfer_off_gets_the_same_ingredients_as_grasp(tiny_domain):
 
 
 def test_bn_recalibration_runs_with_policy_none_as_after_a_transfer(tiny_domain):
-    cfg = _cfg(policy="none", bn_recalibrate=True)
+    cfg = quick_config(policy="none", bn_recalibrate=True)
     torch.manual_seed(11)
     target = build_model("small_cnn", 3, (1, 4, 4))
     source = build_model("small_cnn", 3, (1, 4, 4))
