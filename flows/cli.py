@@ -12,7 +12,7 @@ import errno
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flows.ops.commands import EXIT_MISMATCH, EXIT_REFUSED
 from flows.runtime.options import (
@@ -26,6 +26,9 @@ from flows.runtime.options import (
     workspace_args,
 )
 from grasp_core.errors import GraspError
+
+if TYPE_CHECKING:
+    from grasp_core.config import LimitsConfig
 
 EXIT_BAD_INPUT, EXIT_BUSY = 2, 75
 __all__ = ["EXIT_BAD_INPUT", "EXIT_BUSY", "EXIT_MISMATCH", "EXIT_REFUSED", "build_parser", "main"]
@@ -144,7 +147,7 @@ def _register_benches(bench_sub: Any) -> None:
     bench_overhead.register(bench_sub)
 
 
-def _limits(params: Path | None, workdir: Path):  # type: ignore[no-untyped-def]
+def _limits(params: Path | None, workdir: Path) -> LimitsConfig:
     """`limits` of `params`, else of <workdir>/params.yaml when present, else the built-in caps."""
     from grasp_core.config import LimitsConfig, load_config
 

@@ -16,9 +16,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
+    from flows.pipeline.stage import StepArtifact
+    from flows.pipeline.workspace import Workspace
+    from flows.runtime.options import Subcommands
+    from flows.stores.tracking import Tracker
+    from grasp_core.checkpoints import SavedCheckpoint
     from grasp_core.config import Config
 
 SPLITS = ("align_s", "transfer_s", "finetune_s", "evaluate_s", "io_s", "artifacts_s", "mlflow_run_s", "register_s")
@@ -30,7 +35,7 @@ class TimedTracker:
 
     TIMED = ("step_run", "register")
 
-    def __init__(self, tracker: Any) -> None:
+    def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker
         self.seconds = dict.fromkeys(self.TIMED, 0.0)
 
@@ -60,11 +65,12 @@ def cost_config(params: Path | None) -> Config:
     return replace(cfg, base__epochs=min(cfg.base.epochs, 1), sources__epochs=min(cfg.sources.epochs, 1))
 
 
-def stage_row(step: Any, version: str, step_wall_s: float, tracking_wall_s: float,
+def stage_row(step: StepArtifact, version: str, step_wall_s: float, tracking_wall_s: float,
               timed: TimedTracker) -> dict[str, Any]:
     """One stage's split. `io_s` is the rest of `target_step` (checkpoint load and save, loaders) and
     `artifacts_s` the rest of `register_task` (confusion PNG, alignment CSV), so the splits add up to `step_s`."""
     r = step.result
+    assert r is not None  # a stage this bench computed, never a parent loaded from the registry
     core = {f"{key}_s": seconds for key, seconds in r.timings_s.items()}
     run_s, register_s = timed.seconds["step_run"], timed.seconds["register"]
     split = {**core, "io_s": step_wall_s - sum(core.values()),
@@ -75,7 +81,7 @@ def stage_row(step: Any, version: str, step_wall_s: float, tracking_wall_s: floa
             "step_s": round(total, 3), "tracking_pct": round(100 * tracking_wall_s / total, 1)}
 
 
-def _setup(cfg: Config, root: Path, say: Callable[[str], None]) -> tuple[Any, str, list[str], list[str]]:
+def _setup(cfg: Config, root: Path, say: Callable[[str], None]) -> tuple[Workspace, str, list[str], list[str]]:
     """Workspace with data, base and trained sources; returns (workspace, target, sources, classes)."""
     import yaml
 
@@ -90,15 +96,16 @@ def _setup(cfg: Config, root: Path, say: Callable[[str], None]) -> tuple[Any, st
     return ws, target, sources, classes
 
 
-def _source_checkpoint(ws: Any, name: str) -> Any:
+def _source_checkpoint(ws: Workspace, name: str) -> SavedCheckpoint:
     from grasp_core.checkpoints import SavedCheckpoint, file_sha256, read_header
 
     path = ws.source(name)
     return SavedCheckpoint(path, file_sha256(path), read_header(path))
 
 
-def _stages(cfg: Config, ws: Any, target: str, sources: list[str], classes: list[str], timed: TimedTracker,
-            parent_run_id: str, say: Callable[[str], None]) -> tuple[list[dict[str, Any]], list[Any], list[str]]:
+def _stages(cfg: Config, ws: Workspace, target: str, sources: list[str], classes: list[str], timed: TimedTracker,
+            parent_run_id: str, say: Callable[[str], None],
+            ) -> tuple[list[dict[str, Any]], list[StepArtifact], list[str]]:
     """Every source merged in order, each step timed as target_step + register_task: (rows, steps, versions)."""
     from flows.pipeline.stage import target_step
     from flows.pipeline.tasks import register_task
@@ -108,14 +115,18 @@ def _stages(cfg: Config, ws: Any, target: str, sources: list[str], classes: list
     data = load_target(cfg, ws, target, classes)  # decoded once per process, as the pipeline's cached_target
     settle()  # as the pipeline does before its stages: live-tensor scans then skip Prefect's and MLflow's objects
     out_dir, reports = ws.targets(target), ws.root / "reports" / parent_run_id
-    rows, steps, versions, parent = [], [], [], None
+    rows: list[dict[str, Any]] = []
+    steps: list[StepArtifact] = []
+    versions: list[str] = []
+    parent: StepArtifact | None = None
     for stage, name in enumerate(sources):
         t0 = time.perf_counter()
         step = target_step(cfg, data, _source_checkpoint(ws, name), stage, parent, out_dir)
         t1 = time.perf_counter()
         timed.reset()
         tags = {"stage": str(stage), "source_domain": name, "checkpoint_sha256": step.checkpoint.sha256}
-        version = register_task.fn(timed, parent_run_id, f"grasp-{target}", step, classes, tags, reports,
+        tracker = cast("Tracker", timed)  # delegates every call; times step_run and register
+        version = register_task.fn(tracker, parent_run_id, f"grasp-{target}", step, classes, tags, reports,
                                    versions[-1] if versions else "")
         rows.append(stage_row(step, version, t1 - t0, time.perf_counter() - t1, timed))
         say(f"stage {stage} [{name}]: {rows[-1]['step_s']}s, tracking {rows[-1]['tracking_pct']}%")
@@ -179,7 +190,7 @@ def format_cost(bench: dict[str, Any]) -> str:
     return "\n".join([head, "", format_rows([*rows, total_row(rows)], TABLE), "", legend])
 
 
-def register(bench_sub: Any) -> None:
+def register(bench_sub: Subcommands) -> None:
     """Add `grasp bench cost` to the `grasp bench` sub-parsers."""
     from flows.runtime.options import bench_output_args
 

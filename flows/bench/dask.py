@@ -20,10 +20,17 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from flows.ops.scheduling import ServerHandle
+    from flows.runtime.options import Subcommands
 
 
-def dask_bench(params: Path, say: Any, repeat: int = 1, server: Any = None) -> dict[str, Any]:
+def dask_bench(params: Path, say: Callable[[str], None], repeat: int = 1,
+               server: ServerHandle | None = None) -> dict[str, Any]:
     """Wall times and checkpoint hashes of every runner; see the module docstring.
 
     With `repeat` > 1 each round runs them all in turn (a fresh Dask cluster per round, started before its
@@ -106,7 +113,7 @@ def dask_bench(params: Path, say: Any, repeat: int = 1, server: Any = None) -> d
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _bare_dask(client: Any, jobs: list[tuple[Any, ...]]) -> None:
+def _bare_dask(client: Client, jobs: list[tuple[Any, ...]]) -> None:
     """`ensure_source` of every job as a plain Dask task (no Prefect task run around it)."""
     from flows.pipeline.workspace import ensure_source
 
@@ -160,7 +167,7 @@ def format_dask(out: dict[str, Any]) -> str:
     ])
 
 
-def register(bench_sub: Any) -> None:
+def register(bench_sub: Subcommands) -> None:
     """Add `grasp bench dask` to the `grasp bench` sub-parsers."""
     from flows.runtime.options import bench_output_args, positive_int
 

@@ -16,10 +16,13 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flows.bench.deploy_probe import BATCHES
 from grasp_core.errors import GraspError
+
+if TYPE_CHECKING:
+    from flows.runtime.options import Subcommands
 
 COLUMNS = ("format", "file_bytes", "peak_rss_mb", "load_s", "p50_ms_b1", "p95_ms_b1", "p50_ms_b32", "p95_ms_b32",
            "max_abs_logit_diff", "agreement_frac")
@@ -80,7 +83,7 @@ def deploy_bench(ws: Path, tracking_uri: str | None, cfg: Any, ref: str, model_n
     return about, rows
 
 
-def register(bench_sub: Any) -> None:
+def register(bench_sub: Subcommands) -> None:
     """Add `grasp bench deploy` to the `grasp bench` sub-parsers."""
     from flows.runtime.options import bench_output_args
 

@@ -20,12 +20,20 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from matplotlib.axis import Axis
+    from torch import nn
+
+    from flows.pipeline.workspace import Workspace
+    from flows.runtime.options import Subcommands
+    from grasp_core.checkpoints import SavedCheckpoint
     from grasp_core.config import Config
+    from grasp_core.models import InputSpec
 
 BENCH_ARCH = "bench_mlp"
 BENCH_HIDDEN = 1536  # two 1536-wide hidden layers: parameters, not activations, dominate the model's memory
@@ -39,7 +47,7 @@ GRASP_RSS_RATIO_MAX = 1.05  # issue 17's target (resnet50 K=32/K=2)
 GRASP_MULTIPLE_MAX = 4.0  # weights + grads + 2 AdamW moments (rollback and best-val copies on disk); official ~7
 
 
-def build_bench_mlp(num_classes: int, input_shape: tuple[int, int, int], spec: Any = None) -> Any:
+def build_bench_mlp(num_classes: int, input_shape: tuple[int, int, int], spec: InputSpec | None = None) -> nn.Module:
     """Flatten -> 1536 -> 1536 -> classes, ReLU between: parameter-heavy and cheap to run on a CPU.
 
     Takes the registry's builder signature (`spec`, the ImageNet-style input spec, is unused: no resizing)."""
@@ -73,7 +81,7 @@ def copy_names(k: int) -> list[str]:
     return [f"copy{i:02d}" for i in range(k)]
 
 
-def write_copies(ws: Any, source: Any, k: int, seed: int) -> list[str]:
+def write_copies(ws: Workspace, source: SavedCheckpoint, k: int, seed: int) -> list[str]:
     """Write `k` perturbed copies of the `source` checkpoint as sources `copy00`, `copy01`, ... of `ws`."""
     import torch
 
@@ -190,7 +198,8 @@ def run_worker(root: Path, method: str, k: int, threads: int = 0) -> dict[str, A
 
 
 def memory_bench(params: Path | None, ks: tuple[int, ...] = DEFAULT_KS, methods: tuple[str, ...] = DEFAULT_METHODS,
-                 arch: str = BENCH_ARCH, jobs: int = 2, say: Any = print, keep: bool = False) -> dict[str, Any]:
+                 arch: str = BENCH_ARCH, jobs: int = 2, say: Callable[[str], None] = print,
+                 keep: bool = False) -> dict[str, Any]:
     """Measure every (method, K) in its own process; returns {"info", "rows", "ratios", "checks"}."""
     from grasp_core.methods import get_method
 
@@ -214,7 +223,7 @@ def memory_bench(params: Path | None, ks: tuple[int, ...] = DEFAULT_KS, methods:
     return {"info": info, "rows": rows, "ratios": found, "checks": check_targets(rows, found)}
 
 
-def _announced(root: Path, method: str, k: int, threads: int, say: Any) -> dict[str, Any]:
+def _announced(root: Path, method: str, k: int, threads: int, say: Callable[[str], None]) -> dict[str, Any]:
     row = run_worker(root, method, k, threads)
     say(f"{method} K={k}: peak RSS {row['peak_rss_mb']} MiB, models alive {row['models_alive']} ({row['wall_s']}s)")
     return row
@@ -290,7 +299,7 @@ def _geometric(lo: float, hi: float, n: int) -> list[float]:
     return [lo] if hi <= lo else [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
 
 
-def _log_ticks(axis: Any, ticks: list[float]) -> None:
+def _log_ticks(axis: Axis, ticks: list[float]) -> None:
     """Plain-number ticks at `ticks` on a log axis (matplotlib's default labels are 10^x and overlap)."""
     from matplotlib.ticker import FixedLocator, NullLocator
 
@@ -324,7 +333,7 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def register(bench_sub: Any) -> None:
+def register(bench_sub: Subcommands) -> None:
     """Add `grasp bench memory` to the `grasp bench` sub-parsers."""
     from flows.runtime.options import bench_output_args
 

@@ -11,10 +11,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from flows.pipeline.up_to_date import NO_FLOW_RUN
 from flows.runtime.options import json_file_args, positive_int
+
+if TYPE_CHECKING:
+    from flows.runtime.options import Subcommands
 
 
 def _timed(args: list[str], cwd: Path) -> tuple[float, float, str]:
@@ -101,7 +104,7 @@ def _row(phase: str, walls: dict[tuple[str, str], list[float]], repeat: int) -> 
     return row
 
 
-def register(bench_sub: Any) -> None:
+def register(bench_sub: Subcommands) -> None:
     """Add `grasp bench overhead` to the bench sub-parsers."""
     over = bench_sub.add_parser("overhead", parents=[json_file_args()],
                                 help="what orchestration costs, in seconds: flow vs core run",

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from flows.runtime.options import Subcommands
     from grasp_core.config import Config
 
 COLUMNS = ("loader", "epoch", "images", "seconds", "images_per_s")
@@ -127,7 +128,7 @@ def speedups(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def register(bench_sub: Any) -> None:
+def register(bench_sub: Subcommands) -> None:
     """Add `grasp bench throughput` to the `grasp bench` sub-parsers."""
     from flows.runtime.options import bench_output_args
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from flows.runtime.options import dvc_args, lock_args, ops_parents, tracking_args, workspace_args
+
+if TYPE_CHECKING:
+    from flows.runtime.options import Subcommands
 
 EXIT_REFUSED, EXIT_MISMATCH = 3, 4  # docs/operations.md: promotion refused, `lineage --verify` found a mismatch
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     """Add the commands to the top-level sub-parsers (`sub`, from `add_subparsers`)."""
     serve = sub.add_parser("serve", parents=[workspace_args(), tracking_args(model=False), dvc_args(), lock_args(900)],
                            help="serve the pipeline on a schedule (a Prefect deployment)",

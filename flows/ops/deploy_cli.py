@@ -6,15 +6,18 @@ import argparse
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from flows.runtime.options import ops_parents
 from grasp_core.errors import GraspError
 
+if TYPE_CHECKING:
+    from flows.runtime.options import Subcommands
+
 _REF = re.compile(r"^(@[\w.-]+|v?\d+)$")  # a version number (7, v7) or an alias (@champion)
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     """Add `grasp export` and `grasp predict` to the top-level sub-parsers."""
     from flows.ops.export import FORMATS, PARITY_ATOL
 

@@ -14,9 +14,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flows.stores.stage_runs import POINTERS
 from flows.stores.tracking import TrackingError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ def restore(ws: Path, tracking_uri: str | None, ref: str, model_name: str | None
     version = resolve_version(tracker.client, name, ref)
     dest = (to or ws).resolve()
     with tempfile.TemporaryDirectory() as tmp:
-        pointers = _download_pointers(tracker.client, name, version.version, version.run_id, Path(tmp))
+        pointers = _download_pointers(tracker.client, name, version.version, version.run_id or "", Path(tmp))
         if dest != ws:
             _prepare_copy(ws, dest)
         elif not (ws / ".dvc").is_dir():
@@ -55,7 +59,7 @@ def restore(ws: Path, tracking_uri: str | None, ref: str, model_name: str | None
     return Restored(name, str(version.version), dest, pointers, {p: read_dvc_hash(dest / p) for p in pointers})
 
 
-def _download_pointers(client, name: str, version: str, run_id: str, tmp: Path) -> list[str]:  # type: ignore[no-untyped-def]
+def _download_pointers(client: MlflowClient, name: str, version: str, run_id: str, tmp: Path) -> list[str]:
     """Download the run's `dvc/` artifacts into `tmp`; the .dvc paths inside it. A version without them (one
     registered before grasp 0.2) is a one-line error."""
     try:

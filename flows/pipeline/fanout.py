@@ -10,12 +10,15 @@ from flows.pipeline.stage import StepArtifact
 from flows.pipeline.summary import Prepared
 from flows.pipeline.workspace import Workspace
 from flows.runtime.execution import AUTO, Compute
+from grasp_core.checkpoints import SavedCheckpoint
+from grasp_core.config import Config
 
 
 @flow(name="merge-targets", log_prints=False)
-def merge_targets_flow(jobs: list[dict]) -> list:  # type: ignore[type-arg]
-    """The fan-out of independent targets: one `merge-chain` task per target on this flow's task runner."""
-    futures = [tasks.merge_chain_task.submit(**job) for job in jobs]
+def merge_targets_flow(jobs: list[dict[str, object]]) -> list[list[StepArtifact]]:
+    """The fan-out of independent targets: one `merge-chain` task per target on this flow's task runner; each job
+    holds the keyword arguments of one `merge_chain_task` (see merge_targets)."""
+    futures = [tasks.merge_chain_task.submit(**job) for job in jobs]  # type: ignore[call-overload]  # kwargs
     return [f.result() for f in futures]
 
 
@@ -28,7 +31,7 @@ def merge_targets(preps: list[Prepared], runner: str) -> dict[str, list[StepArti
     (_finish), one target after another.
     """
     from flows.runtime.runners import fanout_environment, parse_runner, task_runner
-    jobs = [{"cfg": p.cfg, "ws": p.ws, "target": p.summary.target, "classes": p.classes,
+    jobs: list[dict[str, object]] = [{"cfg": p.cfg, "ws": p.ws, "target": p.summary.target, "classes": p.classes,
              "sources": [(s.domain, s.checkpoint) for s in p.plan.to_merge],
              "start_stage": p.plan.start_stage, "parent": p.plan.parent, "compute": p.compute}
             for p in preps if not p.done]
@@ -42,20 +45,21 @@ def merge_targets(preps: list[Prepared], runner: str) -> dict[str, list[StepArti
     else:  # a chain per worker process: each measures only its own models
         with fanout_environment(spec):
             chains = merge_targets_flow.with_options(task_runner=task_runner(spec))(jobs)
-    return {job["target"]: chain for job, chain in zip(jobs, chains, strict=True)}
+    return {str(job["target"]): chain for job, chain in zip(jobs, chains, strict=True)}
 
 
 @flow(name="train-sources", log_prints=False)
-def train_sources_flow(cfg, ws: Workspace, names: list[str], classes: list[str], base, seeds: list[int],  # type: ignore[no-untyped-def]
-                       compute: Compute) -> list:
+def train_sources_flow(cfg: Config, ws: Workspace, names: list[str], classes: list[str], base: SavedCheckpoint,
+                       seeds: list[int], compute: Compute) -> list[tuple[SavedCheckpoint, bool]]:
     """The fan-out: one `train-source` task per domain on this flow's task runner (threads or Dask)."""
     futures = [tasks.source_task.submit(cfg, ws, name, classes, base, seed, compute)
                for name, seed in zip(names, seeds, strict=True)]
     return [f.result() for f in futures]
 
 
-def train_sources(cfg, ws: Workspace, names: list[str], domains: list[str], classes: list[str], base,  # type: ignore[no-untyped-def]
-                  runner: str = "local", compute: Compute = AUTO) -> list:
+def train_sources(cfg: Config, ws: Workspace, names: list[str], domains: list[str], classes: list[str],
+                  base: SavedCheckpoint, runner: str = "local",
+                  compute: Compute = AUTO) -> list[tuple[SavedCheckpoint, bool]]:
     """Train (or re-use) the source model of every domain in `names`, fanned out on `runner`.
 
     Returns [(SavedCheckpoint, trained_now)] in `names` order. A source's seed is fixed by its domain's

@@ -55,7 +55,7 @@ def _stages(prep: Prepared, registrations: list[PrefectFuture[str]], computed: l
         ckpt, name = source.checkpoint, source.domain
         if computed is not None:
             step = computed[i]
-            progress.step(step.result)
+            progress.step(step.computed)
         else:
             if registrations:  # registering loads the model once more (MLflow checks the input example):
                 registrations[-1].wait()  # beside a stage that would be a third model alive in this process
@@ -65,9 +65,10 @@ def _stages(prep: Prepared, registrations: list[PrefectFuture[str]], computed: l
                 **_provenance(prep, i, source), "checkpoint_sha256": step.checkpoint.sha256,
                 "chain_sha256": step.chain_sha256}
         extra = start_artifacts(prep.start_tags, ckpt.path) if i == 0 and name == MEAN_NAME else {}
-        registration = tasks.register_task.submit(prep.tracker, summary.parent_run_id, summary.model_name, step,
-                                                  classes, tags, ws.root / "reports" / summary.parent_run_id,
-                                                  parent_version, prep.data_v, prep.src_v, extra)
+        # parent_version and the DVC outputs are futures, which Prefect resolves before the task runs
+        registration = tasks.register_task.submit(  # type: ignore[call-overload]  # (its stubs cannot say so)
+            prep.tracker, summary.parent_run_id, summary.model_name, step, classes, tags,
+            ws.root / "reports" / summary.parent_run_id, parent_version, prep.data_v, prep.src_v, extra)
         registrations.append(registration)
         parent_version = registration
         summary.steps.append(step)
@@ -136,7 +137,7 @@ def final_version(cfg: Config, summary: FlowSummary) -> str:
     stage of this run with the best validation accuracy (the earliest on a tie)."""
     if not cfg.transfer.keep_global_best:
         return summary.versions[-1]
-    vals = [s.result.val_accuracy for s in summary.steps]
+    vals = [s.computed.val_accuracy for s in summary.steps]
     return summary.versions[vals.index(max(vals))]
 
 

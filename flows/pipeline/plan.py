@@ -21,6 +21,7 @@ from flows.pipeline.start import held_shas, merged_shas
 if TYPE_CHECKING:
     from flows.pipeline.sources import AreaSource
     from flows.pipeline.stage import StepArtifact
+    from flows.stores.tracking import Tracker
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class Decision:
         return set(area_shas) - chain_shas(self.chain)
 
 
-def lineage_sources(tracker, model_name: str, version: str) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
+def lineage_sources(tracker: Tracker, model_name: str, version: str) -> list[dict[str, str]]:
     """Tags of `version` and each parent up to stage 0 (newest first); a mean start's source list read back
     from its run when it outgrew a tag (flows/stores/start_sources.py)."""
     from flows.stores.start_sources import has_members_artifact, resolve_start_sources
@@ -72,7 +73,7 @@ def chain_shas(chain: list[dict[str, str]], held: bool = False) -> set[str]:
     return set().union(*(per_version(tags) for tags in chain)) if chain else set()
 
 
-def decide(tracker, model_name: str, area_shas: set[str], full: bool,  # type: ignore[no-untyped-def]
+def decide(tracker: Tracker, model_name: str, area_shas: set[str], full: bool,
            params_sha256: str) -> Decision:
     """The version a run continues from: the last version of an interrupted run it can resume, else the champion
     (none with `full`), else none (from scratch). Reads the registry only; `plan_merge` ends dead runs first."""
@@ -82,7 +83,7 @@ def decide(tracker, model_name: str, area_shas: set[str], full: bool,  # type: i
     return Decision(version, head is not None, lineage_sources(tracker, model_name, version) if version else [])
 
 
-def plan_merge(tracker, model_name: str, area: list[AreaSource], out_dir: Path,  # type: ignore[no-untyped-def]
+def plan_merge(tracker: Tracker, model_name: str, area: list[AreaSource], out_dir: Path,
                full: bool = False, params_sha256: str = "") -> MergePlan:
     """Which sources to merge, into what: everything from scratch, the champion plus what is new, or the
     last version of an interrupted run plus what it had not merged yet (resume).
@@ -101,7 +102,7 @@ def plan_merge(tracker, model_name: str, area: list[AreaSource], out_dir: Path, 
     return replace(plan, ended_runs=ended)
 
 
-def nothing_to_merge(tracker, model_name: str, area_shas: set[str],  # type: ignore[no-untyped-def]
+def nothing_to_merge(tracker: Tracker, model_name: str, area_shas: set[str],
                      params_sha256: str) -> tuple[str, int] | None:
     """(champion version, sources it holds) when `plan_merge` (without `full`) would end no dead run, resume
     nothing and merge nothing; else None. Read-only: the registry is left as it is."""
@@ -113,7 +114,7 @@ def nothing_to_merge(tracker, model_name: str, area_shas: set[str],  # type: ign
     return decision.version, len(chain_shas(decision.chain))
 
 
-def _continue_from(tracker, model_name: str, area: list[AreaSource], out_dir: Path,  # type: ignore[no-untyped-def]
+def _continue_from(tracker: Tracker, model_name: str, area: list[AreaSource], out_dir: Path,
                    decision: Decision) -> MergePlan:
     from flows.pipeline.stage import StepArtifact
     from flows.stores.registry import download_weights
@@ -132,7 +133,7 @@ def _continue_from(tracker, model_name: str, area: list[AreaSource], out_dir: Pa
     return MergePlan(parent, version, int(chain[0]["stage"]) + 1, new, len(merged), decision.resumed)
 
 
-def interrupted_head(tracker, model_name: str, area_shas: set[str], champion: str | None,  # type: ignore[no-untyped-def]
+def interrupted_head(tracker: Tracker, model_name: str, area_shas: set[str], champion: str | None,
                      full: bool, params_sha256: str) -> str | None:
     """The newest version registered by a run that did not finish, if a run of these params can continue it.
 

@@ -26,6 +26,7 @@ from grasp_core.errors import GraspError
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from flows.stores.tracking import Tracker
     from grasp_core.data import Split
 
 HISTORY_TAG, LAST_TAG = "promotion_history", "last_promotion"
@@ -115,7 +116,7 @@ def decide(candidate: str, accuracy: float, param_mb: float, champion: str | Non
                         f"champion v{champion} -> v{candidate}")
 
 
-def compare_and_set_alias(tracker: Any, name: str, alias: str, version: str, expected: str | None) -> bool:
+def compare_and_set_alias(tracker: Tracker, name: str, alias: str, version: str, expected: str | None) -> bool:
     """Point `alias` at `version` only if it still points at `expected` (None: unset); False if it moved."""
     if tracker.get_alias_version(name, alias) != expected:
         return False

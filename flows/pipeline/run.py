@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace as replace_plan
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow
 from prefect.futures import PrefectFuture, wait
@@ -43,6 +43,7 @@ from grasp_core.names import check_name
 
 if TYPE_CHECKING:
     from flows.pipeline.sources import AreaSource
+    from flows.stores.tracking import Tracker
 
 
 @flow(name="grasp-run", task_runner=ThreadPoolTaskRunner(max_workers=6), log_prints=False)
@@ -146,7 +147,8 @@ def _prepare(opts: RunOptions, target_override: str = "") -> Prepared:
         try:
             tasks.validate_task(ws.data(cfg), ws.root / VALIDATION_DIR, gx, cfg)
         except BaseException:
-            wait([data_v, tracker_future])  # leave no DVC subprocess or half-opened store behind a failed gate
+            wait([data_v])  # leave no DVC subprocess or half-opened store behind a failed gate
+            wait([tracker_future])
             raise
     progress.say(f"data valid; target {target}; sources {', '.join(sources)}")
     base = tasks.base_task(cfg, ws, classes, sources[0], progress, compute)
@@ -155,21 +157,21 @@ def _prepare(opts: RunOptions, target_override: str = "") -> Prepared:
                                                       opts.runner, compute))
     sources_fp = fingerprint_of(ws.sources)
     area, bad = tasks.area_task(ws, target, cfg.on_bad_source, progress, cfg.limits)
-    src_v = tasks.dvc_track_task.submit(ws, "checkpoints/sources", wait_for=[data_v])
-    # the data's push (thousands of files) runs beside the merge and registrations; the aliases wait for it
-    data_push = tasks.dvc_push_task.submit(ws, data_v, wait_for=[src_v])
+    src_v = tasks.dvc_track_task.submit(ws, "checkpoints/sources", wait_for=[data_v], return_state=False)
+    # the data's push (thousands of files) runs beside the merge and registrations; the aliases wait for it.
+    # data_v is a future, which Prefect resolves before the task runs (its stubs cannot say so)
+    data_push = tasks.dvc_push_task.submit(ws, data_v, wait_for=[src_v], return_state=False)  # type: ignore[arg-type]
     progress.say(f"sources ready ({trained} trained, {len(area) - trained} re-used or added)")
     tracker = tracker_future.result()
     summary = FlowSummary(target, [], check_name(f"grasp-{target}", "model name"), sources_trained=trained)
-    prep = Prepared(cfg, ws, progress, classes, summary, tracker=tracker, data_v=data_v, src_v=src_v,
-                    data_push=data_push, params_path=str(opts.params), compute=compute)
     plan = tasks.plan_task(tracker, summary.model_name, area, ws.targets(target), opts.full, config_hash(cfg))
-    prep.inputs = RunInputs(config_hash(cfg), code_identity(), tracker.tracking_uri, data_fp, base_fp, sources_fp,
-                            summary.model_name, tuple(sorted(s.checkpoint.sha256 for s in area)))
-    ordered, prep.start_tags = in_merge_order(cfg, ws, target, classes, plan.to_merge, progress,
-                                              from_scratch=plan.parent is None and not plan.parent_version,
-                                              compute=compute)
-    plan = prep.plan = replace_plan(plan, to_merge=ordered)
+    inputs = RunInputs(config_hash(cfg), code_identity(), tracker.tracking_uri, data_fp, base_fp, sources_fp,
+                       summary.model_name, tuple(sorted(s.checkpoint.sha256 for s in area)))
+    ordered, start_tags = in_merge_order(cfg, ws, target, classes, plan.to_merge, progress,
+                                         from_scratch=plan.parent is None and not plan.parent_version, compute=compute)
+    plan = replace_plan(plan, to_merge=ordered)
+    prep = Prepared(cfg, ws, progress, classes, summary, tracker, plan, inputs, data_v=data_v, src_v=src_v,
+                    data_push=data_push, params_path=str(opts.params), compute=compute, start_tags=start_tags)
     summary.sources, summary.parent_version = [s.domain for s in plan.to_merge], plan.parent_version
     summary.merged_before, summary.all_sources = plan.merged_before, [s.domain for s in area]
     summary.resumed = plan.resumed
@@ -263,9 +265,9 @@ def run_all_targets(opts: RunOptions, baselines: bool = False) -> list[FlowSumma
                                   device=opts.compute.device, amp=opts.amp)
 
 
-def all_targets_rows(summaries: list[FlowSummary]) -> list[dict]:
+def all_targets_rows(summaries: list[FlowSummary]) -> list[dict[str, Any]]:
     """One row per (target, method): GRASP's final version and, with --baselines, every baseline."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for s in summaries:
         if s.methods:
             rows.extend({"target": s.target, **{k: v for k, v in m.items() if k != "target"}} for m in s.methods)
@@ -276,17 +278,17 @@ def all_targets_rows(summaries: list[FlowSummary]) -> list[dict]:
     return rows
 
 
-def _log_final(tracker, summary: FlowSummary, tags: dict[str, str],  # type: ignore[no-untyped-def]
+def _log_final(tracker: Tracker, summary: FlowSummary, tags: dict[str, str],
                to_merge: list[AreaSource]) -> None:
     """GRASP's method-level figures on the parent run, with the same keys as the baseline runs."""
-    last = summary.steps[-1].result
-    peak = max((s.result.memory for s in summary.steps), key=lambda m: m.param_sized_multiple)
-    metrics = {"test/accuracy": last.test_accuracy, "val/accuracy": last.val_accuracy,
-               "target/steps": sum(s.result.steps for s in summary.steps),
-               "memory/models_alive": max(s.result.memory.models_alive for s in summary.steps),
-               "memory/peak_rss_bytes": max(s.result.memory.peak_rss_bytes for s in summary.steps),
-               "memory/param_sized_multiple": peak.param_sized_multiple,
-               "time/method_s": sum(s.result.wall_s for s in summary.steps)}
+    results = [s.computed for s in summary.steps]
+    last, peak = results[-1], max((r.memory for r in results), key=lambda m: m.param_sized_multiple)
+    metrics: dict[str, float] = {
+        "test/accuracy": last.test_accuracy, "val/accuracy": last.val_accuracy,
+        "target/steps": sum(r.steps for r in results),
+        "memory/models_alive": max(r.memory.models_alive for r in results),
+        "memory/peak_rss_bytes": max(r.memory.peak_rss_bytes for r in results),
+        "memory/param_sized_multiple": peak.param_sized_multiple, "time/method_s": sum(r.wall_s for r in results)}
     metrics.update(_continual_metrics(summary, to_merge))
     tracker.log_metrics(summary.parent_run_id, metrics, {**tags, "final_version": summary.aliases_version})
 
@@ -322,9 +324,10 @@ def _run_baselines(prep: Prepared) -> None:
         summary.methods.append(result_row(result, summary.target))
 
 
-def _grasp_row(summary: FlowSummary) -> dict:
+def _grasp_row(summary: FlowSummary) -> dict[str, object]:
     """GRASP's row of the method table, from the registered stages."""
-    last, results = summary.steps[-1].result, [s.result for s in summary.steps]
+    results = [s.computed for s in summary.steps]
+    last = results[-1]
     return {"method": "grasp", "target": summary.target, "test_accuracy": round(last.test_accuracy, 4),
             "val_accuracy": round(last.val_accuracy, 4), "target_steps": sum(r.steps for r in results),
             "peak_models_alive": max(r.memory.models_alive for r in results),

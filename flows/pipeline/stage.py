@@ -29,6 +29,12 @@ class StepArtifact:
     chain_sha256: str  # identifies the merge history: params, target, and every source merged so far
     domain_accuracy: dict[str, float] = field(default_factory=dict)  # test accuracy on every domain (a matrix row)
 
+    @property
+    def computed(self) -> StepResult:
+        """`result` of a stage this run computed (every stage it registers has one)."""
+        assert self.result is not None, f"{self.checkpoint.path}: a registry parent has no StepResult"
+        return self.result
+
 
 @functools.lru_cache(maxsize=4)
 def cached_tests(root: Path, classes: tuple[str, ...], compute: Compute = AUTO) -> dict[str, Split]:

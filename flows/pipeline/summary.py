@@ -4,12 +4,21 @@ its merge (Prepared)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from flows.pipeline.stage import StepArtifact
 from flows.pipeline.workspace import Workspace
 from flows.reports.progress import Progress
 from flows.runtime.execution import AUTO, Compute
+
+if TYPE_CHECKING:
+    from prefect.futures import PrefectFuture
+
+    from flows.pipeline.plan import MergePlan
+    from flows.pipeline.up_to_date import RunInputs
+    from flows.stores.tracking import Tracker
+    from flows.stores.versioning import TrackedOutput
+    from grasp_core.config import Config
 
 
 @dataclass
@@ -39,19 +48,19 @@ class FlowSummary:
 class Prepared:
     """One target's run up to the merge: checked, versioned, planned, with its tags (see _prepare)."""
 
-    cfg: Any  # grasp_core.config.Config with this target
+    cfg: Config  # with this target
     ws: Workspace
     progress: Progress
     classes: list[str]
     summary: FlowSummary
-    plan: Any = None  # flows.pipeline.plan.MergePlan
-    tracker: Any = None  # flows.stores.tracking.Tracker
-    data_v: Any = None  # futures of DVC TrackedOutputs: the data added, the sources added and pushed,
-    src_v: Any = None
-    data_push: Any = None  # and the data pushed (awaited before any alias moves)
-    run_tags: dict = field(default_factory=dict)
-    start_tags: dict = field(default_factory=dict)  # stage 0's `transfer.start` choice (flows/pipeline/start.py)
+    tracker: Tracker
+    plan: MergePlan  # its sources in merge order
+    inputs: RunInputs  # what this run worked on, recorded when it ends well (flows/pipeline/up_to_date.py)
+    data_v: PrefectFuture[TrackedOutput]  # futures of DVC outputs: the data added, the sources added and pushed,
+    src_v: PrefectFuture[TrackedOutput]
+    data_push: PrefectFuture[TrackedOutput]  # and the data pushed (awaited before any alias moves)
+    run_tags: dict[str, str] = field(default_factory=dict)
+    start_tags: dict[str, str] = field(default_factory=dict)  # stage 0's `transfer.start` (pipeline/start.py)
     params_path: str = ""
     compute: Compute = AUTO  # where and how its stages compute
     done: bool = False  # nothing to merge: `summary` is final
-    inputs: Any = None  # flows.pipeline.up_to_date.RunInputs: what this run worked on, recorded when it ends well

@@ -4,9 +4,10 @@ returns paths, hashes or detached results, never live models."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CachePolicy
 
 from flows.pipeline.stage import StepArtifact, cached_target, cached_tests, target_step
 from flows.pipeline.workspace import (
@@ -26,9 +27,24 @@ from grasp_core.data import input_shape
 from grasp_core.methods import MethodContext, MethodResult, run_method
 from grasp_core.names import path_inside
 
+if TYPE_CHECKING:
+    from flows.pipeline.plan import MergePlan
+    from flows.pipeline.sources import AreaSource, BadSource
+    from flows.pipeline.summary import FlowSummary
+    from flows.stores.tracking import Tracker
+    from flows.stores.validation import GxWorker, ValidationReport
+    from flows.stores.versioning import TrackedOutput
+
 # Our own recipe hashes decide re-use (see flows/pipeline/workspace.py); Prefect's input hashing would only
 # cost time on configs and checkpoints, so no task caches.
-TASK = {"cache_policy": NO_CACHE, "persist_result": False}
+class TaskOptions(TypedDict):
+    """Keyword arguments of `prefect.task` shared by every task here."""
+
+    cache_policy: CachePolicy
+    persist_result: bool
+
+
+TASK: TaskOptions = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
 @task(name="materialise-data", **TASK)
@@ -42,7 +58,7 @@ def materialise_task(cfg: Config, ws: Workspace, progress: Progress) -> tuple[st
 
 
 @task(name="dvc-track", task_run_name="dvc-track[{target}]", **TASK, **TOOL_RETRIES)
-def dvc_track_task(ws: Workspace, target: str):  # type: ignore[no-untyped-def]
+def dvc_track_task(ws: Workspace, target: str) -> TrackedOutput:
     from flows.stores.versioning import track
 
     with transient_faults(f"DVC repository {ws.root}"):
@@ -50,7 +66,7 @@ def dvc_track_task(ws: Workspace, target: str):  # type: ignore[no-untyped-def]
 
 
 @task(name="dvc-version-data", task_run_name="dvc-version-data[{target}]", **TASK, **TOOL_RETRIES)
-def dvc_version_data_task(ws: Workspace, remote: str | None, target: str):  # type: ignore[no-untyped-def]
+def dvc_version_data_task(ws: Workspace, remote: str | None, target: str) -> TrackedOutput:
     """`dvc init` when needed, then `dvc add` the data (runs beside the GX gate and training); its hash tags
     every version. `dvc-push` sends it to the remote later, beside the merge, before any alias moves."""
     from flows.stores.versioning import ensure_repo, track
@@ -60,7 +76,7 @@ def dvc_version_data_task(ws: Workspace, remote: str | None, target: str):  # ty
 
 
 @task(name="dvc-push", task_run_name="dvc-push[{tracked.path.name}]", **TASK, **TOOL_RETRIES)
-def dvc_push_task(ws: Workspace, tracked):  # type: ignore[no-untyped-def]
+def dvc_push_task(ws: Workspace, tracked: TrackedOutput) -> TrackedOutput:
     from flows.stores.versioning import push_tracked
 
     with transient_faults(f"DVC repository {ws.root}"):
@@ -68,7 +84,7 @@ def dvc_push_task(ws: Workspace, tracked):  # type: ignore[no-untyped-def]
 
 
 @task(name="open-tracking", **TASK, **TOOL_RETRIES)
-def open_tracking_task(ws: Workspace, tracking_uri: str | None):  # type: ignore[no-untyped-def]
+def open_tracking_task(ws: Workspace, tracking_uri: str | None) -> Tracker:
     """Open the MLflow store (created and migrated on first use) while the sources train; registration's
     one-off imports go on in a thread of their own (Tracker.start_warm_up)."""
     from flows.stores.tracking import Tracker
@@ -80,7 +96,8 @@ def open_tracking_task(ws: Workspace, tracking_uri: str | None):  # type: ignore
 
 
 @task(name="validate-data", **TASK)
-def validate_task(root: Path, out_dir: Path, worker=None, cfg: Config | None = None):  # type: ignore[no-untyped-def]
+def validate_task(root: Path, out_dir: Path, worker: GxWorker | None = None,
+                  cfg: Config | None = None) -> ValidationReport:
     """The GX gate with params.yaml's `validation` knobs; `worker`: a prewarmed GX process
     (flows.stores.validation.prewarmed_gx) or None (in process)."""
     from flows.stores.validation import Expected, validate_dataset
@@ -90,8 +107,8 @@ def validate_task(root: Path, out_dir: Path, worker=None, cfg: Config | None = N
 
 
 @task(name="list-sources", **TASK)
-def area_task(ws: Workspace, target: str, on_bad_source: str, progress: Progress,  # type: ignore[type-arg]
-              limits: LimitsConfig | None = None) -> tuple[list, list]:
+def area_task(ws: Workspace, target: str, on_bad_source: str, progress: Progress,
+              limits: LimitsConfig | None = None) -> tuple[list[AreaSource], list[BadSource]]:
     """Every source in checkpoints/sources (trained or added), fully checked against the base; refused
     files fail the run or, with `on_bad_source: skip`, are left out and returned for the lineage."""
     from flows.pipeline.sources import refuse_or_skip, scan_area
@@ -104,8 +121,8 @@ def area_task(ws: Workspace, target: str, on_bad_source: str, progress: Progress
 
 
 @task(name="plan-merge", **TASK, **TOOL_RETRIES)
-def plan_task(tracker, model_name: str, area: list, out_dir: Path, full: bool,  # type: ignore[no-untyped-def]
-              params_sha256: str):
+def plan_task(tracker: Tracker, model_name: str, area: list[AreaSource], out_dir: Path, full: bool,
+              params_sha256: str) -> MergePlan:
     """From scratch; incremental (the champion plus the sources its lineage lacks); or resume (the last
     version of an interrupted run plus what it had not merged)."""
     from flows.pipeline.plan import plan_merge
@@ -146,7 +163,7 @@ def grasp_stage_task(cfg: Config, ws: Workspace, target: str, classes: list[str]
     progress.stage(f"grasp stage {stage}")
     tests = cached_tests(ws.data(cfg), tuple(classes), compute)
     step = target_step(cfg, data, source, stage, parent, ws.targets(target), progress.epoch, tests, compute)
-    progress.step(step.result)
+    progress.step(step.computed)
     return step
 
 
@@ -174,9 +191,9 @@ def baseline_task(method: str, ctx: MethodContext) -> MethodResult:
 
 
 @task(name="log-and-register", task_run_name="log-and-register[{step.result.stage}]", **TASK, **TOOL_RETRIES)
-def register_task(tracker, parent_run_id: str, model_name: str, step: StepArtifact, classes: list[str],  # type: ignore[no-untyped-def]
-                  tags: dict[str, str], out_dir: Path, parent_version: str = "", data_v=None, sources_v=None,
-                  extra_artifacts: dict[str, Path] | None = None) -> str:
+def register_task(tracker: Tracker, parent_run_id: str, model_name: str, step: StepArtifact, classes: list[str],
+                  tags: dict[str, str], out_dir: Path, parent_version: str = "", data_v: TrackedOutput | None = None,
+                  sources_v: TrackedOutput | None = None, extra_artifacts: dict[str, Path] | None = None) -> str:
     """Log the stage as a nested MLflow run, then register its checkpoint: registration comes last.
 
     Submitted as a future while the next stage trains: `parent_version` (the previous stage's
@@ -188,7 +205,7 @@ def register_task(tracker, parent_run_id: str, model_name: str, step: StepArtifa
     from flows.stores.stage_runs import alignment_csv, dataset_input, epoch_history, step_metrics, version_description
     from flows.stores.versioning import output_path
 
-    result = step.result
+    result = step.computed
     tags = {**tags, "parent_version": parent_version, "rejected": "true" if result.rejected else "false"}
     if data_v is not None:
         tags["dataset_dvc_md5"] = data_v.md5
@@ -218,7 +235,7 @@ def register_task(tracker, parent_run_id: str, model_name: str, step: StepArtifa
 
 
 @task(name="set-aliases", **TASK, **TOOL_RETRIES)
-def alias_task(tracker, model_name: str, version: str) -> list[str]:  # type: ignore[no-untyped-def]
+def alias_task(tracker: Tracker, model_name: str, version: str) -> list[str]:
     """The final version becomes `challenger`; with no champion yet it is `champion` too (compare-and-set: a
     champion promoted meanwhile is never overwritten). The run holds the workspace lock around both."""
     from flows.pipeline.promotion import compare_and_set_alias
@@ -241,7 +258,8 @@ def method_metrics(result: MethodResult) -> dict[str, float]:
 
 
 @task(name="log-baseline", task_run_name="log-baseline[{result.method}]", **TASK, **TOOL_RETRIES)
-def log_baseline_task(tracker, result: MethodResult, params: dict, tags: dict[str, str]) -> str:  # type: ignore[no-untyped-def]
+def log_baseline_task(tracker: Tracker, result: MethodResult, params: dict[str, str],
+                      tags: dict[str, str]) -> str:
     """A baseline is a top-level run of its own (tag `method`), next to GRASP's parent run."""
     with transient_faults(f"MLflow store {tracker.tracking_uri}"), tracker.parent_run(
             f"{result.method}-{tags['target_domain']}", params,
@@ -271,7 +289,7 @@ def promote_task(ws: Path, tracking_uri: str | None, cfg: Config) -> str:
 
 
 @task(name="run-report", **TASK)
-def run_report_task(summary, ws: Workspace, tracking_uri: str, threshold: float) -> str:  # type: ignore[no-untyped-def]
+def run_report_task(summary: FlowSummary, ws: Workspace, tracking_uri: str, threshold: float) -> str:
     """Self-contained HTML: accuracy along the stages vs baselines, alignment heatmap, memory per step."""
     from flows.reports.run_report import write_run_report
 

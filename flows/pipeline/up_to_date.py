@@ -33,6 +33,7 @@ from grasp_core.durable import write_text_durably
 
 if TYPE_CHECKING:
     from flows.runtime.options import RunOptions
+    from flows.stores.tracking import Tracker
     from grasp_core.config import Config
 
 RECORD = Path(".grasp") / "last-run.json"
@@ -180,7 +181,7 @@ def _store_fingerprint(db: Path) -> str:
     return "|".join(fingerprint_of(db.with_name(db.name + suffix)) for suffix in ("", "-wal", "-journal"))
 
 
-def registry_snapshot(tracker, inputs: RunInputs) -> tuple[str, str, int] | tuple[()]:  # type: ignore[no-untyped-def]
+def registry_snapshot(tracker: Tracker, inputs: RunInputs) -> tuple[str, str, int] | tuple[()]:
     """What the next run's plan will decide, read now by the flow that ends (`plan.nothing_to_merge`), with the
     store's fingerprint: while that file is unchanged, the CLI's check re-uses the answer and never imports
     MLflow. Only for a local SQLite store with no RUNNING run: the plan's answer then depends on the file alone

@@ -38,6 +38,7 @@ from grasp_core.names import path_inside
 if TYPE_CHECKING:
     from torch import nn
 
+    from flows.runtime.options import Subcommands
     from grasp_core.data import Split
 
 Row = dict[str, Any]
@@ -261,7 +262,7 @@ def format_matrix(result: Row) -> str:
                       f"wrote {result['csv']}, {result['png']} (also MLflow artifacts under cl/)"])
 
 
-def register(bench_sub: argparse._SubParsersAction) -> None:
+def register(bench_sub: Subcommands) -> None:
     """Add `grasp bench matrix [REF]` to the `grasp bench` subparsers."""
     p = bench_sub.add_parser("matrix", help="accuracy matrix of a lineage: merge steps x domains, BwT/FwT",
                              description="Evaluate every version of the lineage of REF on every domain's test "

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from PIL import Image, ImageFont
+
     from grasp_core.grasp import StepResult
+
+    Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
 
 # ColorBrewer's 9-step Blues, as matplotlib's "Blues" colormap interpolates it
 _BLUES = ("#f7fbff", "#deebf7", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6", "#2171b5", "#08519c", "#08306b")
@@ -33,17 +37,17 @@ def blues(t: float) -> tuple[int, int, int]:
             round(low[2] + (high[2] - low[2]) * f))
 
 
-def _text_box(text: str, font: Any) -> tuple[int, int]:
+def _text_box(text: str, font: Font) -> tuple[int, int]:
     left, top, right, bottom = font.getbbox(text)
-    return right - left, bottom - top
+    return int(right - left), int(bottom - top)
 
 
-def _paste_vertical(image: Any, text: str, font: Any, centre: tuple[int, int]) -> None:
+def _paste_vertical(image: Image.Image, text: str, font: Font, centre: tuple[int, int]) -> None:
     """Draw `text` rotated 90 degrees (reading bottom to top), centred on `centre`."""
     from PIL import Image, ImageDraw
 
     left, top, right, bottom = font.getbbox(text)
-    mask = Image.new("L", (right - left + 2, bottom - top + 2), 0)
+    mask = Image.new("L", (int(right - left) + 2, int(bottom - top) + 2), 0)
     ImageDraw.Draw(mask).text((1 - left, 1 - top), text, font=font, fill=255)
     mask = mask.rotate(90, expand=True)
     x, y = centre[0] - mask.width // 2, centre[1] - mask.height // 2

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from grasp_core.errors import GraspError
+
+if TYPE_CHECKING:
+    from prefect import Task
+    from prefect.client.schemas.objects import State, TaskRun
 
 _log = logging.getLogger(__name__)
 
@@ -59,7 +63,7 @@ def transient_faults(store: str) -> Iterator[None]:
                                  ) from err
 
 
-def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+def retry_transient(task: Task[..., object], task_run: TaskRun, state: State) -> bool:
     """Prefect `retry_condition_fn`: retry only transient tool faults (and say so: Prefect's own run logs are
     quiet without --verbose)."""
     error = getattr(state, "data", None)
@@ -72,5 +76,13 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     return True
 
 
-TOOL_RETRIES: dict[str, Any] = {"retries": len(RETRY_DELAYS_S), "retry_delay_seconds": RETRY_DELAYS_S,
-                                "retry_condition_fn": retry_transient}
+class RetryOptions(TypedDict):
+    """Keyword arguments of `prefect.task` for a task that touches a store."""
+
+    retries: int
+    retry_delay_seconds: list[float]
+    retry_condition_fn: Callable[[Task[..., object], TaskRun, State], bool]
+
+
+TOOL_RETRIES: RetryOptions = {"retries": len(RETRY_DELAYS_S), "retry_delay_seconds": RETRY_DELAYS_S,
+                              "retry_condition_fn": retry_transient}

@@ -8,9 +8,14 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 from flows.runtime.execution import Compute
 from grasp_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    # what `add_subparsers()` returns; each command module's `register(sub)` adds its parsers to it
+    Subcommands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db)"
 DVC_HELP = "DVC remote URL or folder (default: $GRASP_DVC_REMOTE, else <workdir>/.dvc-remote)"

@@ -25,6 +25,9 @@ from grasp_core.errors import GraspError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+    from grasp_core.checkpoints import CheckpointHeader
 
 
 _QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
@@ -174,7 +177,10 @@ class Tracker:
         except _mlflow().MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":  # else another process created it first
                 raise
-            return self.client.get_experiment_by_name(name).experiment_id
+            found = self.client.get_experiment_by_name(name)
+            if found is None:  # created and deleted again meanwhile: the original error stands
+                raise
+            return found.experiment_id
 
     def start_warm_up(self) -> threading.Thread:
         """`warm_up` in a thread of its own; returns it (started). The flow calls this once the store is
@@ -307,8 +313,8 @@ class Tracker:
                                              description)
         return str(version.version)
 
-    def _log_and_register(self, checkpoint: Path, header, model_name: str, run_id: str,  # type: ignore[no-untyped-def]
-                          version_tags: dict[str, str], model_id: str, description: str = ""):
+    def _log_and_register(self, checkpoint: Path, header: CheckpointHeader, model_name: str, run_id: str,
+                          version_tags: dict[str, str], model_id: str, description: str = "") -> ModelVersion:
         # a failure leaves the LoggedModel PENDING: the task's retry logs into it (flows.stores.stage_runs)
         self._log_pyfunc(checkpoint, header, model_id)
         from mlflow.entities import LoggedModelOutput
@@ -325,7 +331,7 @@ class Tracker:
                                                    description=description or None)
         return version
 
-    def _log_pyfunc(self, checkpoint: Path, header, model_id: str) -> None:  # type: ignore[no-untyped-def]
+    def _log_pyfunc(self, checkpoint: Path, header: CheckpointHeader, model_id: str) -> None:
         from flows.stores.model_package import pyfunc_kwargs
 
         with tempfile.TemporaryDirectory() as scratch:  # the self-contained model (flows/stores/model_package.py)
@@ -388,7 +394,7 @@ class Tracker:
         for alias, version in self._aliases(model_name).items():
             by_version.setdefault(version, []).append(alias)
         found = self.client.search_model_versions(f"name='{model_name}'")
-        return [VersionRecord(version=str(v.version), run_id=v.run_id, tags=dict(v.tags),
+        return [VersionRecord(version=str(v.version), run_id=v.run_id or "", tags=dict(v.tags),
                               aliases=sorted(by_version.get(str(v.version), [])))
                 for v in sorted(found, key=lambda v: int(v.version))]
 

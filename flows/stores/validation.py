@@ -11,10 +11,10 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from grasp_core.errors import DataLayoutError, GraspError
 
@@ -22,7 +22,10 @@ if TYPE_CHECKING:  # grasp_core.data loads torch: this module stays torch-free a
     from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
     from great_expectations.expectations import Expectation
 
+    from grasp_core.config import ValidationConfig
     from grasp_core.data.summary import SummaryTables
+
+T = TypeVar("T")
 
 RESULT_FILE = "gx_validation.json"
 # Columns that name an offending row, per table; GX reports them with each unexpected value.
@@ -57,8 +60,8 @@ class Expected:
     classes: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, cfg: Any) -> Expected:
-        """From a grasp_core.config.ValidationConfig."""
+    def from_config(cls, cfg: ValidationConfig) -> Expected:
+        """From params.yaml's `validation` section."""
         return cls(cfg.min_per_class, cfg.image_size, cfg.channels, tuple(cfg.classes))
 
 
@@ -128,7 +131,7 @@ class GxWorker:
                                          initializer=_import_gx)
         self._ready = self._pool.submit(os.getpid)  # starts the process (and its import) now
 
-    def run(self, fn: Any, *args: Any) -> Any:
+    def run(self, fn: Callable[..., T], *args: object) -> T:
         from concurrent.futures.process import BrokenProcessPool
 
         try:
