@@ -12,7 +12,7 @@ import errno
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from flows.ops.commands import EXIT_MISMATCH, EXIT_REFUSED
 from flows.runtime.options import (
@@ -28,6 +28,7 @@ from flows.runtime.options import (
 from grasp_core.errors import GraspError
 
 if TYPE_CHECKING:
+    from flows.runtime.options import Subcommands
     from grasp_core.config import LimitsConfig
 
 EXIT_BAD_INPUT, EXIT_BUSY = 2, 75
@@ -125,7 +126,7 @@ def build_parser(benches: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def _register_benches(bench_sub: Any) -> None:
+def _register_benches(bench_sub: Subcommands) -> None:
     from flows.bench import ablation as bench_ablation
     from flows.bench import accuracy as bench_accuracy
     from flows.bench import cost as bench_cost
