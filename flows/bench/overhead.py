@@ -134,7 +134,7 @@ def cmd_bench_overhead(args: argparse.Namespace) -> int:
     if args.repeat < 1:
         raise SystemExit(f"grasp bench overhead: --repeat {args.repeat}: must be 1 or more")
     rows = overhead(args.params.resolve(), repeat=args.repeat, phases=args.phases)
-    print(format_rows(rows))
+    print(format_rows(rows, tuple(dict.fromkeys(key for row in rows for key in row))))  # every row's columns
     if args.json:
         write_json(rows, args.json)
     return 0
