@@ -138,3 +138,19 @@ def tmp_params(tmp_path: Path):
         return path
 
     return write
+
+
+def add_perturbed_source(ws: Path, from_domain: str, name: str) -> None:
+    """A new source in `ws`'s drop area: `from_domain`'s checkpoint, every weight nudged (a distinct sha256),
+    added under `name` through grasp's own `add_source`."""
+    from flows.pipeline.sources import add_source
+    from flows.pipeline.workspace import Workspace
+    from grasp_core.checkpoints import load_checkpoint, save_checkpoint
+
+    model, header = load_checkpoint(ws / "checkpoints" / "sources" / f"{from_domain}.safetensors")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save_checkpoint(model, ws / "incoming.safetensors", header)
+    del model
+    add_source(Workspace(ws), ws / "incoming.safetensors", name)

@@ -28,7 +28,7 @@ from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flows.stores.versioning import fingerprint
+from flows.stores.fingerprints import fingerprint
 from grasp_core.durable import write_text_durably
 
 if TYPE_CHECKING:
@@ -150,8 +150,9 @@ def nothing_new(opts: RunOptions, cfg: Config) -> str | None:
     Read-only: it starts no Prefect server, writes no file, run or version, and loads neither torch nor GX.
     Call it under the workspace lock, so no other run changes the workspace meanwhile.
     """
+    from flows.stores.fingerprints import fingerprints_held
     from flows.stores.validation import Expected, passed_before
-    from flows.stores.versioning import fingerprints_held, is_current
+    from flows.stores.versioning import is_current
 
     root = opts.workdir
     with fingerprints_held():  # the data folder is read once for our record, DVC's stamp and GX's

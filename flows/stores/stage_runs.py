@@ -141,3 +141,18 @@ def alignment_csv(result: StepResult, path: Path) -> Path:
             score = result.scores.get(name)
             writer.writerow([name, "" if score is None else repr(score), name in moved, numel])
     return path
+
+
+def log_batch(client: MlflowClient, run_id: str, metrics: Mapping[str, float], params: Mapping[str, str],
+               tags: Mapping[str, str]) -> None:
+    """One or more `log_batch` calls within MLflow's per-call limits (100 params or tags, 1000 metrics)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now_ms = int(time.time() * 1000)
+    param_rows = [Param(k, v) for k, v in params.items()]
+    tag_rows = [RunTag(k, str(v)) for k, v in tags.items()]
+    metric_rows = [Metric(k, float(v), now_ms, 0) for k, v in metrics.items()]
+    for i in range(0, max(len(param_rows), len(tag_rows), 1), 100):
+        client.log_batch(run_id, params=param_rows[i: i + 100], tags=tag_rows[i: i + 100])
+    for i in range(0, len(metric_rows), 1000):
+        client.log_batch(run_id, metrics=metric_rows[i: i + 1000])

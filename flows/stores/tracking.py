@@ -13,13 +13,13 @@ import os
 import re
 import tempfile
 import threading
-import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, TypedDict
 
+from flows.stores.stage_runs import log_batch
 from grasp_core.errors import GraspError
 
 if TYPE_CHECKING:
@@ -136,21 +136,6 @@ def flatten_params(params: Mapping[str, object], prefix: str = "") -> dict[str, 
     return out
 
 
-def _log_batch(client: MlflowClient, run_id: str, metrics: Mapping[str, float], params: Mapping[str, str],
-               tags: Mapping[str, str]) -> None:
-    """One or more `log_batch` calls within MLflow's per-call limits (100 params or tags, 1000 metrics)."""
-    from mlflow.entities import Metric, Param, RunTag
-
-    now_ms = int(time.time() * 1000)
-    param_rows = [Param(k, v) for k, v in params.items()]
-    tag_rows = [RunTag(k, str(v)) for k, v in tags.items()]
-    metric_rows = [Metric(k, float(v), now_ms, 0) for k, v in metrics.items()]
-    for i in range(0, max(len(param_rows), len(tag_rows), 1), 100):
-        client.log_batch(run_id, params=param_rows[i: i + 100], tags=tag_rows[i: i + 100])
-    for i in range(0, len(metric_rows), 1000):
-        client.log_batch(run_id, metrics=metric_rows[i: i + 1000])
-
-
 class Tracker:
     """Runs, artifacts and the model registry of one MLflow experiment (created on first use)."""
 
@@ -215,7 +200,7 @@ class Tracker:
             from flows.runtime.faults import transient_faults
 
             with transient_faults(f"MLflow store {self.tracking_uri} (artifacts {self.artifact_root})"):
-                _log_batch(self.client, run_id, {}, flatten_params(params), {**tags, **_owner_tags()})
+                log_batch(self.client, run_id, {}, flatten_params(params), {**tags, **_owner_tags()})
                 if params_file is not None:
                     self.client.log_artifact(run_id, str(params_file))
             yield run_id
@@ -256,12 +241,12 @@ class Tracker:
         run_id, fresh = child_run(self.client, self.experiment_id, parent, run_name, _owner_tags())
         try:
             if fresh:  # a retried attempt's metrics are already there: logging them again would double each curve
-                _log_batch(self.client, run_id, metrics, {}, {})
+                log_batch(self.client, run_id, metrics, {}, {})
                 for i in range(0, len(rows := history_metrics(history or {})), 1000):
                     self.client.log_batch(run_id, metrics=rows[i: i + 1000])
                 if inputs:
                     self.client.log_inputs(run_id, datasets=inputs)
-            _log_batch(self.client, run_id, {}, flatten_params(params), tags)
+            log_batch(self.client, run_id, {}, flatten_params(params), tags)
             for folder, path in (artifacts or {}).items():
                 log_path = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
                 log_path(run_id, str(path), folder or None)
@@ -279,7 +264,7 @@ class Tracker:
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str] | None = None) -> None:
         """Add metrics (and tags) to an existing run, e.g. the final figures of a pipeline run."""
-        _log_batch(self.client, run_id, metrics, {}, tags or {})
+        log_batch(self.client, run_id, metrics, {}, tags or {})
 
     def register(self, checkpoint: Path, model_name: str, run_id: str, tags: Mapping[str, str],
                  description: str = "") -> str:

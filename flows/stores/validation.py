@@ -177,7 +177,7 @@ def _stamp(root: Path, expected: Expected) -> dict[str, Any]:
     import hashlib
     from importlib.resources import files
 
-    from flows.stores.versioning import fingerprint
+    from flows.stores.fingerprints import fingerprint
 
     summary_code = (files("grasp_core") / "data" / "summary.py").read_bytes()  # located without importing it
     suite = hashlib.sha256(Path(__file__).read_bytes() + summary_code)

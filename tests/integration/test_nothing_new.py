@@ -101,19 +101,9 @@ def test_after_a_write_to_the_registry_the_check_asks_mlflow_and_still_exits_ear
 
 
 def _new_source(ws: Path) -> None:
-    import torch
+    from tests.conftest import add_perturbed_source
 
-    from flows.pipeline.sources import add_source
-    from flows.pipeline.workspace import Workspace
-    from grasp_core.checkpoints import load_checkpoint, save_checkpoint
-
-    model, header = load_checkpoint(ws / "checkpoints" / "sources" / "2020.safetensors")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    save_checkpoint(model, ws / "incoming.safetensors", header)
-    del model
-    add_source(Workspace(ws), ws / "incoming.safetensors", "2020b")
+    add_perturbed_source(ws, "2020", "2020b")
 
 
 def _killed_run(ws: Path) -> str:

@@ -107,21 +107,11 @@ def test_core_engine_gives_the_same_final_weights(mean_run):
 
 
 def test_a_source_added_later_is_one_stage_on_the_champion_and_the_mean_is_kept(mean_run, prefect_harness):
-    import torch
-
-    from flows.pipeline.sources import add_source
-    from flows.pipeline.workspace import Workspace
-    from grasp_core.checkpoints import load_checkpoint, save_checkpoint
+    from tests.conftest import add_perturbed_source
 
     ws, summary = mean_run
     starts = sorted((ws / "checkpoints" / "targets").rglob("start-mean-*.safetensors"))
-    model, header = load_checkpoint(ws / "checkpoints" / "sources" / f"{summary.sources[1]}.safetensors")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    save_checkpoint(model, ws / "incoming.safetensors", header)
-    del model
-    add_source(Workspace(ws), ws / "incoming.safetensors", "late")
+    add_perturbed_source(ws, summary.sources[1], "late")
     champion = summary.versions[-1]
     later = _run(ws)
     assert later.sources == ["late"] and len(later.versions) == 1 and later.merged_before == 3  # distinct sources

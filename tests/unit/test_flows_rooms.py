@@ -98,3 +98,20 @@ def test_the_checks_see_an_upward_import_and_a_cycle(tmp_path: Path) -> None:
     ran = {"flows.runtime.lock", "flows.runtime", "flows.pipeline.run", "flows.stores.tracking"}
     assert _imports(probe, typing=False) == ran
     assert _imports(probe) == ran | {"flows.ops.status"}
+
+
+MAX_LINES = 400  # issue 20: a module over this is split by idea
+
+
+def _long_modules(root: Path) -> list[str]:
+    return sorted(f"{path.relative_to(root.parent)}: {n} lines" for path in root.rglob("*.py")
+                  if (n := len(path.read_text().splitlines())) > MAX_LINES)
+
+
+def test_no_module_of_flows_or_grasp_core_is_over_400_lines(tmp_path: Path) -> None:
+    probe = tmp_path / "pkg"
+    probe.mkdir()
+    (probe / "long.py").write_text("x = 1\n" * (MAX_LINES + 1))
+    (probe / "short.py").write_text("x = 1\n" * MAX_LINES)
+    assert _long_modules(probe) == [f"pkg/long.py: {MAX_LINES + 1} lines"]  # the check can fail
+    assert _long_modules(FLOWS) + _long_modules(FLOWS.parent / "grasp_core") == []

@@ -175,7 +175,7 @@ def _relpath_fingerprint(path: Path) -> str:
 
 
 def test_the_fingerprint_is_the_one_stamps_recorded_and_held_within_a_check(workspace, monkeypatch):
-    from flows.stores.versioning import fingerprint, fingerprints_held
+    from flows.stores.fingerprints import fingerprint, fingerprints_held
 
     ws, _ = workspace
     (ws / "data" / "2020" / "val").mkdir()
