@@ -3,8 +3,9 @@
 GRASP is sequential, so a new source is one more stage on top of the current champion: the old
 sources are never reloaded, and memory stays that of two models however long the lineage is.
 
-`decide` is the one decision, made from the registry: the version to continue from (the champion, or the
-last version of an interrupted run) and its lineage. `plan_merge` (the flow) and `nothing_to_merge` (the
+`decide` is the one decision, made from the registry: the version to continue from (the champion, the
+challenger of a finished run that awaits promotion, or the last version of an interrupted run) and its
+lineage. `plan_merge` (the flow) and `nothing_to_merge` (the
 CLI's check before Prefect starts, flows/pipeline/up_to_date.py) both read it, so they cannot disagree.
 Torch-free at import: the CLI's check must stay cheap.
 """
@@ -26,13 +27,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class MergePlan:
-    parent: StepArtifact | None  # the champion's checkpoint to merge into; None = start from scratch
+    parent: StepArtifact | None  # the checkpoint to merge into (`parent_version`'s); None = start from scratch
     parent_version: str  # "" when starting from scratch
     start_stage: int
     to_merge: list[AreaSource]
-    merged_before: int  # sources already in the champion's lineage
+    merged_before: int  # sources already in the parent's lineage
     resumed: bool = False  # `parent` is the last version an interrupted run registered, not the champion
     ended_runs: tuple[str, ...] = ()  # MLflow runs of dead processes, marked KILLED by this plan
+    champion: str = ""  # the champion alias; `parent_version` is a newer challenger when they differ
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,12 @@ class Decision:
     version: str
     resumed: bool
     chain: list[dict[str, str]]
+    champion: str = ""  # the champion alias ("" none, or `full`); `version` differs when a newer run builds on
+
+    @property
+    def awaits_promotion(self) -> bool:
+        """The run continues from a challenger newer than the champion (not a resume, not the champion)."""
+        return bool(self.version) and not self.resumed and self.version != self.champion
 
     def unmerged(self, area_shas: Iterable[str]) -> set[str]:
         """The source checkpoints (sha256) of the area that this lineage has not merged yet."""
@@ -75,12 +83,43 @@ def chain_shas(chain: list[dict[str, str]], held: bool = False) -> set[str]:
 
 def decide(tracker: Tracker, model_name: str, area_shas: set[str], full: bool,
            params_sha256: str) -> Decision:
-    """The version a run continues from: the last version of an interrupted run it can resume, else the champion
-    (none with `full`), else none (from scratch). Reads the registry only; `plan_merge` ends dead runs first."""
+    """The version a run continues from: the last version of an interrupted run it can resume, else the challenger
+    that awaits promotion (`pending_challenger`), else the champion (none with `full`), else none (from scratch).
+    Reads the registry only; `plan_merge` ends dead runs first."""
     champion = None if full else tracker.get_alias_version(model_name, "champion")
-    head = interrupted_head(tracker, model_name, area_shas, champion, full, params_sha256)
-    version = head or champion or ""
-    return Decision(version, head is not None, lineage_sources(tracker, model_name, version) if version else [])
+    latest = champion
+    if champion is not None:
+        latest = pending_challenger(tracker, model_name, champion, area_shas, params_sha256) or champion
+    head = interrupted_head(tracker, model_name, area_shas, latest, full, params_sha256)
+    version = head or latest or ""
+    return Decision(version, head is not None, lineage_sources(tracker, model_name, version) if version else [],
+                    champion or "")
+
+
+def pending_challenger(tracker: Tracker, model_name: str, champion: str, area_shas: set[str],
+                       params_sha256: str) -> str | None:
+    """The challenger when the next run must build on it rather than on the champion, else None.
+
+    A run's final version becomes `challenger`; the champion moves only on promotion. Continuing from the
+    champion would merge the challenger's sources again on every run, one duplicate version each time. So the
+    challenger counts when it is newer than the champion, has the same params hash, every source it holds is
+    still in the area, and its run reached its end: the alias is set last, after every stage was registered
+    (a run killed after that point lost nothing; one still RUNNING is another live process's, and left alone).
+    A challenger the gate refused counts too: the next stage has its own validation guard, and the gate judges
+    the next challenger against the champion again (docs/operations.md, "incremental runs").
+    """
+    challenger = tracker.get_alias_version(model_name, "challenger")
+    if challenger is None or int(challenger) <= int(champion):
+        return None
+    record = next((v for v in tracker.versions(model_name) if v["version"] == challenger), None)
+    if record is None or (params_sha256 and record["tags"].get("params_sha256") != params_sha256):
+        return None
+    states = tracker.run_states()
+    if states.get(states.get(record["run_id"], ("", ""))[1], ("", ""))[0] == "RUNNING":
+        return None
+    if not chain_shas(lineage_sources(tracker, model_name, challenger), held=True) <= area_shas:
+        return None
+    return challenger
 
 
 def plan_merge(tracker: Tracker, model_name: str, area: list[AreaSource], out_dir: Path,
@@ -103,15 +142,26 @@ def plan_merge(tracker: Tracker, model_name: str, area: list[AreaSource], out_di
 
 
 def nothing_to_merge(tracker: Tracker, model_name: str, area_shas: set[str],
-                     params_sha256: str) -> tuple[str, int] | None:
-    """(champion version, sources it holds) when `plan_merge` (without `full`) would end no dead run, resume
-    nothing and merge nothing; else None. Read-only: the registry is left as it is."""
+                     params_sha256: str) -> tuple[str, str, int] | None:
+    """(champion, the version that holds every source, how many) when `plan_merge` (without `full`) would end no
+    dead run, resume nothing and merge nothing; else None. The second is the champion itself, or the challenger
+    that awaits promotion. Read-only: the registry is left as it is."""
     if tracker.dead_runs():
         return None
     decision = decide(tracker, model_name, area_shas, False, params_sha256)
     if not decision.version or decision.resumed or decision.unmerged(area_shas):
         return None
-    return decision.version, len(chain_shas(decision.chain))
+    return decision.champion, decision.version, len(chain_shas(decision.chain))
+
+
+def holds_all_line(champion: str, version: str, held: int, model_name: str = "") -> str:
+    """What `grasp run` says when nothing is new: the champion holds every source, or a newer challenger does
+    and waits for `grasp promote` (the run would otherwise look stuck on an old champion)."""
+    of = f" of {model_name}" if model_name else ""
+    if version == champion:
+        return f"nothing new: champion v{champion}{of} already holds all {held} sources"
+    return (f"nothing new: champion v{champion}{of}; challenger v{version} already holds all {held} sources and "
+            "awaits promotion: grasp promote")
 
 
 def _continue_from(tracker: Tracker, model_name: str, area: list[AreaSource], out_dir: Path,
@@ -125,12 +175,13 @@ def _continue_from(tracker: Tracker, model_name: str, area: list[AreaSource], ou
     unmerged = decision.unmerged(s.checkpoint.sha256 for s in area)
     new = [s for s in area if s.checkpoint.sha256 in unmerged]
     if not new:
-        return MergePlan(None, version, 0, [], len(merged), decision.resumed)
+        return MergePlan(None, version, 0, [], len(merged), decision.resumed, champion=decision.champion)
     path = download_weights(f"models:/{model_name}/{version}", out_dir / f"parent-v{version}.safetensors",
                             tracker.tracking_uri)
     parent = StepArtifact(SavedCheckpoint(path, file_sha256(path), read_header(path)), None,
                           chain[0].get("chain_sha256", ""))
-    return MergePlan(parent, version, int(chain[0]["stage"]) + 1, new, len(merged), decision.resumed)
+    return MergePlan(parent, version, int(chain[0]["stage"]) + 1, new, len(merged), decision.resumed,
+                     champion=decision.champion)
 
 
 def interrupted_head(tracker: Tracker, model_name: str, area_shas: set[str], champion: str | None,

@@ -18,6 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.pipeline import tasks
 from flows.pipeline.fanout import merge_targets, train_sources
 from flows.pipeline.merge import final_version, in_merge_order, lineage_start, merge_all, raise_failed_dvc, skipped_tag
+from flows.pipeline.plan import holds_all_line
 from flows.pipeline.stage import StepArtifact
 from flows.pipeline.summary import FlowSummary, Prepared
 from flows.pipeline.up_to_date import (
@@ -188,8 +189,8 @@ def _prepare(opts: RunOptions, target_override: str = "") -> Prepared:
         if plan.resumed:  # it registered every stage but died before the aliases
             summary.aliases = tasks.alias_task(tracker, summary.model_name, plan.parent_version)
         else:
-            progress.say(f"nothing new: champion v{plan.parent_version} already holds all {plan.merged_before} "
-                         "sources; nothing registered")
+            progress.say(f"{holds_all_line(plan.champion, plan.parent_version, plan.merged_before)}; "
+                         "nothing registered")
         return prep
     prep.run_tags = {"params_sha256": config_hash(cfg), "code_commit": code_commit(),
                      "flow_run_id": str(flow_run.id), "policy": cfg.transfer.policy, "target_domain": target,

@@ -11,7 +11,8 @@ to do, through the very functions the flow calls:
 - DVC: `versioning.is_current` (data and sources added and pushed, unchanged since, to the same remote);
 - GX: `validation.passed_before` (the gate passed on exactly this data, suite and knobs);
 - MLflow: `plan.nothing_to_merge`, which reads `plan.decide` as the flow's plan does (no dead run to end,
-  nothing to resume, the champion's lineage holds every source of the area). The flow asks it once more as
+  nothing to resume, the lineage of the champion, or of a newer challenger that awaits promotion, holds every
+  source of the area). The flow asks it once more as
   it ends and records the answer with the SQLite store's stat fingerprint; while that file is unchanged the
   answer stands and MLflow (seconds to import) is not loaded at all.
 
@@ -40,7 +41,7 @@ RECORD = Path(".grasp") / "last-run.json"
 VALIDATION_DIR = Path("reports") / "validation"  # the GX results, under the workspace
 SOURCES_DIR = Path("checkpoints") / "sources"
 BASE_FILE = Path("checkpoints") / "base.safetensors"
-_FORMAT = 1
+_FORMAT = 2  # 2: the decision names the champion and the version holding every source
 NO_FLOW_RUN = "(data, sources, params and registry as the last run left them: no flow run)"  # ends the line
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,10 @@ class RunInputs:
     sources_fingerprint: str  # before the area is scanned
     model_name: str = ""
     area_shas: tuple[str, ...] = ()  # the area's sources as the merge plan saw them (refused files left out)
-    # (store fingerprint, champion, sources it holds): `nothing_to_merge` as the run left the registry; see
-    # `registry_snapshot`. Empty when the store is not a local SQLite file or the answer was "merge".
-    decision: tuple[str, str, int] | tuple[()] = ()
+    # (store fingerprint, champion, version holding every source, how many): `nothing_to_merge` as the run left
+    # the registry; see `registry_snapshot`. Empty when the store is not a local SQLite file or the answer was
+    # "merge".
+    decision: tuple[str, str, str, int] | tuple[()] = ()
 
     def same_files(self, other: RunInputs) -> bool:
         """Everything but the model and the area (known only once the run has scanned and planned) is equal."""
@@ -150,6 +152,7 @@ def nothing_new(opts: RunOptions, cfg: Config) -> str | None:
     Read-only: it starts no Prefect server, writes no file, run or version, and loads neither torch nor GX.
     Call it under the workspace lock, so no other run changes the workspace meanwhile.
     """
+    from flows.pipeline.plan import holds_all_line
     from flows.stores.fingerprints import fingerprints_held
     from flows.stores.validation import Expected, passed_before
     from flows.stores.versioning import is_current
@@ -166,9 +169,7 @@ def nothing_new(opts: RunOptions, cfg: Config) -> str | None:
     found = _registry_holds_all(opts, recorded)
     if found is None:
         return None
-    version, held = found
-    return (f"nothing new: champion v{version} of {recorded.model_name} already holds all {held} sources; "
-            f"nothing registered {NO_FLOW_RUN}")
+    return f"{holds_all_line(*found, model_name=recorded.model_name)}; nothing registered {NO_FLOW_RUN}"
 
 
 def _sqlite_store(tracking_uri: str) -> Path | None:
@@ -182,7 +183,7 @@ def _store_fingerprint(db: Path) -> str:
     return "|".join(fingerprint_of(db.with_name(db.name + suffix)) for suffix in ("", "-wal", "-journal"))
 
 
-def registry_snapshot(tracker: Tracker, inputs: RunInputs) -> tuple[str, str, int] | tuple[()]:
+def registry_snapshot(tracker: Tracker, inputs: RunInputs) -> tuple[str, str, str, int] | tuple[()]:
     """What the next run's plan will decide, read now by the flow that ends (`plan.nothing_to_merge`), with the
     store's fingerprint: while that file is unchanged, the CLI's check re-uses the answer and never imports
     MLflow. Only for a local SQLite store with no RUNNING run: the plan's answer then depends on the file alone
@@ -198,18 +199,18 @@ def registry_snapshot(tracker: Tracker, inputs: RunInputs) -> tuple[str, str, in
     except Exception as err:  # noqa: BLE001 - a shortcut only: without it the next check asks the store itself
         log.debug("registry snapshot skipped (%s)", err)
         return ()
-    return (_store_fingerprint(db), found[0], found[1]) if found is not None else ()
+    return (_store_fingerprint(db), *found) if found is not None else ()
 
 
-def _registry_holds_all(opts: RunOptions, recorded: RunInputs) -> tuple[str, int] | None:
-    """The champion and how many sources it holds, when the merge plan would have nothing to do: the flow's
-    own answer while the store is as it left it, else asked again of the store."""
+def _registry_holds_all(opts: RunOptions, recorded: RunInputs) -> tuple[str, str, int] | None:
+    """`plan.nothing_to_merge`'s answer (champion, the version holding every source, how many) when the merge plan
+    would have nothing to do: the flow's own answer while the store is as it left it, else asked of the store."""
     from flows.pipeline.plan import nothing_to_merge
     from flows.stores.tracking import Tracker
 
     db = _sqlite_store(recorded.tracking_uri)
     if recorded.decision and db is not None and _store_fingerprint(db) == recorded.decision[0]:
-        return recorded.decision[1], recorded.decision[2]
+        return recorded.decision[1], recorded.decision[2], recorded.decision[3]
     try:
         tracker = Tracker(opts.workdir, tracking_uri=opts.tracking_uri)
         return nothing_to_merge(tracker, recorded.model_name, set(recorded.area_shas), recorded.params_sha256)

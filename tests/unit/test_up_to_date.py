@@ -57,7 +57,7 @@ class Registry:
 
 def test_nothing_to_merge_when_the_champion_holds_every_source_and_the_plan_agrees(tmp_path):
     registry = Registry()
-    assert nothing_to_merge(registry, "m", {"a", "b"}, "p") == ("2", 2)
+    assert nothing_to_merge(registry, "m", {"a", "b"}, "p") == ("2", "2", 2)
     assert registry.ended == []  # read-only
 
     class Source:  # what plan_merge reads of an area source
@@ -85,7 +85,7 @@ def test_an_interrupted_run_to_resume_means_the_flow_runs():
     registry.states.update(r3=("FINISHED", "p2"), p2=("KILLED", ""))
     assert nothing_to_merge(registry, "m", {"a", "b", "c"}, "p") is None
     # without c, version 3 cannot be resumed (as in the flow's plan) and the champion lacks nothing
-    assert nothing_to_merge(registry, "m", {"a", "b"}, "p") == ("2", 2)
+    assert nothing_to_merge(registry, "m", {"a", "b"}, "p") == ("2", "2", 2)
 
 
 @pytest.fixture
@@ -143,10 +143,10 @@ def test_the_flows_recorded_answer_stands_only_while_the_store_file_is_unchanged
     db = tmp_path / "mlflow.db"
     db.write_bytes(b"SQLite format 3\x00")
     recorded = RunInputs("p", "c", f"sqlite:///{db}", "d", "b", "s", "grasp-2021", ("sha",),
-                         (_store_fingerprint(db), "2", 3))
+                         (_store_fingerprint(db), "2", "2", 3))
     remember(tmp_path, recorded)
     assert recalled(tmp_path) == recorded
-    assert _registry_holds_all(RunOptions(tmp_path), recorded) == ("2", 3)  # the store is not even opened
+    assert _registry_holds_all(RunOptions(tmp_path), recorded) == ("2", "2", 3)  # the store is not even opened
     os.utime(db, ns=(1, 1))  # any write to the store (an alias moved, a run started) changes its fingerprint
     assert _store_fingerprint(db) != recorded.decision[0]
 
