@@ -151,13 +151,47 @@ def test_anything_new_means_the_flow_runs_and_records_again(current, change):
     again = _flow(ws)
     if change == "new source":
         assert again.sources == ["2020b"] and len(again.versions) == 1
-        assert _check(ws) is None  # the champion still lacks it: the flow would merge it again, and so it runs
+        line = _check(ws)  # the champion lacks it, but the challenger that awaits promotion holds it
+        assert line is not None and f"challenger v{again.aliases_version} " in line, line
         client.set_registered_model_alias(summary.model_name, "champion", again.aliases_version)  # promoted
     else:
         assert again.versions == []
     if killed:
         assert client.get_run(killed).info.status == "KILLED"  # the flow's plan ended it
     assert _check(ws) is not None, f"after the flow ({change}), nothing is new again"
+
+
+def test_an_incremental_run_is_not_merged_again_while_its_challenger_awaits_promotion(current):
+    """A new source becomes challenger v_new; `grasp run` then registers nothing and says the challenger awaits
+    `grasp promote`; one more source merges onto the challenger, not onto the champion again."""
+    import mlflow
+
+    from flows.pipeline.plan import holds_all_line, lineage_sources
+    from flows.stores.tracking import Tracker
+    from tests.conftest import add_perturbed_source
+
+    ws, summary = current
+    client = mlflow.MlflowClient(_uri(ws))
+    champion = str(client.get_model_version_by_alias(summary.model_name, "champion").version)
+    add_perturbed_source(ws, "2020", "2020c")
+    first = _flow(ws)
+    assert first.sources == ["2020c"] and len(first.versions) == 1 and first.aliases == ["challenger"]
+    held = len(first.all_sources)
+    before = _registry(ws)
+    done = _cli(ws)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line, imported = done.stdout.splitlines()
+    assert line.startswith(holds_all_line(champion, first.aliases_version, held, summary.model_name)), line
+    assert f"champion v{champion} " in line and "grasp promote" in line and imported == "imported:"
+    assert _flow(ws).versions == [] and _registry(ws)[1] == before[1]  # the flow's plan agrees
+    add_perturbed_source(ws, "2020", "2020d")
+    second = _flow(ws)
+    assert second.sources == ["2020d"] and len(second.versions) == 1
+    chain = lineage_sources(Tracker(ws, tracking_uri=_uri(ws)), summary.model_name, second.versions[0])
+    assert chain[0]["parent_version"] == chain[0]["incremental_from"] == first.aliases_version
+    assert {champion, first.aliases_version} <= {row["version"] for row in chain}  # champion + both new sources
+    assert {"2020c", "2020d"} <= {row["source_domain"] for row in chain}
+    client.set_registered_model_alias(summary.model_name, "champion", second.aliases_version)  # promoted
 
 
 def test_full_always_runs_the_flow(current):
