@@ -23,6 +23,7 @@ Any mismatch or doubt (no record, a store that does not open) means the flow run
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 from dataclasses import asdict, astuple, dataclass
@@ -42,6 +43,7 @@ VALIDATION_DIR = Path("reports") / "validation"  # the GX results, under the wor
 SOURCES_DIR = Path("checkpoints") / "sources"
 BASE_FILE = Path("checkpoints") / "base.safetensors"
 _FORMAT = 2  # 2: the decision names the champion and the version holding every source
+CODE_PACKAGES = ("grasp_core", "flows")  # the code behind a result; docs, tests and results are not
 NO_FLOW_RUN = "(data, sources, params and registry as the last run left them: no flow run)"  # ends the line
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ class RunInputs:
     during the run shows as changed afterwards."""
 
     params_sha256: str
-    code: str  # grasp's version and commit (flows.runtime.settings.code_commit)
+    code: str  # grasp's version and code digest (`code_identity`)
     tracking_uri: str
     data_fingerprint: str  # once the data is materialised, before DVC, GX or training read it
     base_fingerprint: str
@@ -71,16 +73,40 @@ class RunInputs:
 
 @functools.cache
 def code_identity() -> str:
-    """grasp's version and commit: a new release or a code change re-runs the flow (recipes may differ)."""
+    """grasp's version and a digest of its code (`code_digest` of grasp_core and flows): a new release or a
+    change to a .py file re-runs the flow (recipes may differ); a commit that touches only docs, tests or results
+    does not. The commit itself stays a tag of each registered version (`code_commit`), for lineage and audit."""
     from importlib.metadata import PackageNotFoundError, version
-
-    from flows.runtime.settings import code_commit
 
     try:
         release = version("grasp")
     except PackageNotFoundError:
         release = "unknown"
-    return f"{release}+{code_commit()}"
+    return f"{release}+{code_digest(code_roots())}"
+
+
+def code_roots() -> list[Path]:
+    """The folders of the packages whose code computes a run's result, found without importing them."""
+    from importlib.util import find_spec
+
+    roots = []
+    for name in CODE_PACKAGES:
+        spec = find_spec(name)
+        assert spec is not None and spec.submodule_search_locations, name  # both ship in this distribution
+        roots.append(Path(list(spec.submodule_search_locations)[0]))
+    return roots
+
+
+def code_digest(roots: list[Path]) -> str:
+    """sha256 over every .py file under `roots`, in sorted order of its path below its root's parent, each path
+    then its bytes: an edit, a new, removed or renamed module changes it; any other file does not."""
+    files = sorted((path.relative_to(root.parent).as_posix(), path) for root in roots for path in root.rglob("*.py"))
+    digest = hashlib.sha256()
+    for rel, path in files:
+        data = path.read_bytes()
+        digest.update(f"{rel}\0{len(data)}\0".encode())  # the length keeps file boundaries unambiguous
+        digest.update(data)
+    return digest.hexdigest()
 
 
 def fingerprint_of(path: Path) -> str:

@@ -188,3 +188,56 @@ def test_the_fingerprint_is_the_one_stamps_recorded_and_held_within_a_check(work
         (ws / "data" / "2020" / "val" / "y.png").write_bytes(b"yyy")
         assert fingerprint(Path("data")) == held  # the same folder, asked again within the check
     assert fingerprint(ws / "data") != held
+
+
+@pytest.fixture
+def fresh_code_identity():
+    """`code_identity` is cached per process: computed anew inside the test, and again after it."""
+    from flows.pipeline.up_to_date import code_identity
+
+    code_identity.cache_clear()
+    yield code_identity
+    code_identity.cache_clear()
+
+
+def test_a_docs_only_commit_keeps_nothing_new_a_py_change_in_grasp_core_does_not(workspace, fresh_code_identity,
+                                                                                   monkeypatch, tmp_path):
+    import shutil
+
+    from flows.pipeline import up_to_date
+
+    ws, opts = workspace
+    monkeypatch.setattr("flows.runtime.settings.code_commit", lambda: "0" * 40)  # a new commit, the same .py files
+    assert unchanged_inputs(opts, load_config(opts.params)) is not None
+    fresh_code_identity.cache_clear()
+    copy = tmp_path / "code"
+    roots = [Path(shutil.copytree(root, copy / root.name, ignore=shutil.ignore_patterns("__pycache__")))
+             for root in up_to_date.code_roots()]
+    monkeypatch.setattr(up_to_date, "code_roots", lambda: roots)
+    assert unchanged_inputs(opts, load_config(opts.params)) is not None  # the same files elsewhere: same code
+    fresh_code_identity.cache_clear()
+    with (copy / "grasp_core" / "transfer.py").open("a") as f:
+        f.write("\n# one more line\n")
+    assert unchanged_inputs(opts, load_config(opts.params)) is None
+
+
+def test_the_code_digest_covers_every_py_file_and_nothing_else(tmp_path):
+    from flows.pipeline.up_to_date import code_digest
+
+    files = {"grasp_core/__init__.py": "", "grasp_core/transfer.py": "x = 1\n", "flows/cli.py": "y = 2\n",
+             "grasp_core/data/notes.md": "docs\n", "docs/operations.md": "docs\n"}
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    roots = [tmp_path / "grasp_core", tmp_path / "flows"]
+    before = code_digest(roots)
+    (tmp_path / "docs/operations.md").write_text("changed\n")
+    (tmp_path / "grasp_core/data/notes.md").write_text("changed\n")
+    assert code_digest(roots) == before
+    (tmp_path / "flows/cli.py").rename(tmp_path / "flows/main.py")  # same bytes, another module
+    assert code_digest(roots) != before
+    (tmp_path / "flows/main.py").rename(tmp_path / "flows/cli.py")
+    (tmp_path / "grasp_core/extra.py").write_text("")  # an empty new module counts
+    assert code_digest(roots) != before
+    (tmp_path / "grasp_core/extra.py").unlink()
+    assert code_digest(roots) == before
