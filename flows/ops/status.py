@@ -21,19 +21,37 @@ from flows.stores.registry import (
 from flows.stores.tracking import Tracker
 
 
-def sources_waiting(ws: Path, chain: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Source checkpoints on disk that `chain` (e.g. the champion's lineage) did not merge: what the next
-    `grasp run` merges (a mean start counts as its order's first source, as in flows/pipeline/plan.py)."""
+def sources_waiting(ws: Path, chain: list[dict[str, Any]], area: dict[Path, str],
+                    whose: str = "the champion") -> list[dict[str, str]]:
+    """Source checkpoints of `area` (`area_shas`) that `chain` (the lineage the next run continues: `whose`) did
+    not merge: what the next `grasp run` merges (a mean start counts as its order's first source, as in
+    flows/pipeline/plan.py)."""
     merged = set().union(*(merged_shas(r) for r in chain)) if chain else set()
     used = {r["source_domain"] for r in chain} | {m["domain"] for r in chain for m in start_members(r)}
     waiting = []
-    for path in sorted((ws / SOURCES_DIR).glob("*.safetensors")):
-        sha = file_digests(path)[1]
+    for path, sha in area.items():
         if sha not in merged:
-            why = "changed since the champion merged it" if path.stem in used else "not in the champion's lineage"
+            why = f"changed since {whose} merged it" if path.stem in used else f"not in the lineage of {whose}"
             waiting.append({"path": path.relative_to(ws).as_posix(), "domain": path.stem, "sha256": sha,
                             "why": why})
     return waiting
+
+
+def area_shas(ws: Path) -> dict[Path, str]:
+    """sha256 of each source checkpoint in the sources area."""
+    return {path: file_digests(path)[1] for path in sorted((ws / SOURCES_DIR).glob("*.safetensors"))}
+
+
+def _next_base(tracker: Tracker, name: str, chain: list[dict[str, Any]],
+               area: dict[Path, str]) -> tuple[list[dict[str, Any]], str]:
+    """The lineage the next `grasp run` continues and whose it is: the champion's, or that of a newer challenger
+    awaiting promotion (`plan.pending_challenger`; any params: status does not read params.yaml)."""
+    from flows.pipeline.plan import pending_challenger
+
+    pending = pending_challenger(tracker, name, chain[0]["version"], set(area.values()), "") if chain else None
+    if pending is None:
+        return chain, "the champion"
+    return walk_lineage(tracker.client, name, resolve_version(tracker.client, name, pending)), f"challenger v{pending}"
 
 
 def _recent_runs(tracker: Tracker, target: str, limit: int) -> list[dict[str, Any]]:
@@ -73,7 +91,9 @@ def status(ws: Path, tracking_uri: str | None, model_name: str | None = None, ru
     out["dataset_dvc_md5_now"] = read_dvc_hash(ws / "data.dvc") if (ws / "data.dvc").is_file() else ""
     target = chain[0]["target_domain"] if chain else name.removeprefix("grasp-")
     out["runs"] = _recent_runs(tracker, target, runs)
-    out["sources_waiting"] = sources_waiting(ws, chain)
+    area = area_shas(ws)
+    base, whose = _next_base(tracker, name, chain, area)
+    out["sources_waiting"] = sources_waiting(ws, base, area, whose)
     return out
 
 

@@ -189,7 +189,8 @@ def interrupted_head(tracker: Tracker, model_name: str, area_shas: set[str], cha
     """The newest version registered by a run that did not finish, if a run of these params can continue it.
 
     It must carry the same params hash, its lineage's sources must all still be in the area (`area_shas`), and
-    it must extend the champion (incremental) or start from scratch (`full`).
+    it must extend `champion` (incremental: the champion, or the pending challenger `decide` passes instead) or
+    start from scratch (`full`).
     """
     versions = tracker.versions(model_name)
     if not versions:

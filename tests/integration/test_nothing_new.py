@@ -166,6 +166,7 @@ def test_an_incremental_run_is_not_merged_again_while_its_challenger_awaits_prom
     `grasp promote`; one more source merges onto the challenger, not onto the champion again."""
     import mlflow
 
+    from flows.ops.status import status
     from flows.pipeline.plan import holds_all_line, lineage_sources
     from flows.stores.tracking import Tracker
     from tests.conftest import add_perturbed_source
@@ -184,7 +185,11 @@ def test_an_incremental_run_is_not_merged_again_while_its_challenger_awaits_prom
     assert line.startswith(holds_all_line(champion, first.aliases_version, held, summary.model_name)), line
     assert f"champion v{champion} " in line and "grasp promote" in line and imported == "imported:"
     assert _flow(ws).versions == [] and _registry(ws)[1] == before[1]  # the flow's plan agrees
+    assert status(ws, _uri(ws))["sources_waiting"] == []  # `grasp status` agrees too
     add_perturbed_source(ws, "2020", "2020d")
+    waiting = status(ws, _uri(ws))["sources_waiting"]
+    assert [(s["domain"], s["why"]) for s in waiting] == [("2020d", f"not in the lineage of challenger "
+                                                                    f"v{first.aliases_version}")]
     second = _flow(ws)
     assert second.sources == ["2020d"] and len(second.versions) == 1
     chain = lineage_sources(Tracker(ws, tracking_uri=_uri(ws)), summary.model_name, second.versions[0])
