@@ -137,8 +137,8 @@ SCHEDULES = ("staged", "final")
 @dataclass(frozen=True)
 class TransferConfig:
     """The transfer rule. Defaults are the winner of `grasp bench ablation` (docs/results.md); the official rule,
-    bit for bit, is policy paper, threshold 0.3, granularity tensor, order given, start first, bn_recalibrate,
-    rollback and keep_global_best false (with align.batches 1, align.eval_mode false,
+    bit for bit, is policy paper, threshold 0.3, granularity tensor, order given, start first (after_mean
+    policy), bn_recalibrate, rollback and keep_global_best false (with align.batches 1, align.eval_mode false,
     align.criterion gradient)."""
 
     policy: str = "soft"  # a key of grasp_core.transfer.POLICIES: paper (hard copy), soft (interpolate), none
@@ -160,8 +160,9 @@ class TransferConfig:
     #                       zero-shot; grasp_core/start.py). The order's other sources are merged after it.
     check: bool = False  # refuse a stage's transfer when the target's val accuracy right after it (before any
     #                      fine-tuning) is below the val before it; the stage then fine-tunes untransferred
-    after_mean: str = "policy"  # after a mean start: "policy" (merge every later source with `policy`) or "none"
-    #                             (the mean holds every source already: later stages only fine-tune); core engine
+    after_mean: str = "none"  # a source the mean start averages: "none" (held by the start already: its stage only
+    #                           fine-tunes) or "policy" (merged again with `policy`); a source the start does not
+    #                           hold (an incremental run's new one) always gets `policy` (grasp_core/start.py)
 
     def __post_init__(self) -> None:
         _check(-1.0 <= self.threshold <= 1.0,

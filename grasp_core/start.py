@@ -7,16 +7,22 @@ source of the order (with `order: scored`, the best zero-shot source) and the st
 sources (their shared base makes the mean a meaningful model; it keeps what every source learnt, which a
 single source cannot when each saw only part of the task). The stages that follow are the same either way:
 the order's other sources, one at a time. Validation only, never test.
+
+`transfer.after_mean` says what those stages do with a source the mean start already averages
+(`merge_config`, keyed by "is this source held by the start", never by its name): `none` fine-tunes
+only, `policy` transfers it again. A source the start does not hold (a new source of an incremental run
+after a mean-start champion) always goes through `transfer.policy`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
+from grasp_core.config import Config
 from grasp_core.data import Split
 from grasp_core.errors import ConfigError
 from grasp_core.finetune import evaluate
@@ -92,3 +98,24 @@ def choose_start(start: str, names: Sequence[str], open_source: Callable[[str], 
     if mean_acc > first_acc:
         return StartChoice("mean", first_acc, mean_acc, mean)
     return StartChoice("first", first_acc, mean_acc, None)
+
+
+def is_transfer_skipped(cfg: Config, held_by_start: bool) -> bool:
+    """Whether a source's stage transfers nothing because the start holds it already: with
+    `transfer.after_mean: none` a source averaged into the mean start was merged once, by the average; a
+    second transfer of it would count it twice. A source the start does not hold is merged with the policy."""
+    return held_by_start and cfg.transfer.after_mean == "none"
+
+
+def merge_config(cfg: Config, held_by_start: bool) -> Config:
+    """The config one source's stage merges with: policy `none` (fine-tuning only) when `is_transfer_skipped`."""
+    if not is_transfer_skipped(cfg, held_by_start):
+        return cfg
+    return replace(cfg, transfer=replace(cfg.transfer, policy="none"))
+
+
+def transfer_applied(cfg: Config, held_by_start: bool) -> str:
+    """What a stage after the first applied, in words for lineage: the policy, or none and why."""
+    if is_transfer_skipped(cfg, held_by_start):
+        return "none (held by the mean start)"
+    return cfg.transfer.policy

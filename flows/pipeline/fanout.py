@@ -33,7 +33,8 @@ def merge_targets(preps: list[Prepared], runner: str) -> dict[str, list[StepArti
     from flows.runtime.runners import fanout_environment, parse_runner, task_runner
     jobs: list[dict[str, object]] = [{"cfg": p.cfg, "ws": p.ws, "target": p.summary.target, "classes": p.classes,
              "sources": [(s.domain, s.checkpoint) for s in p.plan.to_merge],
-             "start_stage": p.plan.start_stage, "parent": p.plan.parent, "compute": p.compute}
+             "start_stage": p.plan.start_stage, "parent": p.plan.parent, "compute": p.compute,
+             "held_by_start": p.plan.held_by_start}
             for p in preps if not p.done]
     if not jobs:
         return {}

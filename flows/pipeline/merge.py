@@ -15,7 +15,7 @@ from flows.pipeline.workspace import Workspace
 from flows.reports.progress import Progress
 from flows.runtime.execution import AUTO, Compute
 from grasp_core.memory import settle
-from grasp_core.start import MEAN_NAME
+from grasp_core.start import MEAN_NAME, transfer_applied
 
 if TYPE_CHECKING:
     from flows.pipeline.sources import AreaSource
@@ -53,6 +53,7 @@ def _stages(prep: Prepared, registrations: list[PrefectFuture[str]], computed: l
     parent, parent_version = plan.parent, plan.parent_version
     for i, (stage, source) in enumerate(enumerate(plan.to_merge, start=plan.start_stage)):
         ckpt, name = source.checkpoint, source.domain
+        held = ckpt.sha256 in plan.held_by_start  # averaged into this lineage's mean start (transfer.after_mean)
         if computed is not None:
             step = computed[i]
             progress.step(step.computed)
@@ -60,10 +61,10 @@ def _stages(prep: Prepared, registrations: list[PrefectFuture[str]], computed: l
             if registrations:  # registering loads the model once more (MLflow checks the input example):
                 registrations[-1].wait()  # beside a stage that would be a third model alive in this process
             step = tasks.grasp_stage_task(cfg, ws, summary.target, classes, ckpt, name, stage, parent, progress,
-                                          prep.compute)
+                                          prep.compute, held)
         tags = {**prep.run_tags, "stage": str(stage), "source_domain": name, "source_sha256": ckpt.sha256,
                 **_provenance(prep, i, source), "checkpoint_sha256": step.checkpoint.sha256,
-                "chain_sha256": step.chain_sha256}
+                "chain_sha256": step.chain_sha256, "transfer_applied": _applied(cfg, parent is None, held)}
         extra = start_artifacts(prep.start_tags, ckpt.path) if i == 0 and name == MEAN_NAME else {}
         # parent_version and the DVC outputs are futures, which Prefect resolves before the task runs
         registration = tasks.register_task.submit(  # type: ignore[call-overload]  # (its stubs cannot say so)
@@ -73,6 +74,11 @@ def _stages(prep: Prepared, registrations: list[PrefectFuture[str]], computed: l
         parent_version = registration
         summary.steps.append(step)
         parent = step
+
+
+def _applied(cfg: Config, first: bool, held: bool) -> str:
+    """The `transfer_applied` tag of a stage: stage 0 adopts its source; later ones say what they transferred."""
+    return "none (stage 0 adopts its source)" if first else transfer_applied(cfg, held)
 
 
 def _provenance(prep: Prepared, i: int, source: AreaSource) -> dict[str, str]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flows.pipeline.start import held_shas, merged_shas
+from flows.pipeline.start import held_shas, merged_shas, start_held_shas
 
 if TYPE_CHECKING:
     from flows.pipeline.sources import AreaSource
@@ -35,6 +35,8 @@ class MergePlan:
     resumed: bool = False  # `parent` is the last version an interrupted run registered, not the champion
     ended_runs: tuple[str, ...] = ()  # MLflow runs of dead processes, marked KILLED by this plan
     champion: str = ""  # the champion alias; `parent_version` is a newer challenger when they differ
+    # source checkpoints (sha256) the lineage's mean start averages: their stages apply `transfer.after_mean`
+    held_by_start: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,7 @@ def _continue_from(tracker: Tracker, model_name: str, area: list[AreaSource], ou
     parent = StepArtifact(SavedCheckpoint(path, file_sha256(path), read_header(path)), None,
                           chain[0].get("chain_sha256", ""))
     return MergePlan(parent, version, int(chain[0]["stage"]) + 1, new, len(merged), decision.resumed,
-                     champion=decision.champion)
+                     champion=decision.champion, held_by_start=start_held_shas(chain))
 
 
 def interrupted_head(tracker: Tracker, model_name: str, area_shas: set[str], champion: str | None,

@@ -41,6 +41,7 @@ from grasp_core.errors import ConfigError
 from grasp_core.grasp import check_plugins
 from grasp_core.memory import settle
 from grasp_core.names import check_name
+from grasp_core.start import MEAN_NAME
 
 if TYPE_CHECKING:
     from flows.pipeline.sources import AreaSource
@@ -114,7 +115,7 @@ def grasp_all_targets_flow(params_path: str, workdir: str = ".", tracking_uri: s
         return [_finish(prep, baselines, chains.get(prep.summary.target)) for prep in preps]
 
 
-CORE_ONLY = {"transfer.after_mean": "policy", "finetune.schedule": "staged"}  # explored options the flow lacks
+CORE_ONLY = {"finetune.schedule": "staged"}  # explored options the flow lacks
 
 
 def check_flow_options(cfg: Config, params_path: str) -> None:
@@ -170,6 +171,8 @@ def _prepare(opts: RunOptions, target_override: str = "") -> Prepared:
                        summary.model_name, tuple(sorted(s.checkpoint.sha256 for s in area)))
     ordered, start_tags = in_merge_order(cfg, ws, target, classes, plan.to_merge, progress,
                                          from_scratch=plan.parent is None and not plan.parent_version, compute=compute)
+    if start_tags.get("start_chosen") == MEAN_NAME:  # it averages every source of this run's list
+        plan = replace_plan(plan, held_by_start=frozenset(s.checkpoint.sha256 for s in plan.to_merge))
     plan = replace_plan(plan, to_merge=ordered)
     prep = Prepared(cfg, ws, progress, classes, summary, tracker, plan, inputs, data_v=data_v, src_v=src_v,
                     data_push=data_push, params_path=str(opts.params), compute=compute, start_tags=start_tags)

@@ -18,6 +18,7 @@ from grasp_core.data import DomainData, Split, list_domains, load_domain, read_s
 from grasp_core.finetune import EpochCallback, evaluate
 from grasp_core.grasp import StepResult, run_grasp, target_loaders
 from grasp_core.names import check_name, path_inside
+from grasp_core.start import merge_config
 
 
 @dataclass(frozen=True)
@@ -56,16 +57,21 @@ def chain_sha256(parent: str, source_sha256: str, cfg: Config, target: str) -> s
 
 def target_step(cfg: Config, data: DomainData, source: SavedCheckpoint, stage: int, parent: StepArtifact | None,
                 out_dir: Path, on_epoch: EpochCallback | None = None,
-                domains: Mapping[str, Split] | None = None, compute: Compute = AUTO) -> StepArtifact:
-    """GRASP stage `stage`: stage 0 adopts and fine-tunes `source`; later stages merge it into `parent`."""
+                domains: Mapping[str, Split] | None = None, compute: Compute = AUTO,
+                held_by_start: bool = False) -> StepArtifact:
+    """GRASP stage `stage`: stage 0 adopts and fine-tunes `source`; later stages merge it into `parent`, with the
+    policy `grasp_core.start.merge_config` gives a source the mean start holds (`held_by_start`) or not.
+
+    The chain hash keeps the run's params (not the stage's policy): it names the history, as the registry does.
+    """
     name = check_name(source.header.extra.get("domain", source.path.stem), f"{source.path}: header 'domain'")
     like = source.header if parent is None else parent.checkpoint.header
     device = compute.torch_device()
     stream = ((name, load_checkpoint(source.path, like=like, device=device)[0]) for _ in range(1))  # lazy
     target = None if parent is None else load_checkpoint(parent.checkpoint.path, device=device)[0]
     with compute.autocast():
-        result = next(run_grasp(stream, target_loaders(data, cfg), cfg, on_epoch=on_epoch, target=target,
-                                start_stage=stage))
+        result = next(run_grasp(stream, target_loaders(data, cfg), merge_config(cfg, held_by_start),
+                                on_epoch=on_epoch, target=target, start_stage=stage))
     chain = chain_sha256(parent.chain_sha256 if parent else "", source.sha256, cfg, data.name)
     extra = {"role": "target", "target_domain": data.name, "stage": str(stage), "source_domain": name,
              "source_sha256": source.sha256, "parent_sha256": parent.checkpoint.sha256 if parent else "",

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # torch-free at import: `grasp lineage` reads the tags below 
     from grasp_core.methods import MethodContext
 
 __all__ = ["START_SOURCES_TAG", "choose_start", "held_shas", "members_file", "merged_domains", "merged_shas",
-           "start_artifacts", "start_members"]
+           "start_artifacts", "start_held_shas", "start_members"]
 
 
 def merged_shas(tags: Mapping[str, Any]) -> set[str]:
@@ -40,6 +40,12 @@ def held_shas(tags: Mapping[str, Any]) -> set[str]:
     """Every source checkpoint a registered version depends on directly: a mean start's are all it averages."""
     members = start_members(tags)
     return {m["sha256"] for m in members} if members else {str(tags.get("source_sha256", ""))}
+
+
+def start_held_shas(chain: list[dict[str, str]]) -> frozenset[str]:
+    """The source checkpoints a lineage's mean start averages (none without one): a resumed run's remaining
+    sources are among them, an incremental run's new ones are not (grasp_core.start.merge_config)."""
+    return frozenset(m["sha256"] for tags in chain for m in start_members(tags))
 
 
 def merged_domains(source: AreaSource) -> str | list[str]:

@@ -157,12 +157,14 @@ def source_task(cfg: Config, ws: Workspace, name: str, classes: list[str], base:
 @task(name="grasp-stage", task_run_name="grasp-stage[{stage}:{source_name}]", **TASK)
 def grasp_stage_task(cfg: Config, ws: Workspace, target: str, classes: list[str], source: SavedCheckpoint,
                      source_name: str, stage: int, parent: StepArtifact | None, progress: Progress,
-                     compute: Compute) -> StepArtifact:
-    """Stage 0 adopts the first source; later stages align, transfer and fine-tune (GRASP step 2)."""
+                     compute: Compute, held_by_start: bool = False) -> StepArtifact:
+    """Stage 0 adopts the first source; later stages align, transfer and fine-tune (GRASP step 2); a source the
+    mean start holds transfers per `transfer.after_mean` (grasp_core.start.merge_config)."""
     data = cached_target(ws.data(cfg), target, tuple(classes), cfg.data.target_train_frac, cfg.seed, compute)
     progress.stage(f"grasp stage {stage}")
     tests = cached_tests(ws.data(cfg), tuple(classes), compute)
-    step = target_step(cfg, data, source, stage, parent, ws.targets(target), progress.epoch, tests, compute)
+    step = target_step(cfg, data, source, stage, parent, ws.targets(target), progress.epoch, tests, compute,
+                       held_by_start)
     progress.step(step.computed)
     return step
 
@@ -170,7 +172,8 @@ def grasp_stage_task(cfg: Config, ws: Workspace, target: str, classes: list[str]
 @task(name="merge-chain", task_run_name="merge-chain[{target}]", **TASK)
 def merge_chain_task(cfg: Config, ws: Workspace, target: str, classes: list[str],
                      sources: list[tuple[str, SavedCheckpoint]], start_stage: int,
-                     parent: StepArtifact | None, compute: Compute) -> list[StepArtifact]:
+                     parent: StepArtifact | None, compute: Compute,
+                     held_by_start: frozenset[str] = frozenset()) -> list[StepArtifact]:
     """Every stage of one target's merge, in order, saved under checkpoints/targets/<target>/ (compute only:
     registration stays in the flow's process). Independent targets run as parallel tasks (threads or Dask)."""
     from flows.runtime.runners import warn_on_slow_allocator
@@ -180,7 +183,8 @@ def merge_chain_task(cfg: Config, ws: Workspace, target: str, classes: list[str]
     tests = cached_tests(ws.data(cfg), tuple(classes), compute)
     steps: list[StepArtifact] = []
     for stage, (_, checkpoint) in enumerate(sources, start=start_stage):
-        parent = target_step(cfg, data, checkpoint, stage, parent, ws.targets(target), None, tests, compute)
+        parent = target_step(cfg, data, checkpoint, stage, parent, ws.targets(target), None, tests, compute,
+                             checkpoint.sha256 in held_by_start)
         steps.append(parent)
     return steps
 

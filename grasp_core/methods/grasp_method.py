@@ -15,7 +15,7 @@ from grasp_core.grasp import run_grasp
 from grasp_core.memory import MemoryTracker, peak_of
 from grasp_core.methods.common import MethodContext, MethodOutput, register_method, stage_epochs
 from grasp_core.order import alignment_prepass, order_sources, score_sources
-from grasp_core.start import MEAN_NAME, StartChoice, choose_start
+from grasp_core.start import MEAN_NAME, StartChoice, choose_start, merge_config
 
 
 def merge_order(ctx: MethodContext) -> list[str]:
@@ -67,15 +67,13 @@ def _start_detail(choice: StartChoice) -> dict[str, str]:
 
 
 def stage_config(cfg: Config, start: str) -> Config:
-    """The config the stages run with: `transfer.after_mean: none` switches the policy off after a mean start
-    (every source is in the mean already); `finetune.schedule: final` trains no epoch between merges (the
-    whole budget follows them, `_polish`)."""
-    tr, ft = cfg.transfer, cfg.finetune
-    if start == "mean" and tr.after_mean == "none":
-        tr = dataclasses.replace(tr, policy="none")
-    if ft.schedule == "final":
-        ft = dataclasses.replace(ft, initial_epochs=0, epochs=0)
-    return dataclasses.replace(cfg, transfer=tr, finetune=ft)
+    """The config the stages run with: every source after a mean start is held by it
+    (grasp_core.start.merge_config: `transfer.after_mean`); `finetune.schedule: final` trains no epoch between
+    merges (the whole budget follows them, `_polish`)."""
+    cfg = merge_config(cfg, held_by_start=start == MEAN_NAME)
+    if cfg.finetune.schedule == "final":
+        cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, initial_epochs=0, epochs=0))
+    return cfg
 
 
 def _polish(ctx: MethodContext, model: nn.Module, tracker: MemoryTracker) -> tuple[float, int]:

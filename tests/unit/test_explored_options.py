@@ -123,6 +123,32 @@ def test_explored_options_keep_four_copies_and_do_not_grow_with_k(tiny_domain, o
     assert max(p.param_sized_multiple for p in peaks) <= 4.0 + 0.1  # + small_cnn's BN buffers
 
 
+@pytest.mark.parametrize("after_mean", ["none", "policy"])
+@pytest.mark.parametrize("held", [True, False])
+def test_a_source_the_mean_start_holds_is_transferred_only_with_after_mean_policy(after_mean, held):
+    from grasp_core.start import is_transfer_skipped, merge_config, transfer_applied
+
+    cfg = _cfg(policy="soft", after_mean=after_mean)
+    skipped = held and after_mean == "none"
+    assert is_transfer_skipped(cfg, held) is skipped
+    assert merge_config(cfg, held).transfer.policy == ("none" if skipped else "soft")
+    assert merge_config(cfg, held).transfer.after_mean == after_mean  # only the policy of the stage changes
+    assert transfer_applied(cfg, held) == ("none (held by the mean start)" if skipped else "soft")
+
+
+def test_the_default_skips_the_transfer_of_held_sources_and_paper_yaml_never_does():
+    from pathlib import Path
+
+    from grasp_core.config import load_config
+    from grasp_core.start import is_transfer_skipped
+
+    root = Path(__file__).resolve().parents[2]
+    assert Config().transfer.after_mean == load_config(root / "params.yaml").transfer.after_mean == "none"
+    assert is_transfer_skipped(load_config(root / "params.yaml"), held_by_start=True)
+    paper = load_config(root / "params" / "paper.yaml")
+    assert paper.transfer.start == "first" and not is_transfer_skipped(paper, held_by_start=True)
+
+
 def test_the_prefect_flow_refuses_the_options_only_the_core_engine_applies():
     from flows.pipeline.run import check_flow_options
     from grasp_core.errors import ConfigError
@@ -133,8 +159,8 @@ def test_the_prefect_flow_refuses_the_options_only_the_core_engine_applies():
     with pytest.raises(ConfigError, match=r"params.yaml: 'finetune.schedule' = 'final' runs with `grasp run "
                                           r"--engine core` and the benches only"):
         check_flow_options(final, "params.yaml")
-    with pytest.raises(ConfigError, match="'transfer.after_mean' = 'none'"):
-        check_flow_options(_cfg(after_mean="none"), "params.yaml")
+    check_flow_options(_cfg(after_mean="none"), "params.yaml")  # the flow applies it per stage (issue 17 point 9)
+    check_flow_options(_cfg(after_mean="policy"), "params.yaml")
 
 
 def test_bench_ablation_seeds_none_reports_validation_only(tmp_path, monkeypatch, capsys):
