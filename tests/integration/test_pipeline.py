@@ -12,7 +12,7 @@ import yaml
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 STEP_TAGS = {"parent_version", "source_domain", "source_sha256", "source_dvc_md5", "dataset_dvc_md5",
-             "params_sha256", "code_commit", "flow_run_id", "policy", "stage", "checkpoint_sha256"}
+             "params_sha256", "code_commit", "flow_run_id", "policy", "stage", "checkpoint_sha256", "transfer_applied"}
 
 
 def _run(ws: Path, **kwargs):

@@ -1,5 +1,7 @@
 """`transfer.start: mean` in the Prefect flow (`grasp run`): stage 0 is the mean of the sources, registered with
-every source it holds; lineage walks back to them; the core engine gives the same final weights."""
+every source it holds; lineage walks back to them; with the default `transfer.after_mean: none` the later stages
+transfer nothing (the mean holds their sources) while a source added later goes through the policy; the core
+engine gives the same final weights."""
 
 from __future__ import annotations
 
@@ -34,6 +36,25 @@ def _versions(ws: Path, model_name: str) -> dict[str, dict]:
     from flows.stores.tracking import Tracker
 
     return {v["version"]: v for v in Tracker(ws, tracking_uri=f"sqlite:///{ws}/mlflow.db").versions(model_name)}
+
+
+def _stage_metrics(ws: Path, version: dict) -> dict[str, float]:
+    """The metrics of the MLflow run a registered version was logged from."""
+    from flows.stores.tracking import Tracker
+
+    return Tracker(ws, tracking_uri=f"sqlite:///{ws}/mlflow.db").client.get_run(version["run_id"]).data.metrics
+
+
+def test_after_a_mean_start_no_stage_transfers_a_source_the_mean_holds(mean_run):
+    ws, summary = mean_run
+    versions = _versions(ws, summary.model_name)
+    assert versions[summary.versions[0]]["tags"]["transfer_applied"] == "none (stage 0 adopts its source)"
+    for version in summary.versions[1:]:
+        record = versions[version]
+        assert record["tags"]["transfer_applied"] == "none (held by the mean start)", record["tags"]
+        metrics = _stage_metrics(ws, record)
+        assert metrics["transfer/tensors"] == 0 and metrics["transfer/params"] == 0
+        assert "align/mean" in metrics  # aligned as every stage is, then nothing moved
 
 
 def test_stage_0_is_the_mean_registered_with_every_source_it_holds(mean_run, capsys):
@@ -107,15 +128,21 @@ def test_core_engine_gives_the_same_final_weights(mean_run):
 
 
 def test_a_source_added_later_is_one_stage_on_the_champion_and_the_mean_is_kept(mean_run, prefect_harness):
+    import torch
+
     from tests.conftest import add_perturbed_source
 
     ws, summary = mean_run
     starts = sorted((ws / "checkpoints" / "targets").rglob("start-mean-*.safetensors"))
+    torch.manual_seed(17)  # the nudge of the new source: the same source, hence the same stage, every run
     add_perturbed_source(ws, summary.sources[1], "late")
     champion = summary.versions[-1]
     later = _run(ws)
     assert later.sources == ["late"] and len(later.versions) == 1 and later.merged_before == 3  # distinct sources
-    tags = _versions(ws, summary.model_name)[later.versions[0]]["tags"]
+    record = _versions(ws, summary.model_name)[later.versions[0]]
+    tags = record["tags"]
     assert tags["parent_version"] == champion and tags["stage"] == str(len(summary.steps))
     assert "start_chosen" not in tags and "start_sources" not in tags
+    # the mean does not hold the new source: it goes through `transfer.policy` (soft), and something moves
+    assert tags["transfer_applied"] == "soft" and _stage_metrics(ws, record)["transfer/tensors"] > 0
     assert sorted((ws / "checkpoints" / "targets").rglob("start-mean-*.safetensors")) == starts
