@@ -79,6 +79,7 @@ def test_lineage_verify_plan_and_matrix_read_the_artifact(registered, capsys):
     from flows.cli import main
     from flows.ops.lineage import format_lineage, verify_lineage
     from flows.pipeline.plan import chain_shas, lineage_sources
+    from flows.pipeline.start import start_held_shas
     from flows.reports.accuracy_matrix import lineage_step_domains
     from flows.stores.registry import lineage
 
@@ -95,6 +96,7 @@ def test_lineage_verify_plan_and_matrix_read_the_artifact(registered, capsys):
     chain = lineage_sources(tracker, "grasp-t", version)  # what resume and incremental runs plan from
     assert chain_shas(chain) == {members[0]["sha256"]}
     assert chain_shas(chain, held=True) == {m["sha256"] for m in members}
+    assert start_held_shas(chain) == {m["sha256"] for m in members}  # after_mean applies to each, read back
     capsys.readouterr()
     assert main(["lineage", version, "--workdir", str(ws), "--tracking-uri", tracker.tracking_uri,
                  "--model", "grasp-t"]) == 0

@@ -39,3 +39,15 @@ def test_a_killed_run_that_began_with_the_mean_is_resumed_only_with_all_its_sour
     assert interrupted_head(FakeTracker(), "m", _area("a", "b", "c"), None, False, "p") == "2"
     assert interrupted_head(FakeTracker(), "m", _area("a", "b"), None, False, "p") is None  # c averaged, gone
     assert interrupted_head(FakeTracker(), "m", _area("a", "b", "c"), None, False, "other params") is None
+
+
+def test_a_resumed_runs_remaining_sources_are_held_by_its_mean_and_an_incremental_new_one_is_not():
+    from flows.pipeline.start import start_held_shas
+    from grasp_core.config import Config
+    from grasp_core.start import merge_config
+
+    held = start_held_shas([STAGE1_TAGS, MEAN_TAGS])  # what plan_merge gives the stages (MergePlan.held_by_start)
+    assert held == {"sha-a", "sha-b", "sha-c"}
+    assert merge_config(Config(), "sha-c" in held).transfer.policy == "none"  # resume: c is in the mean already
+    assert merge_config(Config(), "sha-d" in held).transfer.policy == Config().transfer.policy  # a new source
+    assert start_held_shas([STAGE1_TAGS]) == frozenset()  # no mean start in the lineage: nothing is held
