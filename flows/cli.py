@@ -270,6 +270,7 @@ def _run_flow_on_api(args: argparse.Namespace, opts: RunOptions) -> int:
         raise
     import mlflow  # noqa: F401
 
+    from flows.pipeline.plan import holds_all_line
     from flows.pipeline.run import run_pipeline
     from flows.reports.tables import COLUMNS, format_rows, stage_row, write_json
 
@@ -283,14 +284,15 @@ def _run_flow_on_api(args: argparse.Namespace, opts: RunOptions) -> int:
               f"interrupted run; aliases {', '.join(summary.aliases)} -> v{summary.parent_version}")
         return 0
     if not summary.versions:
-        print(f"nothing new: champion v{summary.parent_version} of {summary.model_name} already holds all "
-              f"{summary.merged_before} sources; nothing registered")
+        print(f"{holds_all_line(summary.champion, summary.parent_version, summary.merged_before, summary.model_name)}"
+              "; nothing registered")
         return 0
     if summary.resumed:
         print(f"resumed an interrupted run: merged {len(summary.versions)} remaining source(s) into "
               f"v{summary.parent_version}")
     elif summary.parent_version:
-        print(f"incremental: merged {len(summary.versions)} new source(s) into champion v{summary.parent_version}")
+        onto = "champion" if summary.parent_version == summary.champion else "challenger"  # awaiting promotion
+        print(f"incremental: merged {len(summary.versions)} new source(s) into {onto} v{summary.parent_version}")
     stages = [stage_row(step, version) for step, version in zip(summary.steps, summary.versions, strict=True)]
     print(f"target {summary.target} | registered model {summary.model_name} versions "
           f"{', '.join(summary.versions)} | aliases {', '.join(summary.aliases)} -> v{summary.aliases_version}")

@@ -178,7 +178,7 @@ def _prepare(opts: RunOptions, target_override: str = "") -> Prepared:
                     data_push=data_push, params_path=str(opts.params), compute=compute, start_tags=start_tags)
     summary.sources, summary.parent_version = [s.domain for s in plan.to_merge], plan.parent_version
     summary.merged_before, summary.all_sources = plan.merged_before, [s.domain for s in area]
-    summary.resumed = plan.resumed
+    summary.resumed, summary.champion = plan.resumed, plan.champion
     summary.skipped = [{"file": b.path.name, "reason": b.reason} for b in bad]
     if plan.ended_runs:
         progress.say(f"marked {len(plan.ended_runs)} MLflow run(s) of a dead process KILLED")

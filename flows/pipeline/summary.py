@@ -31,8 +31,9 @@ class FlowSummary:
     aliases_version: str = ""  # the version the aliases point at (the last, or the best with keep_global_best)
     steps: list[StepArtifact] = field(default_factory=list)
     parent_run_id: str = ""
-    parent_version: str = ""  # the champion an incremental run started from ("" = from scratch)
-    merged_before: int = 0  # sources already in that champion's lineage
+    parent_version: str = ""  # the version an incremental run started from ("" = from scratch)
+    merged_before: int = 0  # sources already in that version's lineage
+    champion: str = ""  # the champion then; parent_version differs when it was a challenger awaiting promotion
     all_sources: list[str] = field(default_factory=list)  # every source in the area (baselines use them all)
     data_md5: str = ""
     sources_trained: int = 0
