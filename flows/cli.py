@@ -28,6 +28,7 @@ from flows.runtime.options import (
 from grasp_core.errors import GraspError
 
 if TYPE_CHECKING:
+    from flows.ops.prefect_server import ServerHandle
     from flows.runtime.options import Subcommands
     from grasp_core.config import LimitsConfig
 
@@ -242,39 +243,34 @@ def _run_flow_locked(args: argparse.Namespace, opts: RunOptions) -> int:
     from flows.runtime.runners import parse_runner
 
     spec = parse_runner(opts.runner)  # a bad --runner fails before any work
-    from flows.ops.scheduling import check_prefect_db, workspace_api
+    from flows.ops.prefect_server import check_prefect_db, run_server, workspace_api
 
-    # before prefect is imported: the workspace's running server (grasp serve's), one for Dask workers, or none
-    # (Prefect's ephemeral mode, on the workspace's database: a corrupt one is one line, not a server traceback)
+    # before prefect is imported: the workspace's running server (grasp serve's), one for Dask workers, or a
+    # `prefect server start` of this run alone, launched now so that its boot overlaps the imports below
     server = workspace_api(opts.workdir, start=spec.kind == "dask")
     if server is None:
-        check_prefect_db()
+        check_prefect_db()  # a corrupt database is one line, not a server traceback
+        server = run_server(opts.workdir)  # stopped at exit, after Prefect has sent it the last logs
+    elif not server.started:
+        server = None  # grasp serve's (or PREFECT_API_URL's): not ours to stop
     try:
-        return _run_flow_on_api(args, opts)
+        return _run_flow_on_api(args, opts, server)
     finally:
-        if server is not None:
-            server.stop()  # only a server this run started
+        if server is not None and server.record is not None:
+            server.stop()  # a recorded server this run started (Dask's)
 
 
-def _run_flow_on_api(args: argparse.Namespace, opts: RunOptions) -> int:
-    from flows.runtime.settings import prefect_api_in_background
-
-    # Prefect's API (its ephemeral server: a process that imports and migrates) comes up on the other core
-    # while this one imports torch, MLflow (every run opens the registry) and the pipeline; the flow starts
-    # once it answers
-    api_ready = prefect_api_in_background()
-    try:
-        opts.compute.check()  # a bad --device/--amp fails before any work
-    except BaseException:
-        api_ready.quietly()  # the boot ends (its server registered for Prefect's own stop at exit) before we do
-        raise
+def _run_flow_on_api(args: argparse.Namespace, opts: RunOptions, server: ServerHandle | None) -> int:
+    opts.compute.check()  # a bad --device/--amp fails before any work
+    # while the server boots on the other core: torch, MLflow (every run opens the registry) and the pipeline
     import mlflow  # noqa: F401
 
     from flows.pipeline.plan import holds_all_line
     from flows.pipeline.run import run_pipeline
     from flows.reports.tables import COLUMNS, format_rows, stage_row, write_json
 
-    api_ready()
+    if server is not None:
+        server.wait_ready()
 
     if args.all_targets:
         return _run_all_targets(args, opts)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from distributed import Client
 
-    from flows.ops.scheduling import ServerHandle
+    from flows.ops.prefect_server import ServerHandle
     from flows.runtime.options import Subcommands
 
 
@@ -35,7 +35,8 @@ def dask_bench(params: Path, say: Callable[[str], None], repeat: int = 1,
 
     With `repeat` > 1 each round runs them all in turn (a fresh Dask cluster per round, started before its
     timing) and every figure is the median, with its range: one run varies by +-20 % on a small shared box.
-    `server`: the workspace's Prefect server (flows.ops.scheduling.workspace_api), started before Prefect was imported.
+    `server`: the workspace's Prefect server (flows.ops.prefect_server.workspace_api), started before Prefect
+    was imported.
     """
     from distributed import LocalCluster
 
@@ -187,7 +188,7 @@ def cmd_bench_dask(args: argparse.Namespace) -> int:
 
     home = Path(tempfile.gettempdir()) / "grasp-dask-bench-home"
     apply_defaults(home)
-    from flows.ops.scheduling import workspace_api
+    from flows.ops.prefect_server import workspace_api
 
     server = workspace_api(home, start=True)  # the same server as `grasp run --runner dask`, before Prefect
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import threading
 from pathlib import Path
 
 QUIET_OFFLINE = {
@@ -84,43 +83,3 @@ def code_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
-
-
-class ApiBoot:
-    """The Prefect API coming up in a thread (see `prefect_api_in_background`); call it to wait for it."""
-
-    def __init__(self) -> None:
-        self.errors: list[BaseException] = []
-        self.thread = threading.Thread(target=self._boot, name="prefect-api-boot", daemon=True)
-        self.thread.start()
-
-    def _boot(self) -> None:
-        try:
-            from prefect import get_client
-
-            with get_client(sync_client=True) as client:
-                client.api_healthcheck()
-        except BaseException as err:  # re-raised by __call__, in the caller's thread
-            self.errors.append(err)
-
-    def __call__(self) -> None:
-        """Wait until the API answers; re-raise the boot's error, so the flow never starts on half an API."""
-        self.thread.join()
-        if self.errors:
-            raise self.errors[0]
-
-    def quietly(self) -> None:
-        """Wait for the boot to end, whatever its outcome (on an error path that must not leave a server
-        process starting after Prefect's exit handler has run)."""
-        self.thread.join()
-
-
-def prefect_api_in_background() -> ApiBoot:
-    """Bring up the Prefect API in a thread while this process goes on importing; call the result to wait.
-
-    In Prefect's ephemeral mode the first client (`prefect.get_client`) starts a temporary server and waits
-    until it is healthy; the flow's own client then re-uses it. That boot (a server process importing and, on
-    a fresh workspace, migrating its database: ~14 s of CPU, ~22 s fresh) left this process idle; begun here
-    it overlaps the pipeline's imports (torch, MLflow) on the other core. Call after `apply_defaults`.
-    """
-    return ApiBoot()

@@ -49,7 +49,7 @@ class Served:
         self.deployment = self._wait_for_deployment(timeout_s=120)
 
     def _wait_for_record(self, timeout_s: float) -> dict:
-        from flows.ops.scheduling import RECORD, _wait_healthy
+        from flows.ops.prefect_server import RECORD, _wait_healthy
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.proc.poll() is None:
@@ -156,7 +156,7 @@ def _cleanup(served: Served) -> None:
     served.terminate(timeout_s=30)
     for proc in served.survivors():  # only processes this test started (or that target its server)
         proc.kill()
-    from flows.ops.scheduling import stop_recorded_server
+    from flows.ops.prefect_server import stop_recorded_server
 
     stop_recorded_server(served.ws)
 
@@ -183,7 +183,7 @@ def test_served_deployment_is_registered_with_its_schedule(served):
 
 
 def test_second_ensure_reuses_the_running_server(served, monkeypatch):
-    from flows.ops.scheduling import RECORD, ensure_prefect_server
+    from flows.ops.prefect_server import RECORD, ensure_prefect_server
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     handle = ensure_prefect_server(served.ws, timeout_s=60)
@@ -204,7 +204,7 @@ def test_a_scheduled_run_executes_the_real_pipeline_and_logs_its_stages_to_prefe
 
 
 def test_sigterm_stops_serving_and_the_server_it_started(served):
-    from flows.ops.scheduling import RECORD
+    from flows.ops.prefect_server import RECORD
 
     served.completed_runs(timeout_s=300)  # so the flow-run processes have been seen too
     server_pid = served.record["pid"]
@@ -240,7 +240,7 @@ def test_schedule_and_options_are_checked_before_anything_starts(tmp_path):
 
 
 def test_an_explicit_api_url_is_used_as_is(tmp_path, monkeypatch):
-    from flows.ops.scheduling import ensure_prefect_server
+    from flows.ops.prefect_server import ensure_prefect_server
 
     monkeypatch.setenv("PREFECT_API_URL", "http://prefect.example:4200/api")
     handle = ensure_prefect_server(tmp_path)
@@ -250,7 +250,7 @@ def test_an_explicit_api_url_is_used_as_is(tmp_path, monkeypatch):
 
 
 def test_a_server_that_cannot_start_fails_with_its_log_and_leaves_nothing(tmp_path, monkeypatch):
-    from flows.ops.scheduling import RECORD, ServerStartError, ensure_prefect_server
+    from flows.ops.prefect_server import RECORD, ServerStartError, ensure_prefect_server
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{tmp_path}/no/such/dir/x.db")
