@@ -270,6 +270,9 @@ def _run_flow_on_api(args: argparse.Namespace, opts: RunOptions, server: ServerH
     from flows.reports.tables import COLUMNS, format_rows, stage_row, write_json
 
     if server is not None:
+        from flows.runtime.warm import warm_while
+
+        warm_while(server.booting)  # what the flow would import anyway, while this process would only wait
         server.wait_ready()
 
     if args.all_targets:

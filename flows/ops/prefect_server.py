@@ -48,6 +48,11 @@ class ServerHandle:
     process: subprocess.Popen | None = field(default=None, repr=False)
     log: Path | None = None  # the server's output, for an error message
 
+    def booting(self) -> bool:
+        """True while a server this handle started is alive and does not answer /api/health yet."""
+        proc = self.process
+        return proc is not None and proc.poll() is None and not _wait_healthy(self.url, 0.0, lambda: True, 1.0)
+
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Wait until a server this handle started answers /api/health; else stop it and raise ServerStartError."""
         proc = self.process
@@ -227,17 +232,19 @@ def _wait_gone(pid: int, proc: subprocess.Popen | None, timeout_s: float) -> boo
     return False
 
 
-def _wait_healthy(url: str, timeout_s: float, is_alive: Callable[[], bool]) -> bool:
-    """Poll `<url>/health` until it answers 200, the process dies, or `timeout_s` passes."""
+def _wait_healthy(url: str, timeout_s: float, is_alive: Callable[[], bool], request_s: float = 5.0) -> bool:
+    """Poll `<url>/health` until it answers 200, the process dies, or `timeout_s` passes (asked at least once)."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and is_alive():
+    while is_alive():
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+            with urllib.request.urlopen(f"{url}/health", timeout=request_s) as response:
                 if response.status == 200:
                     return True
         except OSError:  # refused while starting, or a timeout under load
             pass
-        time.sleep(0.5)
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
     return False
 
 
