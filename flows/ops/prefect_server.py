@@ -152,25 +152,34 @@ def run_server(ws: Path) -> ServerHandle:
     """
     import atexit
 
-    handle = _launch(Path(ws).resolve(), None, ui=False)
+    handle = _launch(Path(ws).resolve(), None, ui=False, extra=("--no-scheduler", "--no-late-runs"), env=RUN_ONLY)
     atexit.register(handle.stop)  # registered before Prefect's own handlers, so it runs after them
     os.environ["PREFECT_API_URL"] = handle.url  # before prefect is imported: its settings read it once
     return handle
 
 
-def _launch(ws: Path, record: Path | None, ui: bool) -> ServerHandle:
-    """Popen `prefect server start` on a free port of 127.0.0.1, in its own session, logging to LOG."""
+# a run's own server serves that run only: no schedules to turn into runs, no late runs, no workers to watch
+# (Prefect's settings; its ephemeral server runs none of these services either)
+RUN_ONLY = {"PREFECT_SERVER_SERVICES_FOREMAN_ENABLED": "false",
+            "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_ENABLED": "false",
+            "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_ENABLED": "false"}
+
+
+def _launch(ws: Path, record: Path | None, ui: bool, extra: tuple[str, ...] = (),
+            env: dict[str, str] | None = None) -> ServerHandle:
+    """Popen `prefect server start` (plus `extra` options and `env` settings) on a free port of 127.0.0.1, in
+    its own session, logging to LOG."""
     port = _free_port()
     home = ws / ".cache" / "prefect"
     home.mkdir(parents=True, exist_ok=True)
-    env = {**QUIET_OFFLINE, **os.environ, "PREFECT_HOME": str(home)}  # the workspace's own database
-    env.pop("PREFECT_API_URL", None)
+    environ = {**QUIET_OFFLINE, **(env or {}), **os.environ, "PREFECT_HOME": str(home)}  # the workspace's database
+    environ.pop("PREFECT_API_URL", None)
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
-           "--analytics-off", *([] if ui else ["--no-ui"])]
+           "--analytics-off", *([] if ui else ["--no-ui"]), *extra]
     log = ws / LOG
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, env=environ, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=ws)
     url, ui_url = f"http://127.0.0.1:{port}/api", f"http://127.0.0.1:{port}"
     handle = ServerHandle(url=url, ui_url=ui_url, pid=proc.pid, started=True, record=record, process=proc, log=log)
