@@ -254,7 +254,8 @@ def _move_aliases(prep: Prepared) -> None:
 
 
 def run_pipeline(opts: RunOptions, baselines: bool = False, auto_promote: bool = False) -> FlowSummary:
-    """Run the flow (on Prefect's ephemeral API unless PREFECT_API_URL is set) where and how `opts` say."""
+    """Run the flow where and how `opts` say, on the API at $PREFECT_API_URL (`grasp run` sets it to its own
+    `prefect server start`, flows/ops/prefect_server.py), else on Prefect's ephemeral API (called as a library)."""
     return grasp_run_flow(params_path=str(opts.params), workdir=str(opts.workdir), tracking_uri=opts.tracking_uri,
                           dvc_remote=opts.dvc_remote, baselines=baselines, full=opts.full,
                           auto_promote=auto_promote, quiet=opts.quiet, verbose=opts.verbose, runner=opts.runner,

@@ -32,7 +32,8 @@ FIVE_STAGES = {"data.domains": 6, "finetune.epochs": 30, "data.target_train_frac
 TARGET = "2025"
 
 
-# each `grasp run` uses Prefect's own ephemeral mode (a temporary server of its own), whatever the session set
+# each `grasp run` starts a Prefect server of its own (`prefect server start`, a child of the run), whatever the
+# session set
 ENV = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
 
 
